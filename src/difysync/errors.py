@@ -1,0 +1,227 @@
+"""difysync's exceptions, and the one table that maps Dify's answers onto them.
+
+Errors are classed by what the caller does next, not by where they came from::
+
+    DifySyncError                  catch this to catch everything of ours
+    ├── ConfigError                invalid configuration               -> exit 78
+    ├── StateError                 state DB unreadable / newer schema  -> exit 78
+    └── DifyError                  the server (or the road to it) said no
+        ├── TransientError         retry with backoff
+        │   ├── ServerUnreachable  connection refused, DNS, timeout     -> exit 69
+        │   └── RateLimited        429, or Dify Cloud's 403 rate-limit message
+        ├── NotReadyError          wait: document queued/indexing, "not available"
+        ├── RefusedError           skip and record: type, size, name, archived
+        ├── NotFoundError          the document is gone (a 404 on a document)
+        └── FatalError             stop this folder (or the run) with a message naming the fix
+            ├── AuthError          the API key was rejected               -> exit 77
+            ├── DatasetMissing     the configured dataset does not exist
+            └── QuotaError         quota, plan limit, embedding provider not set up
+
+Nothing here ever holds the API key: messages are built from the server's answer and
+our own words only.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+class DifySyncError(Exception):
+    """Base of every error difysync raises on purpose."""
+
+
+class ConfigError(DifySyncError):
+    """The configuration is invalid; ``problems`` holds one line per problem."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class StateError(DifySyncError):
+    """The state DB cannot be used (corrupt, newer schema, not writable)."""
+
+
+class DifyError(DifySyncError):
+    """An answer from Dify (or its proxy) that was not a success."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None) -> None:
+        self.status = status
+        self.code = code
+        self.message = message
+        super().__init__(self.describe())
+
+    def describe(self) -> str:
+        parts = []
+        if self.status is not None:
+            parts.append(str(self.status))
+        if self.code:
+            parts.append(self.code)
+        head = " ".join(parts)
+        return f"{head}: {self.message}" if head else self.message
+
+
+class TransientError(DifyError):
+    """Worth retrying after a pause: the same request may well succeed."""
+
+    def __init__(self, message: str, *, status: int | None = None, code: str | None = None,
+                 retry_after: float | None = None) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, code=code)
+
+
+class ServerUnreachable(TransientError):
+    """No answer at all: connection refused, DNS failure, timeout, dropped connection."""
+
+
+class RateLimited(TransientError):
+    """The server asked us to slow down (429, or Dify Cloud's 403 rate-limit message)."""
+
+
+class NotReadyError(DifyError):
+    """The document is busy (queued, indexing): try again once it settles."""
+
+
+class RefusedError(DifyError):
+    """The server will never accept this content: record it, do not resend until it changes."""
+
+
+class NotFoundError(DifyError):
+    """The object addressed (a document, a batch) does not exist (any more)."""
+
+
+class FatalError(DifyError):
+    """Nothing will work until a human changes something; the message says what."""
+
+
+class AuthError(FatalError):
+    """The API key was rejected."""
+
+
+class DatasetMissing(FatalError):
+    """The configured dataset does not exist for this key."""
+
+
+class QuotaError(FatalError):
+    """A quota, plan limit or provider set-up problem on the server side."""
+
+
+# Dify error codes -> the class that says what to do. Codes not listed fall back on the
+# HTTP status (see error_from_response).
+_CODE_TABLE: dict[str, type[DifyError]] = {
+    "unauthorized": AuthError,
+    "unsupported_file_type": RefusedError,
+    "file_too_large": RefusedError,
+    "too_many_files": RefusedError,
+    "no_file_uploaded": RefusedError,
+    "archived_document_immutable": RefusedError,
+    "invalid_metadata": RefusedError,
+    "document_indexing": NotReadyError,
+    "document_already_finished": NotReadyError,
+    "provider_not_initialize": QuotaError,
+    "provider_quota_exceeded": QuotaError,
+    "model_currently_not_support": QuotaError,
+    "dataset_not_initialized": QuotaError,
+    "high_quality_dataset_only": QuotaError,
+    "dataset_in_use": FatalError,
+    "dataset_name_duplicate": FatalError,
+}
+
+_RATE_LIMIT_HINTS = ("rate limit",)
+_HINTS_BY_CLASS: dict[type[DifyError], str] = {
+    AuthError: "the API key was rejected: use a dataset (Knowledge) API key of this workspace",
+    DatasetMissing: "the dataset does not exist for this API key: check dataset_id / dataset_name",
+}
+
+
+def error_from_response(status: int, body: bytes | str | None, *, retry_after: str | None = None,
+                        about: str = "request", on_document: bool = False,
+                        on_create: bool = False) -> DifyError:
+    """Turn a non-2xx answer into the one exception class that says what to do next.
+
+    ``about`` names the request in the message (never a URL with secrets, never the key).
+    ``on_document`` says a 404 means "this document is gone" rather than "this dataset is
+    gone"; ``on_create`` lets a bare 400 (Dify 1.14.1's answer to a refused file) count as
+    a refusal.
+    """
+    payload = _json_or_none(body)
+    if payload is None:
+        snippet = _snippet(body)
+        if status == 413:
+            return RefusedError(f"{about}: file too large for the server or its proxy", status=status)
+        if status == 401:
+            return AuthError(f"{about}: {_HINTS_BY_CLASS[AuthError]}", status=status)
+        return TransientError(
+            f"{about}: the server answered {status} without a Dify JSON body"
+            + (f" ({snippet})" if snippet else "")
+            + " - check dify.base_url (it must end in /v1)",
+            status=status, retry_after=_parse_retry_after(retry_after))
+    code = str(payload.get("code") or "") or None
+    message = str(payload.get("message") or "")
+    lowered = message.lower()
+    text = f"{about}: {message}" if message else about
+
+    if status == 429 or (status == 403 and any(h in lowered for h in _RATE_LIMIT_HINTS)):
+        return RateLimited(text, status=status, code=code, retry_after=_parse_retry_after(retry_after))
+    if status >= 500:
+        return TransientError(text, status=status, code=code, retry_after=_parse_retry_after(retry_after))
+    if code in _CODE_TABLE:
+        cls = _CODE_TABLE[code]
+        hint = _HINTS_BY_CLASS.get(cls)
+        return cls(f"{about}: {hint}" if hint else text, status=status, code=code)
+    if status == 401:
+        return AuthError(f"{about}: {_HINTS_BY_CLASS[AuthError]}", status=status, code=code)
+    if status == 403:
+        if "number of documents" in lowered or "vector space" in lowered or "limit" in lowered:
+            return QuotaError(text, status=status, code=code)
+        return RefusedError(text, status=status, code=code)
+    if status == 404:
+        if on_document:
+            return NotFoundError(text, status=status, code=code)
+        return DatasetMissing(f"{about}: {_HINTS_BY_CLASS[DatasetMissing]}", status=status, code=code)
+    if status == 405:
+        return NotFoundError(text, status=status, code=code)
+    if status == 400:
+        if "not available" in lowered or "indexing" in lowered:
+            return NotReadyError(text, status=status, code=code)
+        if "dataset is not exist" in lowered or "dataset not found" in lowered:
+            return DatasetMissing(f"{about}: {_HINTS_BY_CLASS[DatasetMissing]}", status=status, code=code)
+        if not message and on_create:
+            return RefusedError(f"{about}: the server refused the file (bare 400: type, size or name)",
+                                status=status, code=code)
+        return RefusedError(text, status=status, code=code)
+    if status == 409:
+        return FatalError(text, status=status, code=code)
+    if status == 413:
+        return RefusedError(text, status=status, code=code)
+    if status == 415:
+        return RefusedError(text, status=status, code=code)
+    return FatalError(text or f"{about}: unexpected answer {status}", status=status, code=code)
+
+
+def _json_or_none(body: bytes | str | None) -> dict[str, Any] | None:
+    if not body:
+        return None
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _snippet(body: bytes | str | None, limit: int = 60) -> str:
+    if not body:
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = " ".join(text.split())
+    return text[:limit] + ("..." if len(text) > limit else "")
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,92 @@
+"""Plain records that cross module boundaries: what the scanner saw, what the state
+store remembers, what the server lists.
+
+They are frozen and hold no handles, so the planner can be fed generated values and
+nothing downstream can mutate what upstream produced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFile:
+    """A regular file under a folder root, as the scanner saw it.
+
+    ``sha256`` is None when the file was not hashed (refused before hashing, or a
+    targeted stat-only look).
+    """
+
+    rel_path: str  # POSIX separators, relative to the folder root; may hold surrogate escapes
+    size: int
+    mtime_ns: int
+    inode: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ScanProblem:
+    """An entry the scanner did not turn into a LocalFile, and why (never silent)."""
+
+    rel_path: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class FileState:
+    """What the state store remembers of one local file and the document it became."""
+
+    rel_path: str
+    size: int | None = None
+    mtime_ns: int | None = None
+    inode: int | None = None
+    sha256: str | None = None  # hash of the bytes last *uploaded* (or adopted)
+    document_id: str | None = None
+    document_name: str | None = None
+    batch: str | None = None
+    indexing_status: str | None = None
+    last_error: str | None = None
+    skip_reason: str | None = None
+    refused_sha256: str | None = None  # content the server refused terminally: not sent again
+    attempts: int = 0  # consecutive failed or errored attempts for the current content
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteDocument:
+    """One document of the remote listing, reduced to what a sync decision needs."""
+
+    id: str
+    name: str
+    indexing_status: str = "completed"
+    display_status: str | None = None
+    enabled: bool = True
+    archived: bool = False
+    error: str | None = None
+    size: int | None = None
+    created_at: int = 0
+
+    @property
+    def in_flight(self) -> bool:
+        """Queued or still indexing: the server refuses new versions until it settles."""
+        return self.indexing_status in IN_FLIGHT_STATUSES
+
+    @property
+    def failed(self) -> bool:
+        return self.indexing_status == "error" or self.display_status == "error"
+
+
+IN_FLIGHT_STATUSES = frozenset({"waiting", "parsing", "cleaning", "splitting", "indexing"})
+SETTLED_STATUSES = frozenset({"completed", "error", "paused"})
+
+
+@dataclass(frozen=True, slots=True)
+class JournalEntry:
+    """A remote mutation that was about to be sent and has not been settled."""
+
+    id: int
+    rel_path: str
+    op: str  # create | update | rename | delete
+    document_name: str
+    document_id: str | None = None
+    sha256: str | None = None
