@@ -1,0 +1,600 @@
+"""difysync's settings: the models, loading one TOML file plus ``DIFYSYNC_*`` overrides, and
+turning every validation failure into one line that names the key (exit 78 material).
+
+It never reads the API key into the settings (see ``load_api_key``) and never prints a
+value that could be one; it does not touch the watched folders (a missing root is a
+runtime condition, not a config error).
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+import sys
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    SettingsError,
+)
+
+from difysync.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+__all__ = [
+    "DifySettings",
+    "FolderSettings",
+    "ScheduleSettings",
+    "Settings",
+    "WatchSettings",
+    "find_config_path",
+    "load_api_key",
+    "load_settings",
+    "render_problems",
+]
+
+ENV_PREFIX = "DIFYSYNC_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_ENV_VAR = "DIFYSYNC_CONFIG"
+API_KEY_ENV_VAR = "DIFYSYNC_API_KEY"
+LOCAL_CONFIG_NAME = "sync.toml"
+SYSTEM_CONFIG_PATH = Path("/etc/difysync/sync.toml")
+DATASET_NAME_MAX = 40  # Dify refuses longer dataset names
+
+API_KEY_IN_CONFIG = ("the API key is never read from the config file; "
+                     f"set {API_KEY_ENV_VAR} or dify.api_key_file")
+NO_API_KEY = f"no API key: set {API_KEY_ENV_VAR} or dify.api_key_file"
+
+WatchMode = Literal["auto", "events", "poll"]
+
+# Paths are resolved against the folder of the config file being loaded. Validators cannot
+# be handed arguments through BaseSettings(), so one load publishes what it needs here; a
+# ContextVar keeps concurrent or successive loads (threads, tests) from seeing each other's.
+_LOADING: ContextVar[_Load | None] = ContextVar("difysync_config_loading", default=None)
+
+
+@dataclass(frozen=True)
+class _Load:
+    config_path: Path | None
+    toml_data: Mapping[str, Any]
+
+    @property
+    def config_dir(self) -> Path:
+        return self.config_path.parent if self.config_path else Path.cwd()
+
+
+def _current_config_dir() -> Path:
+    load = _LOADING.get()
+    return load.config_dir if load else Path.cwd()
+
+
+def _resolve(value: Path | str, base: Path) -> Path:
+    path = Path(value).expanduser()
+    return (path if path.is_absolute() else base / path).resolve()
+
+
+def _problems(detail: list[tuple[str, str]]) -> PydanticCustomError:
+    """A validation error carrying several (relative key, message) problems.
+
+    ``load_settings`` expands it into one line each; anyone constructing the models
+    directly still gets a readable pydantic error.
+    """
+    joined = "; ".join(f"{key}: {msg}" if key else msg for key, msg in detail)
+    return PydanticCustomError("difysync_problems", "{detail}", {"detail": joined, "problems": detail})
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DifySettings(_Strict):
+    """How to reach Dify and how hard to push it."""
+
+    base_url: str = "https://api.dify.ai/v1"
+    api_key_file: str = ""
+    timeout_seconds: float = Field(30.0, gt=0)
+    concurrency: int = Field(4, ge=1, le=32)
+    max_file_size_mb: float = Field(15.0, gt=0)
+    allowed_extensions: list[str] = Field(
+        default_factory=lambda: ["txt", "markdown", "md", "pdf", "html", "htm", "xlsx", "docx", "csv"])
+    requests_per_minute: int = Field(0, ge=0)
+    max_attempts: int = Field(3, ge=1)
+    allow_insecure_http: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _check_base_url(cls, value: str) -> str:
+        value = value.strip()
+        parts = urlsplit(value)
+        try:
+            parts.port  # noqa: B018 - raises on a malformed port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an http:// or https:// URL such as https://api.dify.ai/v1")
+        if parts.query or parts.fragment:
+            raise ValueError("must not have a query or fragment")
+        return value.rstrip("/")
+
+    @field_validator("allowed_extensions")
+    @classmethod
+    def _normalise_extensions(cls, value: list[str]) -> list[str]:
+        seen: dict[str, None] = {}
+        for raw in value:
+            ext = raw.strip().lower().lstrip(".")
+            if not ext:
+                raise ValueError("must not contain an empty extension")
+            seen.setdefault(ext, None)
+        if not seen:
+            raise ValueError("must list at least one extension")
+        return list(seen)
+
+    @model_validator(mode="after")
+    def _refuse_plain_http(self) -> DifySettings:
+        parts = urlsplit(self.base_url)
+        if parts.scheme == "http" and not self.allow_insecure_http and not _is_loopback(parts.hostname):
+            raise _problems([("base_url", (
+                f"plain http to {parts.hostname} would send the API key unencrypted; "
+                "use https, or set dify.allow_insecure_http = true if the network is trusted"))])
+        return self
+
+
+def _is_loopback(host: str | None) -> bool:
+    if not host:
+        return False
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class WatchSettings(_Strict):
+    """When filesystem events turn into a look at the folder."""
+
+    mode: WatchMode = "auto"
+    debounce_seconds: float = Field(3.0, ge=0)
+    delete_delay_seconds: float = Field(10.0, ge=0)
+    max_delay_seconds: float = Field(60.0, gt=0)
+    poll_interval_seconds: float = Field(30.0, gt=0)
+
+
+class ScheduleSettings(_Strict):
+    """Timers that run regardless of events."""
+
+    full_reconcile_minutes: float = Field(60.0, gt=0)
+    status_poll_seconds: float = Field(10.0, gt=0)
+    status_poll_max_seconds: float = Field(60.0, gt=0)
+
+
+class FolderSettings(_Strict):
+    """One local folder mirrored into one Dify dataset."""
+
+    path: Path
+    dataset_id: str = ""
+    dataset_name: str = ""
+    indexing_technique: Literal["high_quality", "economy"] = "high_quality"
+    include: list[str] = Field(default_factory=lambda: ["**/*"])
+    exclude: list[str] = Field(default_factory=list)
+    delete: bool = True
+    watch_mode: WatchMode | None = None
+    process_rule: dict[str, Any] = Field(default_factory=lambda: {"mode": "automatic"})
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _resolve_path(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            if not str(value).strip():
+                raise ValueError("must not be empty")
+            # Resolved but never required to exist: a missing root is handled at run time.
+            return _resolve(value, _current_config_dir())
+        return value
+
+    @field_validator("dataset_id", "dataset_name")
+    @classmethod
+    def _strip(cls, value: str) -> str:
+        return value.strip()
+
+    @field_validator("dataset_name")
+    @classmethod
+    def _check_name_length(cls, value: str) -> str:
+        if len(value) > DATASET_NAME_MAX:
+            raise ValueError(f"must be at most {DATASET_NAME_MAX} characters (Dify's limit)")
+        return value
+
+    @field_validator("process_rule")
+    @classmethod
+    def _check_process_rule(cls, value: dict[str, Any]) -> dict[str, Any]:
+        if value.get("mode") not in ("automatic", "custom", "hierarchical"):
+            raise PydanticCustomError("difysync_problems", "mode must be automatic, custom or hierarchical", {
+                "detail": "mode must be automatic, custom or hierarchical",
+                "problems": [("mode", "must be 'automatic', 'custom' or 'hierarchical' "
+                                      + (f"(got {_show(value['mode'])})" if "mode" in value else "(missing)"))]})
+        return value
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> FolderSettings:
+        if self.dataset_id and self.dataset_name:
+            raise _problems([("dataset_id", "give either dataset_id or dataset_name, not both")])
+        if not self.dataset_id and not self.dataset_name:
+            raise _problems([("dataset_id", "give dataset_id or dataset_name (one of them is required)")])
+        return self
+
+    @property
+    def dataset_label(self) -> str:
+        """How to name the target dataset in messages."""
+        return f"id {self.dataset_id}" if self.dataset_id else f"name {self.dataset_name!r}"
+
+    def effective_watch_mode(self, settings: Settings) -> WatchMode:
+        """This folder's watch mode: its own ``watch_mode`` if set, else ``[watch].mode``."""
+        return self.watch_mode or settings.watch.mode
+
+
+class _TomlDataSource(PydanticBaseSettingsSource):
+    """The TOML file of the load in progress, already parsed (and stripped of any api_key)."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
+        return self()[field_name] if field_name in self() else None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        load = _LOADING.get()
+        return dict(load.toml_data) if load else {}
+
+
+class Settings(BaseSettings):
+    """Everything difysync is configured with, except the API key (see ``load_api_key``)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=ENV_NESTED_DELIMITER,
+        case_sensitive=False,
+        extra="forbid",
+        frozen=True,
+    )
+
+    state_db: Path = Path("difysync.db")
+    shutdown_timeout_seconds: float = Field(20.0, gt=0)
+    dify: DifySettings = Field(default_factory=DifySettings)
+    watch: WatchSettings = Field(default_factory=WatchSettings)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    folders: list[FolderSettings] = Field(min_length=1)
+
+    _config_path: Path | None = PrivateAttr(default=None)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Earlier wins: init kwargs > DIFYSYNC_* environment > the TOML file > defaults.
+        return init_settings, env_settings, _TomlDataSource(settings_cls)
+
+    @field_validator("state_db", mode="before")
+    @classmethod
+    def _resolve_state_db(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            if not str(value).strip():
+                raise ValueError("must not be empty")
+            return _resolve(value, _current_config_dir())
+        return value
+
+    @model_validator(mode="after")
+    def _check_across_folders(self) -> Settings:
+        problems: list[tuple[str, str]] = []
+        by_id: dict[str, int] = {}
+        by_name: dict[str, int] = {}
+        by_path: dict[Path, int] = {}
+        for i, folder in enumerate(self.folders):
+            if folder.dataset_id:
+                if folder.dataset_id in by_id:
+                    problems.append((f"folders[{i}].dataset_id", (
+                        f"folders[{by_id[folder.dataset_id]}] already syncs into dataset "
+                        f"{folder.dataset_id}; two folders may not share a dataset")))
+                by_id.setdefault(folder.dataset_id, i)
+            if folder.dataset_name:
+                if folder.dataset_name in by_name:
+                    problems.append((f"folders[{i}].dataset_name", (
+                        f"folders[{by_name[folder.dataset_name]}] already syncs into dataset "
+                        f"{folder.dataset_name!r}; two folders may not share a dataset")))
+                by_name.setdefault(folder.dataset_name, i)
+            if folder.path in by_path:
+                problems.append((f"folders[{i}].path", (
+                    f"folders[{by_path[folder.path]}] already watches {folder.path}")))
+            by_path.setdefault(folder.path, i)
+            if self.state_db.is_relative_to(folder.path) and not any(k == "state_db" for k, _ in problems):
+                problems.append(("state_db", (
+                    f"{self.state_db} is inside folders[{i}].path ({folder.path}); "
+                    "keep the state DB outside every watched folder")))
+        if problems:
+            raise _problems(problems)
+        return self
+
+    def model_post_init(self, context: Any, /) -> None:
+        load = _LOADING.get()
+        self._config_path = load.config_path if load else None
+
+    @property
+    def config_path(self) -> Path | None:
+        """The file these settings were loaded from (None when built in code)."""
+        return self._config_path
+
+    @property
+    def config_dir(self) -> Path:
+        """The folder relative paths were resolved against."""
+        return self._config_path.parent if self._config_path else Path.cwd()
+
+
+# --- finding and loading -------------------------------------------------------------
+
+
+def find_config_path(explicit: str | os.PathLike[str] | None = None,
+                     environ: Mapping[str, str] = os.environ) -> Path:
+    """The config file to use: ``-c`` value, else ``$DIFYSYNC_CONFIG``, else ``./sync.toml``,
+    else ``/etc/difysync/sync.toml``.
+
+    A path the user named (``-c`` or the variable) must exist; we never fall back past it.
+    """
+    for named, origin in ((explicit, "-c"), (environ.get(CONFIG_ENV_VAR) or None, f"${CONFIG_ENV_VAR}")):
+        if named is not None:
+            path = Path(named).expanduser()
+            if not path.is_file():
+                what = "is not a file" if path.exists() else "does not exist"
+                raise ConfigError(f"config file {path} (from {origin}) {what}")
+            return path.absolute()
+    tried = [Path(LOCAL_CONFIG_NAME), SYSTEM_CONFIG_PATH]
+    for path in tried:
+        if path.is_file():
+            return path.absolute()
+    raise ConfigError(
+        f"no configuration file: tried {', '.join(str(p.absolute()) for p in tried)}; "
+        f"pass -c PATH or set {CONFIG_ENV_VAR}")
+
+
+def load_settings(path: str | os.PathLike[str], **overrides: Any) -> Settings:
+    """Read ``path`` (TOML) plus ``DIFYSYNC_*`` variables into validated Settings.
+
+    ``overrides`` (e.g. from the command line) win over the environment. Raises
+    ConfigError with one line per problem.
+    """
+    path = Path(path).expanduser().absolute()
+    data = _read_toml(path)
+    problems = [f"{key}: {API_KEY_IN_CONFIG}" for key in _find_api_keys(data)]
+    data = _without_api_keys(data)
+
+    token = _LOADING.set(_Load(config_path=path, toml_data=data))
+    try:
+        settings = Settings(**overrides)
+    except ValidationError as exc:
+        problems.extend(_describe(exc, os.environ, overrides))
+    except SettingsError as exc:
+        problems.append(f"environment: {_one_line(str(exc))}")
+    else:
+        if not problems:
+            return settings
+    finally:
+        _LOADING.reset(token)
+    raise ConfigError(_dedupe(problems))
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"config file {path}: not UTF-8 text") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        message = _one_line(str(exc))
+        where = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+        if where:
+            message = message[: where.start()] + message[where.end():]
+            raise ConfigError(f"config file {path} line {where.group(1)}, column {where.group(2)}: "
+                              f"{message}") from None
+        raise ConfigError(f"config file {path}: {message}") from None
+
+
+def _find_api_keys(data: Any, key: str = "") -> Iterator[str]:
+    if isinstance(data, dict):
+        for name, value in data.items():
+            sub = f"{key}.{name}" if key else name
+            if name == "api_key":
+                yield sub
+            else:
+                yield from _find_api_keys(value, sub)
+    elif isinstance(data, list):
+        for i, value in enumerate(data):
+            yield from _find_api_keys(value, f"{key}[{i}]")
+
+
+def _without_api_keys(data: Any) -> Any:
+    if isinstance(data, dict):
+        return {k: _without_api_keys(v) for k, v in data.items() if k != "api_key"}
+    if isinstance(data, list):
+        return [_without_api_keys(v) for v in data]
+    return data
+
+
+# --- one line per problem ------------------------------------------------------------
+
+
+def _describe(exc: ValidationError, environ: Mapping[str, str], overrides: Mapping[str, Any]) -> list[str]:
+    lines: list[str] = []
+    for error in exc.errors(include_url=False):
+        loc = tuple(error["loc"])
+        ctx = error.get("ctx") or {}
+        if error["type"] == "difysync_problems":
+            for sub, message in ctx["problems"]:
+                full = _join(loc, sub)
+                lines.append(f"{_label(_dotted(full), full, environ, overrides)}: {message}")
+            continue
+        key = _dotted(loc)
+        if loc and loc[-1] == "api_key":
+            lines.append(f"{key}: {API_KEY_IN_CONFIG}")
+            continue
+        lines.append(f"{_label(key, loc, environ, overrides)}: {_message(error, loc)}")
+    return lines
+
+
+def _message(error: Any, loc: tuple[Any, ...]) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), known, n=1)
+        return "unknown key" + (f" (did you mean {close[0]}?)" if close else "")
+    if loc == ("folders",) and kind in ("missing", "too_short"):
+        return "at least one [[folders]] table is required"
+    if kind == "missing":
+        return "is required"
+    message = _one_line(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            message = message[len(prefix):]
+    if message.startswith("Input should "):
+        message = "must " + message[len("Input should "):]
+    elif message[:1].isupper():
+        message = message[0].lower() + message[1:]
+    value = error.get("input")
+    if isinstance(value, str | int | float | bool):
+        message += f" (got {_show(value)})"
+    return message
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, str):
+        shown = value if len(value) <= 60 else value[:57] + "..."
+        return repr(shown)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value)
+
+
+def _label(key: str, loc: tuple[Any, ...], environ: Mapping[str, str], overrides: Mapping[str, Any]) -> str:
+    """Name the environment variable when the bad value came from one (it beats the file)."""
+    if loc and loc[0] in overrides:
+        return key
+    upper = {name.upper() for name in environ}
+    for end in range(len(loc), 0, -1):
+        head = loc[:end]
+        if all(isinstance(p, str) for p in head):
+            var = ENV_PREFIX + ENV_NESTED_DELIMITER.join(head).upper()
+            if var in upper:
+                return f"{var} ({key})"
+    return key
+
+
+def _join(loc: tuple[Any, ...], sub: str) -> tuple[Any, ...]:
+    # Settings-level problems (empty loc) carry absolute dotted keys; nested ones a field name.
+    if not sub:
+        return loc
+    return loc + tuple(_parse_dotted(sub))
+
+
+def _parse_dotted(key: str) -> list[Any]:
+    parts: list[Any] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", key):
+        parts.append(int(index) if index else name)
+    return parts
+
+
+def _dotted(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out or "config"
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: Any = Settings
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        model = inner[0] if inner else annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _dedupe(lines: list[str]) -> list[str]:
+    return list(dict.fromkeys(lines))
+
+
+def render_problems(err: ConfigError) -> str:
+    """The problems of ``err``, one per line, ready for stderr."""
+    return "\n".join(f"difysync: config error: {problem}" for problem in err.problems)
+
+
+# --- the API key ---------------------------------------------------------------------
+
+_CREDENTIALS = re.compile(r"\$(?:\{CREDENTIALS_DIRECTORY\}|CREDENTIALS_DIRECTORY(?![A-Za-z0-9_]))")
+
+
+def load_api_key(settings: Settings, environ: Mapping[str, str] = os.environ) -> SecretStr:
+    """The Dify API key: from ``dify.api_key_file`` when set, else ``$DIFYSYNC_API_KEY``.
+
+    ``$CREDENTIALS_DIRECTORY`` in the file name is expanded (systemd LoadCredential=).
+    Errors name the file, never its content.
+    """
+    name = settings.dify.api_key_file.strip()
+    if name:
+        if _CREDENTIALS.search(name):
+            credentials = environ.get("CREDENTIALS_DIRECTORY")
+            if not credentials:
+                raise ConfigError(f"dify.api_key_file: {name} refers to $CREDENTIALS_DIRECTORY, which is "
+                                  "not set (add LoadCredential= to the systemd unit)")
+            name = _CREDENTIALS.sub(lambda _: credentials, name)
+        path = _resolve(name, settings.config_dir)
+        try:
+            key = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise ConfigError(f"dify.api_key_file: cannot read {path}: {exc.strerror or type(exc).__name__}"
+                              ) from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"dify.api_key_file: {path} is not UTF-8 text") from None
+        if not key:
+            raise ConfigError(f"dify.api_key_file: {path} is empty")
+        return SecretStr(key)
+    key = (environ.get(API_KEY_ENV_VAR) or "").strip()
+    if not key:
+        raise ConfigError(NO_API_KEY)
+    return SecretStr(key)
