@@ -1,0 +1,5 @@
+"""`python -m difysync.emulator`: run the emulator in the foreground."""
+
+from .server import main
+
+main()

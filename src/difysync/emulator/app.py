@@ -1,0 +1,577 @@
+"""The HTTP face of the emulator: Dify's Knowledge API routes as an ASGI app.
+
+It speaks the wire contract (paths, status codes, error bodies) of a current or an old
+("legacy") Dify so the client is tested over real HTTP; an outer ASGI layer records
+requests and injects faults, including dropped connections, which a router cannot do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Awaitable, Callable
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from .faults import Faults
+from .store import ApiError, Store
+
+DEFAULT_EXTENSIONS = ("txt", "markdown", "md", "mdx", "pdf", "html", "htm", "xlsx", "xls",
+                      "docx", "csv", "vtt", "properties")
+FORBIDDEN_CHARS_CURRENT = '/\\:*?"<>|'
+FORBIDDEN_CHARS_LEGACY = "/\\"
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_NOT_FOUND_MSG = ("The requested URL was not found on the server. If you entered the URL "
+                  "manually please check your spelling and try again.")
+
+
+@dataclass
+class Options:
+    """How this emulated server behaves (fixed at construction)."""
+
+    api_key: str = "test-key"
+    legacy: bool = False
+    max_file_size_mb: float = 15
+    allowed_extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
+    bare_400_on_create: bool = False
+    refuse_delete_while_indexing: bool = False
+
+    @property
+    def size_limit(self) -> int:
+        return int(self.max_file_size_mb * 1024 * 1024)
+
+
+@dataclass
+class RequestRecord:
+    """One /v1 request as the server saw it. ``status`` is what was (or would have been)
+    answered: 0 when the connection was dropped before any work; ``dropped`` tells that
+    the client got no complete answer."""
+
+    method: str
+    path: str
+    status: int
+    mutating: bool
+    at: float
+    dropped: bool = False
+
+
+class RequestLog:
+    """Thread-safe list of RequestRecord."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.items: list[RequestRecord] = []
+
+    def add(self, record: RequestRecord) -> None:
+        with self._lock:
+            self.items.append(record)
+
+    def snapshot(self) -> list[RequestRecord]:
+        with self._lock:
+            return list(self.items)
+
+    def clear(self) -> None:
+        with self._lock:
+            self.items.clear()
+
+
+class _DropConnection(Exception):
+    """Raised after a response start to make uvicorn close the socket mid-answer."""
+
+
+class _QuietDrops(logging.Filter):
+    """Hide uvicorn's traceback for connections we drop on purpose (and for requests
+    cancelled at shutdown)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return not isinstance(exc, (_DropConnection, asyncio.CancelledError))
+
+
+_quiet = _QuietDrops()
+logging.getLogger("uvicorn.error").addFilter(_quiet)
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message, "status": status}, status_code=status)
+
+
+# ---------------------------------------------------------------------------- routes
+class _Api:
+    """Route handlers bound to one store, fault set and option set."""
+
+    def __init__(self, store: Store, faults: Faults, options: Options) -> None:
+        self.store = store
+        self.faults = faults
+        self.opt = options
+
+    # helpers ----------------------------------------------------------------
+    def auth(self, request: Request) -> None:
+        header = request.headers.get("authorization")
+        if header is None or not header.startswith("Bearer "):
+            raise ApiError(401, "unauthorized",
+                           "Authorization header must be provided and start with 'Bearer'")
+        if header[len("Bearer "):].strip() != self.opt.api_key:
+            raise ApiError(401, "unauthorized", "Access token is invalid")
+
+    @staticmethod
+    def int_arg(request: Request, name: str, default: int) -> int:
+        raw = request.query_params.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise ApiError(400, "invalid_param", f"{name} must be an integer") from None
+
+    @staticmethod
+    async def json_body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            raise ApiError(400, "invalid_param",
+                           "Failed to decode JSON object: invalid JSON body") from None
+        if not isinstance(body, dict):
+            raise ApiError(400, "invalid_param", "JSON body must be an object")
+        return body
+
+    def check_quota(self) -> None:
+        if self.faults.provider_not_initialize:
+            raise ApiError(400, "provider_not_initialize",
+                           "No valid model provider credentials found. Please go to Settings "
+                           "-> Model Provider to complete your provider credentials.")
+        if self.faults.quota_exceeded:
+            raise ApiError(400, "provider_quota_exceeded",
+                           "Your quota for Dify Hosted Model Provider has been exhausted. "
+                           "Please go to Settings -> Model Provider to complete your own "
+                           "provider credentials.")
+
+    def check_document_limit(self) -> None:
+        if self.faults.document_limit:
+            raise ApiError(403, "forbidden",
+                           "The number of documents has reached the limit of your subscription.")
+
+    def _data_field(self, form: Any) -> dict[str, Any]:
+        raw = form.get("data")
+        if raw is None:
+            return {}
+        if not isinstance(raw, str):
+            raw = raw.file.read().decode("utf-8", "replace") if hasattr(raw, "file") else str(raw)
+        try:
+            data = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise ApiError(400, "invalid_param", "data is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "invalid_param", "data must be a JSON object")
+        return data
+
+    async def read_upload(self, form: Any, *, create: bool) -> tuple[str, bytes, str] | None:
+        """Dify's FileService.upload_file checks: returns (name, bytes, extension)."""
+        files = [(k, v) for k, v in form.multi_items() if not isinstance(v, str)]
+        if len(files) > 1:
+            raise ApiError(400, "too_many_files", "Only one file is allowed.")
+        upload = form.get("file")
+        if upload is None or isinstance(upload, str):
+            if create:
+                raise ApiError(400, "no_file_uploaded", "Please upload your file.")
+            return None
+        name = upload.filename or ""
+        content = await upload.read()
+        forbidden = FORBIDDEN_CHARS_LEGACY if self.opt.legacy else FORBIDDEN_CHARS_CURRENT
+        if any(c in name for c in forbidden):
+            raise ApiError(400, "invalid_param", "Filename contains invalid characters")
+        extension = name.rsplit(".", 1)[1].lower() if "." in name else ""
+        if len(name) > 200:
+            name = name.split(".")[0][:200] + "." + extension
+        bare = create and self.opt.bare_400_on_create
+        allowed = {e.lower() for e in self.opt.allowed_extensions}
+        if not extension or extension not in allowed:
+            if bare:
+                raise ApiError(400, "invalid_param", "")
+            raise ApiError(415, "unsupported_file_type", "File type not allowed.")
+        if len(content) > self.opt.size_limit:
+            if bare:
+                raise ApiError(400, "invalid_param", "")
+            raise ApiError(413, "file_too_large", "File size exceeded. {message}")
+        return name, content, extension
+
+    def answer(self, doc: Any, batch: str) -> JSONResponse:
+        return JSONResponse({"document": self.store.document_dict(doc, fresh=True),
+                             "batch": batch})
+
+    # datasets ----------------------------------------------------------------
+    async def datasets(self, request: Request) -> Response:
+        self.auth(request)
+        if request.method == "GET":
+            page = max(self.int_arg(request, "page", 1), 1)
+            limit = max(self.int_arg(request, "limit", 20), 1)
+            keyword = request.query_params.get("keyword") or None
+            return JSONResponse(self.store.list_datasets(page, limit, keyword))
+        body = await self.json_body(request)
+        ds_id = self.store.create_dataset(
+            body.get("name"), body.get("indexing_technique"),
+            description=body.get("description") or "",
+            permission=body.get("permission") or "only_me")
+        return JSONResponse(self.store.dataset_dict(self.store.get_dataset(ds_id)))
+
+    async def dataset(self, request: Request) -> Response:
+        self.auth(request)
+        ds_id = request.path_params["ds"]
+        if request.method == "GET":
+            if self.opt.legacy:
+                raise HTTPException(404)
+            return JSONResponse(self.store.dataset_dict(self.store.get_dataset(ds_id)))
+        if request.method == "PATCH":
+            body = await self.json_body(request)
+            self.store.update_dataset(ds_id, **{k: body.get(k) for k in (
+                "name", "description", "permission", "indexing_technique")})
+            return JSONResponse(self.store.dataset_dict(self.store.get_dataset(ds_id)))
+        self.store.delete_dataset(ds_id)
+        return Response(status_code=204)
+
+    # documents ---------------------------------------------------------------
+    async def create_by_file(self, request: Request) -> Response:
+        self.auth(request)
+        ds_id = request.path_params["ds"]
+        ds = self.store.get_dataset(ds_id)
+        self.check_document_limit()
+        form = await request.form(max_files=10, max_fields=100)
+        try:
+            data = self._data_field(form)
+            technique = data.get("indexing_technique")
+            if not ds.indexing_technique and not technique:
+                raise ApiError(400, "invalid_param", "indexing_technique is required.")
+            if technique not in (None, "high_quality", "economy"):
+                raise ApiError(400, "invalid_param", "Invalid indexing technique.")
+            upload = await self.read_upload(form, create=True)
+            assert upload is not None
+            self.check_quota()
+            name, content, extension = upload
+            doc, batch = self.store.add_document(
+                ds_id, name, content, extension=extension, indexing_technique=technique,
+                doc_form=data.get("doc_form"), doc_language=data.get("doc_language"))
+            return self.answer(doc, batch)
+        finally:
+            await form.close()
+
+    async def create_by_text(self, request: Request) -> Response:
+        self.auth(request)
+        ds_id = request.path_params["ds"]
+        ds = self.store.get_dataset(ds_id)
+        self.check_document_limit()
+        body = await self.json_body(request)
+        technique = body.get("indexing_technique")
+        if not ds.indexing_technique and not technique:
+            raise ApiError(400, "invalid_param", "indexing_technique is required.")
+        name, text = body.get("name"), body.get("text")
+        if not isinstance(name, str) or not name or not isinstance(text, str):
+            raise ApiError(400, "invalid_param", "name and text are required.")
+        self.check_quota()
+        doc, batch = self.store.add_document(
+            ds_id, name, text.encode("utf-8"), extension="txt", mime_type="text/plain",
+            indexing_technique=technique, doc_form=body.get("doc_form"),
+            doc_language=body.get("doc_language"))
+        return self.answer(doc, batch)
+
+    async def update_by_file(self, request: Request) -> Response:
+        self.auth(request)
+        ds_id, doc_id = request.path_params["ds"], request.path_params["doc"]
+        self.store.get_dataset(ds_id)
+        self.check_document_limit()
+        doc = self.store.get_document(ds_id, doc_id)
+        if doc.archived:
+            raise ApiError(403, "archived_document_immutable",
+                           "The archived document is not editable.")
+        form = await request.form(max_files=10, max_fields=100)
+        try:
+            self._data_field(form)
+            upload = await self.read_upload(form, create=False)
+            self.check_quota()
+            if upload is None:
+                doc, batch = self.store.update_document(ds_id, doc_id)
+            else:
+                name, content, extension = upload
+                doc, batch = self.store.update_document(ds_id, doc_id, name=name,
+                                                        content=content, extension=extension)
+            return self.answer(doc, batch)
+        finally:
+            await form.close()
+
+    async def update_by_text(self, request: Request) -> Response:
+        self.auth(request)
+        ds_id, doc_id = request.path_params["ds"], request.path_params["doc"]
+        self.store.get_dataset(ds_id)
+        self.check_document_limit()
+        doc = self.store.get_document(ds_id, doc_id)
+        if doc.archived:
+            raise ApiError(403, "archived_document_immutable",
+                           "The archived document is not editable.")
+        body = await self.json_body(request)
+        name, text = body.get("name"), body.get("text")
+        if text is not None and not isinstance(text, str):
+            raise ApiError(400, "invalid_param", "text must be a string.")
+        self.check_quota()
+        doc, batch = self.store.update_document(
+            ds_id, doc_id, name=name if isinstance(name, str) and name else None,
+            content=text.encode("utf-8") if text is not None else None,
+            extension="txt" if text is not None else None,
+            mime_type="text/plain" if text is not None else None)
+        return self.answer(doc, batch)
+
+    async def documents(self, request: Request) -> Response:
+        self.auth(request)
+        ds_id = request.path_params["ds"]
+        page = max(self.int_arg(request, "page", 1), 1)
+        limit = max(self.int_arg(request, "limit", 20), 1)
+        keyword = request.query_params.get("keyword") or None
+        status = request.query_params.get("status") or None
+        return JSONResponse(self.store.list_documents(ds_id, page, limit, keyword, status))
+
+    async def document(self, request: Request) -> Response:
+        self.auth(request)
+        ds_id, doc_id = request.path_params["ds"], request.path_params["doc"]
+        if request.method == "DELETE":
+            self.store.api_delete_document(
+                ds_id, doc_id, refuse_while_indexing=self.opt.refuse_delete_while_indexing)
+            if self.opt.legacy:
+                return JSONResponse({"result": "success"})
+            return Response(status_code=204)
+        if self.opt.legacy:  # GET detail and PATCH update do not exist on old servers
+            raise HTTPException(404)
+        if request.method == "PATCH":
+            return await self.update_by_file(request)
+        doc = self.store.get_document(ds_id, doc_id)
+        return JSONResponse(self.store.document_dict(doc, detail=True))
+
+    async def indexing_status(self, request: Request) -> Response:
+        self.auth(request)
+        ds_id, batch = request.path_params["ds"], request.path_params["batch"]
+        return JSONResponse({"data": self.store.batch_status(ds_id, batch)})
+
+    async def status_action(self, request: Request) -> Response:
+        self.auth(request)
+        ds_id = request.path_params["ds"]
+        self.store.get_dataset(ds_id)
+        body = await self.json_body(request)
+        ids = body.get("document_ids")
+        if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+            raise ApiError(400, "invalid_param", "document_ids must be a list of strings.")
+        self.store.set_status(ds_id, request.path_params["action"], ids)
+        return JSONResponse({"result": "success"})
+
+    # routing -----------------------------------------------------------------
+    def routes(self) -> list[Route]:
+        legacy = self.opt.legacy
+
+        def spell(path: str) -> list[str]:
+            """The underscore spelling, plus the hyphen one on current servers."""
+            hyphen = path.replace("_by_", "-by-")
+            return [path] if legacy or hyphen == path else [path, hyphen]
+
+        v = "/v1/datasets"
+        routes = [
+            Route(v, self.datasets, methods=["GET", "POST"]),
+            Route(v + "/{ds}", self.dataset, methods=["GET", "DELETE"] + ([] if legacy else
+                                                                          ["PATCH"])),
+            Route(v + "/{ds}/documents", self.documents, methods=["GET"]),
+            Route(v + "/{ds}/documents/{batch}/indexing-status", self.indexing_status,
+                  methods=["GET"]),
+            Route(v + "/{ds}/documents/{doc}", self.document,
+                  methods=["GET", "DELETE", "PATCH"]),
+        ]
+        if not legacy:
+            routes.append(Route(v + "/{ds}/documents/status/{action}", self.status_action,
+                                methods=["PATCH"]))
+        for path in spell(v + "/{ds}/document/create_by_file"):
+            routes.append(Route(path, self.create_by_file, methods=["POST"]))
+        for path in spell(v + "/{ds}/document/create_by_text"):
+            routes.append(Route(path, self.create_by_text, methods=["POST"]))
+        for path in spell(v + "/{ds}/documents/{doc}/update_by_file"):
+            routes.append(Route(path, self.update_by_file, methods=["POST"]))
+        for path in spell(v + "/{ds}/documents/{doc}/update_by_text"):
+            routes.append(Route(path, self.update_by_text, methods=["POST"]))
+        return routes
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _error(404, "not_found", _NOT_FOUND_MSG)
+    if exc.status_code == 405:
+        return _error(405, "method_not_allowed", "The method is not allowed for the requested URL.")
+    return _error(exc.status_code, "bad_request" if exc.status_code == 400 else "error",
+                  str(exc.detail))
+
+
+async def _crash(request: Request, exc: Exception) -> Response:
+    logging.getLogger("difysync.emulator").exception("emulator route crashed")
+    return _error(500, "internal_server_error", f"Emulator bug: {type(exc).__name__}: {exc}")
+
+
+# ---------------------------------------------------------------------------- admin
+class _Admin:
+    """The out-of-band control routes (/_admin/...): no auth, not recorded."""
+
+    def __init__(self, store: Store, faults: Faults, log: RequestLog) -> None:
+        self.store, self.faults, self.log = store, faults, log
+
+    async def faults_route(self, request: Request) -> Response:
+        if request.method == "POST":
+            body = await _Api.json_body(request)
+            try:
+                self.faults.update(**body)
+            except (TypeError, ValueError) as exc:
+                raise ApiError(400, "invalid_param", str(exc)) from None
+        return JSONResponse(self.faults.to_dict())
+
+    async def reset(self, request: Request) -> Response:
+        self.store.reset()
+        self.faults.reset()
+        self.log.clear()
+        return JSONResponse({"result": "success"})
+
+    async def requests(self, request: Request) -> Response:
+        return JSONResponse({"data": [asdict(r) for r in self.log.snapshot()]})
+
+    async def set_document(self, request: Request) -> Response:
+        ds, doc = request.path_params["ds"], request.path_params["doc"]
+        body = await _Api.json_body(request)
+        try:
+            self.store.set_document(ds, doc, **body)
+        except ValueError as exc:
+            raise ApiError(400, "invalid_param", str(exc)) from None
+        return JSONResponse(self.store.document_dict(self.store.get_document(ds, doc)))
+
+    async def list_documents(self, request: Request) -> Response:
+        ds = request.path_params["ds"]
+        docs = self.store.documents(ds)
+        return JSONResponse({"data": [
+            {**self.store.document_dict(d), "sha256": d.sha256, "size": d.size,
+             "batch": d.batch} for d in docs]})
+
+    async def fail_patterns(self, request: Request) -> Response:
+        if request.method == "POST":
+            raw = await request.body()
+            try:
+                body = json.loads(raw) if raw.strip() else []
+            except ValueError:
+                raise ApiError(400, "invalid_param", "invalid JSON body") from None
+            patterns = body.get("patterns", []) if isinstance(body, dict) else body
+            if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
+                raise ApiError(400, "invalid_param", "patterns must be a list of strings")
+            with self.store.lock:
+                self.store.fail_patterns = list(patterns)
+                self.store.save()
+        return JSONResponse({"patterns": list(self.store.fail_patterns)})
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("/_admin/faults", self.faults_route, methods=["GET", "POST"]),
+            Route("/_admin/reset", self.reset, methods=["POST"]),
+            Route("/_admin/requests", self.requests, methods=["GET"]),
+            Route("/_admin/documents/{ds}", self.list_documents, methods=["GET"]),
+            Route("/_admin/documents/{ds}/{doc}", self.set_document, methods=["POST"]),
+            Route("/_admin/fail_patterns", self.fail_patterns, methods=["GET", "POST"]),
+        ]
+
+
+# ----------------------------------------------------------------- the outer layer
+ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]],
+                   Awaitable[None]]
+
+
+class EmulatorApp:
+    """ASGI entry point: admin routes as is; /v1 routes through logging and faults."""
+
+    def __init__(self, store: Store, faults: Faults, options: Options,
+                 log: RequestLog | None = None) -> None:
+        self.store, self.faults, self.options = store, faults, options
+        self.log = log if log is not None else RequestLog()
+        handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error,
+                                    Exception: _crash}
+        self.api = Starlette(routes=_Api(store, faults, options).routes(),
+                             exception_handlers=handlers)
+        self.admin = Starlette(routes=_Admin(store, faults, self.log).routes(),
+                               exception_handlers=handlers)
+
+    async def __call__(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                       send: Callable[[dict], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.api(scope, receive, send)
+            return
+        path: str = scope["path"]
+        if path.startswith("/_admin/"):
+            await self.admin(scope, receive, send)
+            return
+        method: str = scope["method"].upper()
+        mutating = method in MUTATING_METHODS
+        record = RequestRecord(method=method, path=path, status=0, mutating=mutating,
+                               at=time.time())
+        self.log.add(record)
+        decision = self.faults.decide(method, path, mutating)
+        if decision.delay > 0:
+            await asyncio.sleep(decision.delay)
+        if decision.hang > 0:
+            await asyncio.sleep(decision.hang)
+        if decision.action == "drop":
+            record.dropped = True
+            await self._drop(send)
+        if decision.action == "respond":
+            record.status = decision.status
+            headers = [(b"content-type", decision.content_type.encode()),
+                       (b"content-length", str(len(decision.body)).encode())]
+            headers += [(k.lower().encode(), str(v).encode())
+                        for k, v in decision.headers.items()]
+            await send({"type": "http.response.start", "status": decision.status,
+                        "headers": headers})
+            await send({"type": "http.response.body", "body": decision.body})
+            return
+        commit_then_drop = decision.action == "drop_after_commit"
+
+        async def recording_send(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                record.status = int(message["status"])
+            if not commit_then_drop:
+                await send(message)
+
+        await self.api(scope, receive, recording_send)
+        if commit_then_drop:
+            record.dropped = True
+            await self._drop(send)
+
+    @staticmethod
+    async def _drop(send: Callable[[dict], Awaitable[None]]) -> None:
+        """Promise a body, then fail: uvicorn closes the socket, the client sees a
+        truncated answer (a protocol error), never a 500."""
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"),
+                                (b"content-length", b"1024")]})
+        raise _DropConnection("connection dropped by fault injection")
+
+
+def create_app(store: Store | None = None, faults: Faults | None = None,
+               options: Options | None = None, log: RequestLog | None = None) -> EmulatorApp:
+    """Build the ASGI app (the server module wires it into uvicorn)."""
+    options = options or Options()
+    store = store if store is not None else Store(legacy=options.legacy)
+    return EmulatorApp(store, faults if faults is not None else Faults(), options, log)
+
+
+__all__ = ["DEFAULT_EXTENSIONS", "EmulatorApp", "Options", "RequestLog", "RequestRecord",
+           "create_app"]

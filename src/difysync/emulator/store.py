@@ -1,0 +1,659 @@
+"""The emulator's memory: datasets, documents, batches and how indexing moves on with time.
+
+The business rules of the Dify Knowledge API (name matching, availability, file checks
+are in app.py) live here so tests can poke the same state the HTTP routes see.
+Indexing is computed lazily from the clock, so no worker thread is needed.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import hashlib
+import json
+import mimetypes
+import os
+import random
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Callable
+
+# The stages a document walks through, with the fraction of `indexing_delay` at which
+# each one starts. "completed" (or "error") is reached at fraction 1.0.
+_STAGES: tuple[tuple[float, str], ...] = (
+    (0.0, "waiting"),
+    (0.1, "parsing"),
+    (0.4, "splitting"),
+    (0.7, "indexing"),
+)
+IN_PROGRESS = frozenset({"parsing", "cleaning", "splitting", "indexing"})
+
+
+class ApiError(Exception):
+    """An answer in Dify's error shape: ``{"code", "message", "status"}``."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+    def body(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "status": self.status}
+
+
+def dataset_not_found() -> ApiError:
+    return ApiError(404, "not_found", "Dataset not found.")
+
+
+def document_not_found() -> ApiError:
+    return ApiError(404, "not_found", "Document Not Exists.")
+
+
+@dataclass
+class DatasetRec:
+    id: str
+    name: str
+    description: str = ""
+    permission: str = "only_me"
+    indexing_technique: str | None = None
+    doc_form: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    process_rule_id: str = ""
+    next_position: int = 1
+
+
+@dataclass
+class DocRecord:
+    id: str
+    dataset_id: str
+    position: int
+    name: str
+    content: bytes
+    extension: str
+    mime_type: str
+    upload_file_id: str
+    upload_created_at: float
+    created_at: float
+    seq: int
+    indexing_started_at: float
+    batch: str
+    process_rule_id: str
+    doc_form: str = "text_model"
+    doc_language: str = "English"
+    created_from: str = "api"
+    enabled: bool = True
+    disabled_at: float | None = None
+    disabled_by: str | None = None
+    archived: bool = False
+    archived_at: float | None = None
+    fail_error: str | None = None  # decided when indexing starts (fail_patterns)
+    status_override: str | None = None  # forced by set_document; cleared by a re-index
+    error_override: str | None = None
+    updated_at: float = 0.0
+
+    @property
+    def size(self) -> int:
+        return len(self.content)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.content).hexdigest()
+
+
+USER_ID = "00000000-0000-4000-8000-00000000e3a1"  # the emulated API key's "account"
+_SETTABLE = {"enabled", "archived", "name", "indexing_status", "error", "created_from",
+             "doc_form", "content", "disabled_by"}
+
+
+class Store:
+    """Thread-safe in-memory state of one emulated workspace (optionally persisted)."""
+
+    def __init__(self, *, legacy: bool = False, indexing_delay: float = 0.0,
+                 state_path: str | os.PathLike[str] | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.lock = threading.RLock()
+        self.legacy = legacy
+        self.indexing_delay = float(indexing_delay)
+        self.state_path = os.fspath(state_path) if state_path is not None else None
+        self.clock = clock
+        self.fail_patterns: list[str] = []
+        self.datasets: dict[str, DatasetRec] = {}
+        self.docs: dict[str, dict[str, DocRecord]] = {}  # dataset id -> doc id -> record
+        self.batches: dict[str, tuple[str, list[str]]] = {}  # batch -> (dataset id, doc ids)
+        self._seq = 0
+        if self.state_path and os.path.exists(self.state_path):
+            self._load()
+
+    # ------------------------------------------------------------------ helpers
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _new_batch(self, dataset_id: str, doc_ids: list[str]) -> str:
+        while True:
+            batch = time.strftime("%Y%m%d%H%M%S", time.gmtime(self.clock())) + \
+                f"{random.randint(0, 999999):06d}"
+            if batch not in self.batches:
+                self.batches[batch] = (dataset_id, list(doc_ids))
+                return batch
+
+    def reset(self) -> None:
+        """Forget every dataset, document and batch (and the fail patterns)."""
+        with self.lock:
+            self.datasets.clear()
+            self.docs.clear()
+            self.batches.clear()
+            self.fail_patterns = []
+            self._save()
+
+    def _fail_error_for(self, name: str) -> str | None:
+        for pattern in self.fail_patterns:
+            if fnmatch.fnmatchcase(name, pattern):
+                return f"Emulated indexing failure: {name!r} matches {pattern!r}"
+        return None
+
+    # ----------------------------------------------------------------- datasets
+    def get_dataset(self, dataset_id: str) -> DatasetRec:
+        with self.lock:
+            ds = self.datasets.get(dataset_id)
+            if ds is None:
+                raise dataset_not_found()
+            return ds
+
+    def create_dataset(self, name: str, indexing_technique: str | None = None, *,
+                       description: str = "", permission: str = "only_me") -> str:
+        """Create a dataset and return its id (ApiError on a bad or duplicate name)."""
+        if not isinstance(name, str) or not 1 <= len(name) <= 40:
+            raise ApiError(400, "invalid_param", "Name must be between 1 to 40 characters.")
+        if indexing_technique not in (None, "high_quality", "economy"):
+            raise ApiError(400, "invalid_param", "Invalid indexing technique.")
+        with self.lock:
+            if any(d.name == name for d in self.datasets.values()):
+                raise ApiError(409, "dataset_name_duplicate",
+                               "The dataset name already exists. Please modify your dataset name.")
+            now = self.clock()
+            ds = DatasetRec(id=str(uuid.uuid4()), name=name, description=description or "",
+                            permission=permission or "only_me",
+                            indexing_technique=indexing_technique, created_at=now,
+                            updated_at=now, process_rule_id=str(uuid.uuid4()))
+            self.datasets[ds.id] = ds
+            self.docs[ds.id] = {}
+            self._save()
+            return ds.id
+
+    def update_dataset(self, dataset_id: str, **changes: Any) -> None:
+        with self.lock:
+            ds = self.get_dataset(dataset_id)
+            if "name" in changes and changes["name"] is not None:
+                name = changes["name"]
+                if not isinstance(name, str) or not 1 <= len(name) <= 40:
+                    raise ApiError(400, "invalid_param", "Name must be between 1 to 40 characters.")
+                if any(d.name == name and d.id != ds.id for d in self.datasets.values()):
+                    raise ApiError(409, "dataset_name_duplicate",
+                                   "The dataset name already exists. Please modify your dataset name.")
+                ds.name = name
+            for key in ("description", "permission", "indexing_technique"):
+                if changes.get(key) is not None:
+                    setattr(ds, key, changes[key])
+            ds.updated_at = self.clock()
+            self._save()
+
+    def delete_dataset(self, dataset_id: str) -> None:
+        with self.lock:
+            self.get_dataset(dataset_id)
+            del self.datasets[dataset_id]
+            self.docs.pop(dataset_id, None)
+            for batch, (ds_id, _) in list(self.batches.items()):
+                if ds_id == dataset_id:
+                    del self.batches[batch]
+            self._save()
+
+    def list_datasets(self, page: int, limit: int, keyword: str | None) -> dict[str, Any]:
+        with self.lock:
+            items = sorted(self.datasets.values(), key=lambda d: d.created_at, reverse=True)
+            if keyword:
+                items = [d for d in items if keyword.lower() in d.name.lower()]
+            per_page = min(limit, 100)
+            chunk = items[(page - 1) * per_page:(page - 1) * per_page + per_page]
+            return {"data": [self.dataset_dict(d) for d in chunk], "has_more": len(chunk) == limit,
+                    "limit": limit, "total": len(items), "page": page}
+
+    def dataset_dict(self, ds: DatasetRec) -> dict[str, Any]:
+        with self.lock:
+            docs = list(self.docs.get(ds.id, {}).values())
+            return {
+                "id": ds.id, "name": ds.name, "description": ds.description or None,
+                "provider": "vendor", "permission": ds.permission,
+                "data_source_type": "upload_file" if docs else None,
+                "indexing_technique": ds.indexing_technique, "app_count": 0,
+                "document_count": len(docs),
+                "word_count": sum(_word_count(d.content) for d in docs),
+                "created_by": USER_ID, "created_at": int(ds.created_at),
+                "updated_by": USER_ID, "updated_at": int(ds.updated_at),
+                "embedding_model": None, "embedding_model_provider": None,
+                "embedding_available": True,
+                "retrieval_model_dict": {
+                    "search_method": "keyword_search" if ds.indexing_technique == "economy"
+                    else "semantic_search",
+                    "reranking_enable": False, "reranking_model": {"reranking_provider_name": "",
+                                                                   "reranking_model_name": ""},
+                    "top_k": 2, "score_threshold_enabled": False, "score_threshold": None},
+                "tags": [], "doc_form": ds.doc_form, "external_knowledge_info": None,
+            }
+
+    # ---------------------------------------------------------------- documents
+    def _docs_of(self, dataset_id: str) -> dict[str, DocRecord]:
+        self.get_dataset(dataset_id)
+        return self.docs.setdefault(dataset_id, {})
+
+    def get_document(self, dataset_id: str, doc_id: str) -> DocRecord:
+        with self.lock:
+            doc = self._docs_of(dataset_id).get(doc_id)
+            if doc is None:
+                raise document_not_found()
+            return doc
+
+    def documents(self, dataset_id: str) -> list[DocRecord]:
+        """Every document of a dataset, oldest first (for tests)."""
+        with self.lock:
+            return sorted(self._docs_of(dataset_id).values(), key=lambda d: d.seq)
+
+    def document_by_name(self, dataset_id: str, name: str) -> DocRecord | None:
+        """The newest document with exactly this name, or None."""
+        with self.lock:
+            found = [d for d in self._docs_of(dataset_id).values() if d.name == name]
+            return max(found, key=lambda d: d.seq) if found else None
+
+    def content(self, dataset_id: str, doc_id: str) -> bytes:
+        with self.lock:
+            return self.get_document(dataset_id, doc_id).content
+
+    def add_document(self, dataset_id: str, name: str, content: bytes, *,
+                     extension: str | None = None, mime_type: str | None = None,
+                     indexing_technique: str | None = None, doc_form: str | None = None,
+                     doc_language: str | None = None,
+                     match_by_name: bool | None = None) -> tuple[DocRecord, str]:
+        """Register an upload: re-index a same-named enabled document (current servers) or
+        create a new one. Returns the record and the new batch id."""
+        if match_by_name is None:
+            match_by_name = not self.legacy
+        if extension is None:
+            extension = name.rsplit(".", 1)[1].lower() if "." in name else ""
+        with self.lock:
+            ds = self.get_dataset(dataset_id)
+            docs = self._docs_of(dataset_id)
+            if ds.indexing_technique is None:
+                ds.indexing_technique = indexing_technique or "economy"
+            if ds.doc_form is None:
+                ds.doc_form = doc_form or "text_model"
+            now = self.clock()
+            match = None
+            if match_by_name:
+                same = [d for d in docs.values()
+                        if d.name == name and d.enabled and not d.archived]
+                match = max(same, key=lambda d: d.seq) if same else None
+            if match is not None:
+                self._replace_content(match, content, extension, mime_type, now)
+                self._restart_indexing(match, now)
+                batch = self._new_batch(dataset_id, [match.id])
+                match.batch = batch
+                self._save()
+                return match, batch
+            doc = DocRecord(
+                id=str(uuid.uuid4()), dataset_id=dataset_id, position=ds.next_position,
+                name=name, content=content, extension=extension,
+                mime_type=mime_type or _mime(name), upload_file_id=str(uuid.uuid4()),
+                upload_created_at=now, created_at=now, seq=self._next_seq(),
+                indexing_started_at=now, batch="", process_rule_id=ds.process_rule_id,
+                doc_form=doc_form or ds.doc_form or "text_model",
+                doc_language=doc_language or "English", updated_at=now)
+            ds.next_position += 1
+            doc.fail_error = self._fail_error_for(name)
+            docs[doc.id] = doc
+            doc.batch = self._new_batch(dataset_id, [doc.id])
+            self._save()
+            return doc, doc.batch
+
+    def _replace_content(self, doc: DocRecord, content: bytes, extension: str,
+                         mime_type: str | None, now: float) -> None:
+        doc.content = content
+        doc.extension = extension
+        doc.mime_type = mime_type or _mime(doc.name)
+        doc.upload_file_id = str(uuid.uuid4())
+        doc.upload_created_at = now
+
+    def _restart_indexing(self, doc: DocRecord, now: float) -> None:
+        doc.indexing_started_at = now
+        doc.status_override = None
+        doc.error_override = None
+        doc.fail_error = self._fail_error_for(doc.name)
+        doc.updated_at = now
+
+    def update_document(self, dataset_id: str, doc_id: str, *, name: str | None = None,
+                        content: bytes | None = None, extension: str | None = None,
+                        mime_type: str | None = None) -> tuple[DocRecord, str]:
+        """Replace a document's file (and name), keeping its id; refuses like Dify does."""
+        with self.lock:
+            doc = self.get_document(dataset_id, doc_id)
+            if doc.archived:
+                raise ApiError(403, "archived_document_immutable",
+                               "The archived document is not editable.")
+            if self.display_status(doc) != "available":
+                raise ApiError(400, "invalid_param", "Document is not available")
+            now = self.clock()
+            if name is not None:
+                doc.name = name
+            if content is not None:
+                if extension is None:
+                    extension = doc.name.rsplit(".", 1)[1].lower() if "." in doc.name else ""
+                self._replace_content(doc, content, extension, mime_type, now)
+            if not self.legacy:
+                doc.created_from = "web"  # what Dify 1.14.1 shows after an update
+            self._restart_indexing(doc, now)
+            batch = self._new_batch(dataset_id, [doc.id])
+            doc.batch = batch
+            self._save()
+            return doc, batch
+
+    def api_delete_document(self, dataset_id: str, doc_id: str, *,
+                            refuse_while_indexing: bool) -> None:
+        """DELETE as the server does it: archived 403, in-progress 400 (if refused)."""
+        with self.lock:
+            doc = self.get_document(dataset_id, doc_id)
+            if doc.archived:
+                raise ApiError(403, "archived_document_immutable",
+                               "The archived document is not editable.")
+            if refuse_while_indexing and self.indexing_status(doc) in IN_PROGRESS:
+                raise ApiError(400, "document_indexing", "Cannot delete document during indexing.")
+            self.delete_document(dataset_id, doc_id)
+
+    def delete_document(self, dataset_id: str, doc_id: str) -> None:
+        """Remove a document without any check (test helper)."""
+        with self.lock:
+            docs = self._docs_of(dataset_id)
+            if docs.pop(doc_id, None) is None:
+                raise document_not_found()
+            for batch, (ds_id, ids) in list(self.batches.items()):
+                if doc_id in ids:
+                    ids.remove(doc_id)
+                    if not ids:
+                        del self.batches[batch]
+            self._save()
+
+    def set_document(self, dataset_id: str, doc_id: str, **fields_: Any) -> None:
+        """Force fields of a document (test helper): enabled, archived, name, content,
+        indexing_status (pins the status until the next re-index; None unpins), error
+        (alone it also pins the status to "error"), created_from, doc_form, disabled_by."""
+        unknown = set(fields_) - _SETTABLE
+        if unknown:
+            raise ValueError(f"cannot set {sorted(unknown)}; settable: {sorted(_SETTABLE)}")
+        with self.lock:
+            doc = self.get_document(dataset_id, doc_id)
+            now = self.clock()
+            if "enabled" in fields_:
+                doc.enabled = bool(fields_["enabled"])
+                doc.disabled_at = None if doc.enabled else now
+                doc.disabled_by = None if doc.enabled else USER_ID
+            if "archived" in fields_:
+                doc.archived = bool(fields_["archived"])
+                doc.archived_at = now if doc.archived else None
+            for key in ("name", "created_from", "doc_form", "disabled_by"):
+                if key in fields_:
+                    setattr(doc, key, fields_[key])
+            if "content" in fields_:
+                content = fields_["content"]
+                doc.content = content.encode() if isinstance(content, str) else bytes(content)
+            if "indexing_status" in fields_:
+                doc.status_override = fields_["indexing_status"]
+                if doc.status_override is None:
+                    doc.error_override = None
+            if "error" in fields_:
+                doc.error_override = fields_["error"]
+                if fields_["error"] is not None and "indexing_status" not in fields_:
+                    doc.status_override = "error"
+            doc.updated_at = now
+            self._save()
+
+    def set_status(self, dataset_id: str, action: str, doc_ids: list[str]) -> None:
+        """PATCH documents/status/{action}: enable, disable, archive, un_archive."""
+        if action not in ("enable", "disable", "archive", "un_archive"):
+            raise ApiError(400, "invalid_action", f"Invalid action: {action}")
+        with self.lock:
+            docs = self._docs_of(dataset_id)
+            targets = []
+            for doc_id in doc_ids:
+                doc = docs.get(doc_id)
+                if doc is None:
+                    raise ApiError(404, "not_found", "Document not found.")
+                targets.append(doc)
+            now = self.clock()
+            for doc in targets:
+                if action == "enable":
+                    doc.enabled, doc.disabled_at, doc.disabled_by = True, None, None
+                elif action == "disable":
+                    if self.indexing_status(doc) != "completed":
+                        raise ApiError(400, "document_indexing",
+                                       f"Document: {doc.name} is not completed.")
+                    doc.enabled, doc.disabled_at, doc.disabled_by = False, now, USER_ID
+                elif action == "archive":
+                    doc.archived, doc.archived_at = True, now
+                else:
+                    doc.archived, doc.archived_at = False, None
+                doc.updated_at = now
+            self._save()
+
+    def list_documents(self, dataset_id: str, page: int, limit: int, keyword: str | None,
+                       status: str | None = None) -> dict[str, Any]:
+        with self.lock:
+            items = sorted(self._docs_of(dataset_id).values(),
+                           key=lambda d: (d.created_at, d.seq), reverse=True)
+            if keyword:
+                items = [d for d in items if keyword in d.name]
+            if status:
+                items = [d for d in items if self.display_status(d) == status]
+            per_page = min(limit, 100)
+            chunk = items[(page - 1) * per_page:(page - 1) * per_page + per_page]
+            return {"data": [self.document_dict(d) for d in chunk],
+                    "has_more": len(chunk) == limit, "limit": limit, "total": len(items),
+                    "page": page}
+
+    def batch_status(self, dataset_id: str, batch: str) -> list[dict[str, Any]]:
+        with self.lock:
+            self.get_dataset(dataset_id)
+            entry = self.batches.get(batch)
+            docs = self.docs.get(dataset_id, {})
+            found = [docs[i] for i in (entry[1] if entry and entry[0] == dataset_id else [])
+                     if i in docs]
+            if not found:
+                raise ApiError(404, "not_found", "Documents not found.")
+            return [self.status_dict(d) for d in found]
+
+    # ------------------------------------------------------------ indexing view
+    def _progress(self, doc: DocRecord, now: float | None = None) -> tuple[str, float]:
+        """(indexing_status, time of completion or +inf) as of now."""
+        if doc.status_override is not None:
+            return doc.status_override, doc.indexing_started_at
+        now = self.clock() if now is None else now
+        delay = max(self.indexing_delay, 0.0)
+        elapsed = now - doc.indexing_started_at
+        if elapsed >= delay:
+            return ("error" if doc.fail_error else "completed"), doc.indexing_started_at + delay
+        status = "waiting"
+        for start, name in _STAGES:
+            if elapsed >= start * delay:
+                status = name
+        return status, float("inf")
+
+    def indexing_status(self, doc: DocRecord) -> str:
+        with self.lock:
+            return self._progress(doc)[0]
+
+    def error_of(self, doc: DocRecord) -> str | None:
+        status = self.indexing_status(doc)
+        if doc.error_override is not None:
+            return doc.error_override
+        if status == "error":
+            return doc.fail_error or "Emulated indexing error"
+        return None
+
+    def display_status(self, doc: DocRecord, status: str | None = None) -> str:
+        status = status or self.indexing_status(doc)
+        if status == "waiting":
+            return "queuing"
+        if status == "paused":
+            return "paused"
+        if status in IN_PROGRESS:
+            return "indexing"
+        if status == "error":
+            return "error"
+        if doc.archived:
+            return "archived"
+        return "available" if doc.enabled else "disabled"
+
+    def document_dict(self, doc: DocRecord, *, fresh: bool = False,
+                      detail: bool = False) -> dict[str, Any]:
+        """The document object D. ``fresh`` renders it as a create/update answer does:
+        just queued."""
+        with self.lock:
+            status = "waiting" if fresh else self.indexing_status(doc)
+            error = None if fresh else self.error_of(doc)
+            completed = status == "completed"
+            words = _word_count(doc.content)
+            data: dict[str, Any] = {
+                "id": doc.id, "position": doc.position, "data_source_type": "upload_file",
+                "data_source_info": {"upload_file_id": doc.upload_file_id},
+                "data_source_detail_dict": {"upload_file": {
+                    "id": doc.upload_file_id, "name": doc.name, "size": doc.size,
+                    "extension": doc.extension, "mime_type": doc.mime_type,
+                    "created_by": USER_ID, "created_at": int(doc.upload_created_at)}},
+                "dataset_process_rule_id": doc.process_rule_id, "name": doc.name,
+                "created_from": doc.created_from, "created_by": USER_ID,
+                "created_at": int(doc.created_at), "tokens": words if completed else 0,
+                "indexing_status": status, "error": error, "enabled": doc.enabled,
+                "disabled_at": int(doc.disabled_at) if doc.disabled_at else None,
+                "disabled_by": doc.disabled_by, "archived": doc.archived,
+                "display_status": self.display_status(doc, status),
+                "word_count": words if completed else 0, "hit_count": 0,
+                "doc_form": doc.doc_form,
+            }
+            if not self.legacy:
+                data["doc_metadata"] = []
+            if detail:
+                data.update({
+                    "dataset_id": doc.dataset_id, "doc_language": doc.doc_language,
+                    "segment_count": _segments(doc.content) if completed else 0,
+                    "average_segment_length": words // max(_segments(doc.content), 1),
+                    "updated_at": int(doc.updated_at),
+                    "completed_at": int(self._progress(doc)[1]) if completed else None,
+                    "indexing_latency": self.indexing_delay if completed else None,
+                    "archived_at": int(doc.archived_at) if doc.archived_at else None,
+                })
+            return data
+
+    def status_dict(self, doc: DocRecord) -> dict[str, Any]:
+        """The indexing status object S of one document."""
+        with self.lock:
+            status, done_at = self._progress(doc)
+            start = doc.indexing_started_at
+            delay = max(self.indexing_delay, 0.0)
+            reached = {name: start + frac * delay for frac, name in _STAGES}
+            finished = status in ("completed", "error")
+
+            def passed(stage: str) -> int | None:
+                order = [n for _, n in _STAGES]
+                if finished:
+                    return int(done_at if stage == "indexing" else reached[stage])
+                if status in order and order.index(status) > order.index(stage):
+                    return int(reached[order[order.index(stage) + 1]])
+                return None
+
+            total = _segments(doc.content)
+            done_segments = total if status == "completed" else (
+                total // 2 if status == "indexing" else 0)
+            return {
+                "id": doc.id, "indexing_status": status,
+                "processing_started_at": int(start),
+                "parsing_completed_at": passed("parsing"),
+                "cleaning_completed_at": passed("parsing"),
+                "splitting_completed_at": passed("splitting"),
+                "completed_at": int(done_at) if status == "completed" else None,
+                "paused_at": int(start) if status == "paused" else None,
+                "error": self.error_of(doc), "stopped_at": int(done_at) if status == "error"
+                else None,
+                "completed_segments": done_segments,
+                "total_segments": total if status in ("indexing", "completed") else 0,
+            }
+
+    # -------------------------------------------------------------- persistence
+    def _save(self) -> None:
+        if not self.state_path:
+            return
+        with self.lock:
+            state = {
+                "seq": self._seq,
+                "fail_patterns": self.fail_patterns,
+                "datasets": [asdict(d) for d in self.datasets.values()],
+                "documents": [
+                    {**{f.name: getattr(doc, f.name) for f in fields(DocRecord)
+                        if f.name != "content"},
+                     "content_b64": base64.b64encode(doc.content).decode("ascii")}
+                    for docs in self.docs.values() for doc in docs.values()],
+                "batches": {b: [ds, ids] for b, (ds, ids) in self.batches.items()},
+            }
+            directory = os.path.dirname(os.path.abspath(self.state_path))
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".emulator-", suffix=".tmp")
+            try:
+                with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                    json.dump(state, fh)
+                os.replace(tmp, self.state_path)
+            except BaseException:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
+                raise
+
+    def save(self) -> None:
+        """Write the state file now (no-op without state_path)."""
+        self._save()
+
+    def _load(self) -> None:
+        assert self.state_path
+        with open(self.state_path, encoding="utf-8") as fh:
+            state = json.load(fh)
+        self._seq = int(state.get("seq", 0))
+        self.fail_patterns = list(state.get("fail_patterns", []))
+        for raw in state.get("datasets", []):
+            ds = DatasetRec(**raw)
+            self.datasets[ds.id] = ds
+            self.docs[ds.id] = {}
+        for raw in state.get("documents", []):
+            raw = dict(raw)
+            content = base64.b64decode(raw.pop("content_b64", ""))
+            doc = DocRecord(content=content, **raw)
+            self.docs.setdefault(doc.dataset_id, {})[doc.id] = doc
+        self.batches = {b: (ds, list(ids)) for b, (ds, ids) in state.get("batches", {}).items()}
+
+
+def _mime(name: str) -> str:
+    lower = name.lower()
+    if lower.endswith((".md", ".markdown", ".mdx")):
+        return "text/markdown"
+    return mimetypes.guess_type(lower)[0] or "application/octet-stream"
+
+
+def _word_count(content: bytes) -> int:
+    return len(content.decode("utf-8", "replace").split())
+
+
+def _segments(content: bytes) -> int:
+    return max(1, (len(content) + 499) // 500) if content else 0
+
+
+__all__ = ["ApiError", "DatasetRec", "DocRecord", "Store", "USER_ID", "IN_PROGRESS",
+           "dataset_not_found", "document_not_found"]
