@@ -176,6 +176,20 @@ def test_bad_value_from_the_environment_names_the_variable(tmp_path: Path,
         "DIFYSYNC_DIFY__CONCURRENCY (dify.concurrency): must be greater than or equal to 1 (got '0')"]
 
 
+def test_list_from_the_environment_must_be_json(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # given a list written the shell way
+    monkeypatch.setenv("DIFYSYNC_DIFY__ALLOWED_EXTENSIONS", "txt,md")
+    # when loaded, then one line names the variable and the fix
+    assert problems_of(write(tmp_path, ONE_FOLDER)) == [
+        'DIFYSYNC_DIFY__ALLOWED_EXTENSIONS (dify): cannot parse it; lists and tables given in the environment '
+        'must be JSON, e.g. ["md", "txt"]']
+
+
+def test_list_from_the_environment_as_json_is_accepted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFYSYNC_DIFY__ALLOWED_EXTENSIONS", '["TXT", ".md"]')
+    assert load_settings(write(tmp_path, ONE_FOLDER)).dify.allowed_extensions == ["txt", "md"]
+
+
 # --- one line per problem ------------------------------------------------------------
 
 
@@ -334,7 +348,6 @@ def test_working_directory_comes_before_etc(tmp_path: Path, monkeypatch: pytest.
 def test_etc_is_the_last_resort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system = write(tmp_path, ONE_FOLDER, name="etc/sync.toml")
     monkeypatch.setattr(config, "SYSTEM_CONFIG_PATH", system)
-    monkeypatch.chdir(tmp_path / "etc" / "..")
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path / "empty")
     assert find_config_path(None) == system

@@ -396,7 +396,7 @@ def load_settings(path: str | os.PathLike[str], **overrides: Any) -> Settings:
     except ValidationError as exc:
         problems.extend(_describe(exc, os.environ, overrides))
     except SettingsError as exc:
-        problems.append(f"environment: {_one_line(str(exc))}")
+        problems.append(_describe_env_parse_error(exc, os.environ))
     else:
         if not problems:
             return settings
@@ -464,6 +464,17 @@ def _describe(exc: ValidationError, environ: Mapping[str, str], overrides: Mappi
             continue
         lines.append(f"{_label(key, loc, environ, overrides)}: {_message(error, loc)}")
     return lines
+
+
+def _describe_env_parse_error(exc: SettingsError, environ: Mapping[str, str]) -> str:
+    """pydantic-settings could not decode a list or table given in the environment."""
+    field = re.search(r'field "(\w+)"', str(exc))
+    if not field:
+        return f"environment: {_one_line(str(exc))}"
+    prefix = (ENV_PREFIX + field.group(1)).upper()
+    names = sorted(n for n in environ if n.upper() == prefix or n.upper().startswith(prefix + ENV_NESTED_DELIMITER))
+    return (f"{', '.join(names) or prefix} ({field.group(1)}): cannot parse it; lists and tables given in "
+            'the environment must be JSON, e.g. ["md", "txt"]')
 
 
 def _message(error: Any, loc: tuple[Any, ...]) -> str:
