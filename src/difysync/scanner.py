@@ -1,0 +1,475 @@
+"""Walk a folder root into LocalFile records and ScanProblems, and read files for upload.
+
+It must never open anything but a regular file (a FIFO would block the run), never
+follow a symlink out of the root or into a directory, and never raise for what it
+finds on disk: every entry left out for a reason other than configuration is a ScanProblem.
+
+Patterns (include, exclude, ignores) are globs on the POSIX relative path:
+
+- ``*`` matches within one component, ``?`` one character, ``[...]`` a class
+  (``[!...]``/``[^...]`` negated); none of them match ``/``. Matching is case-sensitive.
+- ``**`` as a whole component matches any number of components: ``**/*.md`` is every
+  Markdown file at any depth (the top level included), ``docs/**`` is docs and all
+  below it, ``**/*`` everything.
+- A pattern without ``/`` matches a base name at any depth (``*.md``, ``drafts``); a
+  leading ``/`` anchors a pattern to the root; a trailing ``/`` is dropped.
+- A pattern that matches a directory matches everything below it: an excluded or
+  ignored directory is pruned, not descended, and an included one includes its files.
+
+A ScanProblem on a directory means its contents are unknown, not gone: callers must
+not treat files they knew below it as deleted.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import os
+import re
+import stat
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from difysync.models import LocalFile, ScanProblem
+
+__all__ = [
+    "DEFAULT_IGNORES",
+    "FileChanged",
+    "FileTooLarge",
+    "PatternMatcher",
+    "ScanResult",
+    "compile_patterns",
+    "read_for_upload",
+    "scan_tree",
+    "sha256_file",
+    "stat_paths",
+]
+
+# Hidden entries (.git, .~lock.*#, .#emacs-lock), office owner files, editor swap and backup files.
+DEFAULT_IGNORES: tuple[str, ...] = (".*", ".#*", "~$*", "*.swp", "*.swx", "*.tmp", "*~")
+
+PERMISSION_DENIED = "permission denied"
+OUTSIDE_ROOT = "symlink points outside the folder"
+DIR_SYMLINK = "symlink to a directory not followed"
+BROKEN_SYMLINK = "broken symlink"
+SYMLINK_LOOP = "symlink loop"
+
+_SPECIAL_KINDS = (
+    (stat.S_ISFIFO, "fifo"),
+    (stat.S_ISSOCK, "socket"),
+    (stat.S_ISCHR, "character device"),
+    (stat.S_ISBLK, "block device"),
+)
+
+
+# --- patterns ---------------------------------------------------------------------------
+
+
+def _translate_component_glob(part: str) -> str:
+    """Regex for a glob that must stay inside one path component."""
+    out = []
+    i, n = 0, len(part)
+    while i < n:
+        ch = part[i]
+        if ch == "*":
+            while i + 1 < n and part[i + 1] == "*":  # "a**b" is just "a*b"
+                i += 1
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[":
+            j = i + 1
+            if j < n and part[j] in "!^":
+                j += 1
+            if j < n and part[j] == "]":  # a leading "]" is literal inside the class
+                j += 1
+            while j < n and part[j] != "]":
+                j += 1
+            if j >= n:  # unclosed: a literal "["
+                out.append(re.escape(ch))
+            else:
+                body = part[i + 1 : j]
+                negate = body[:1] in ("!", "^")
+                if negate:
+                    body = body[1:]
+                body = "".join("\\" + c if c in "\\^[]&~|" else c for c in body)
+                out.append(f"[^/{body}]" if negate else f"(?!/)[{body}]")
+                i = j
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
+
+
+def translate_glob(pattern: str) -> str:
+    """The regex (for ``re.fullmatch``) of one glob pattern on a relative POSIX path."""
+    anchored = pattern.startswith("/")
+    pattern = pattern.strip("/")
+    if not pattern:
+        raise ValueError("empty pattern")
+    parts: list[str] = []
+    for part in pattern.split("/"):
+        if part and not (part == "**" and parts and parts[-1] == "**"):
+            parts.append(part)
+    if len(parts) == 1 and not anchored and parts[0] != "**":
+        return "(?:.*/)?" + _translate_component_glob(parts[0])
+    out = ""
+    last = len(parts) - 1
+    for idx, part in enumerate(parts):
+        if part == "**":
+            if idx == last:
+                # "docs/**" also matches docs itself, so that the directory is pruned.
+                out = out[:-1] + "(?:/.*)?" if out else ".*"
+            else:
+                out += "(?:.*/)?"
+        else:
+            out += _translate_component_glob(part) + ("/" if idx != last else "")
+    return out
+
+
+@dataclass(frozen=True)
+class PatternMatcher:
+    """A compiled set of glob patterns; empty matches nothing."""
+
+    patterns: tuple[str, ...]
+    _regex: re.Pattern[str] | None = field(repr=False, compare=False, default=None)
+
+    def match_exact(self, rel_path: str) -> bool:
+        """Whether a pattern matches this path itself (its ancestors not considered)."""
+        return self._regex is not None and self._regex.fullmatch(rel_path) is not None
+
+    def __call__(self, rel_path: str) -> bool:
+        """Whether a pattern matches this path or one of its ancestor directories."""
+        if self._regex is None:
+            return False
+        parts = rel_path.split("/")
+        return any(self.match_exact("/".join(parts[:i])) for i in range(1, len(parts) + 1))
+
+
+def compile_patterns(patterns: Iterable[str]) -> PatternMatcher:
+    """Compile glob patterns (see the module docstring); ValueError on an empty pattern."""
+    pats = tuple(patterns)
+    if not pats:
+        return PatternMatcher(())
+    regex = re.compile("|".join(f"(?:{translate_glob(p)})" for p in pats), re.DOTALL)
+    return PatternMatcher(pats, regex)
+
+
+# --- walking ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    files: list[LocalFile]  # sorted by rel_path
+    problems: list[ScanProblem]  # sorted
+    root_error: str | None = None
+
+
+@dataclass(frozen=True)
+class _Rules:
+    root: str
+    real_root: str
+    include: PatternMatcher
+    exclude: PatternMatcher
+    ignores: PatternMatcher
+
+    def left_out(self, name: str, rel_path: str) -> bool:
+        """Ignored or excluded: this entry (and, for a directory, all below) is skipped."""
+        return self.ignores.match_exact(name) or self.exclude.match_exact(rel_path)
+
+
+def _rules(root: Path | str, include: Sequence[str], exclude: Sequence[str],
+           ignores: Sequence[str]) -> _Rules:
+    root_s = os.fspath(root)
+    return _Rules(root_s, os.path.realpath(root_s), compile_patterns(include),
+                  compile_patterns(exclude), compile_patterns(ignores))
+
+
+def _root_error(root: str) -> str | None:
+    try:
+        st = os.stat(root)
+    except FileNotFoundError:
+        return f"folder root does not exist: {root}"
+    except PermissionError:
+        return f"folder root is not readable: {root}"
+    except OSError as exc:
+        return f"folder root cannot be read: {root}: {exc.strerror or exc}"
+    if not stat.S_ISDIR(st.st_mode):
+        return f"folder root is not a directory: {root}"
+    return None
+
+
+def _special_reason(mode: int) -> str:
+    for test, kind in _SPECIAL_KINDS:
+        if test(mode):
+            return f"special file ({kind})"
+    return "special file (unknown type)"
+
+
+def _inside(real_root: str, target: str) -> bool:
+    try:
+        return os.path.commonpath([real_root, target]) == real_root
+    except ValueError:
+        return False
+
+
+def _classify_file(rules: _Rules, path: str, rel_path: str,
+                   lst: os.stat_result) -> LocalFile | ScanProblem | None:
+    """A non-directory entry -> LocalFile, ScanProblem, or None when it vanished.
+
+    Decided from the lstat result (and, for a symlink, a stat of its target): special
+    files are never opened.
+    """
+    st = lst
+    if stat.S_ISLNK(lst.st_mode):
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            return ScanProblem(rel_path, BROKEN_SYMLINK)
+        except PermissionError:
+            return ScanProblem(rel_path, PERMISSION_DENIED)
+        except OSError as exc:  # ELOOP, or a target below a file (ENOTDIR)
+            if exc.errno == errno.ELOOP:
+                return ScanProblem(rel_path, SYMLINK_LOOP)
+            return ScanProblem(rel_path, BROKEN_SYMLINK)
+        if not _inside(rules.real_root, os.path.realpath(path)):
+            return ScanProblem(rel_path, OUTSIDE_ROOT)
+        if stat.S_ISDIR(st.st_mode):
+            return ScanProblem(rel_path, DIR_SYMLINK)
+    if not stat.S_ISREG(st.st_mode):
+        return ScanProblem(rel_path, _special_reason(st.st_mode))
+    if not os.access(path, os.R_OK):
+        return ScanProblem(rel_path, PERMISSION_DENIED)
+    return LocalFile(rel_path=rel_path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
+
+
+def _walk(rules: _Rules, start: str, start_rel: str, start_included: bool,
+          files: dict[str, LocalFile], problems: set[ScanProblem]) -> None:
+    """Depth-first walk below directory ``start`` with an explicit stack (deep trees are fine).
+
+    Each directory is listed and closed before its children are visited, so open file
+    descriptors never grow with the depth.
+    """
+    stack = [(start, start_rel, start_included)]
+    while stack:
+        dir_path, dir_rel, dir_included = stack.pop()
+        try:
+            with os.scandir(dir_path) as it:
+                entries = list(it)
+        except FileNotFoundError:
+            continue  # vanished since it was listed: nothing there any more
+        except PermissionError:
+            problems.add(ScanProblem(dir_rel, PERMISSION_DENIED))
+            continue
+        except OSError as exc:
+            problems.add(ScanProblem(dir_rel, f"cannot read directory: {exc.strerror or exc}"))
+            continue
+        for entry in entries:
+            name = entry.name
+            rel = f"{dir_rel}/{name}" if dir_rel else name
+            if rules.left_out(name, rel):
+                continue
+            try:
+                lst = entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                problems.add(ScanProblem(rel, PERMISSION_DENIED if isinstance(exc, PermissionError)
+                                         else f"cannot stat: {exc.strerror or exc}"))
+                continue
+            included = dir_included or rules.include.match_exact(rel)
+            if stat.S_ISDIR(lst.st_mode):
+                stack.append((entry.path, rel, included))
+                continue
+            if not included:
+                continue
+            found = _classify_file(rules, entry.path, rel, lst)
+            if isinstance(found, LocalFile):
+                files[rel] = found
+            elif found is not None:
+                problems.add(found)
+
+
+def scan_tree(root: Path, include: Sequence[str] = ("**/*",), exclude: Sequence[str] = (),
+              *, ignores: Sequence[str] = DEFAULT_IGNORES) -> ScanResult:
+    """Every included regular file below ``root`` (unhashed), and every entry refused and why.
+
+    Never raises for what is on disk: a missing, non-directory or unreadable root sets
+    ``root_error`` and returns no files. ValueError only for an empty pattern.
+    """
+    rules = _rules(root, include, exclude, ignores)
+    error = _root_error(rules.root)
+    if error is None:
+        try:
+            with os.scandir(rules.root):
+                pass
+        except OSError as exc:
+            error = (f"folder root is not readable: {rules.root}" if isinstance(exc, PermissionError)
+                     else f"folder root cannot be read: {rules.root}: {exc.strerror or exc}")
+    if error is not None:
+        return ScanResult([], [], error)
+    files: dict[str, LocalFile] = {}
+    problems: set[ScanProblem] = set()
+    _walk(rules, rules.root, "", False, files, problems)
+    return ScanResult(sorted(files.values(), key=lambda f: f.rel_path),
+                      sorted(problems, key=lambda p: (p.rel_path, p.reason)), None)
+
+
+def _clean_rel_path(rel_path: str) -> str | None:
+    parts = [p for p in rel_path.split("/") if p]
+    if not parts or any(p in (".", "..") for p in parts):
+        return None
+    return "/".join(parts)
+
+
+def stat_paths(root: Path, rel_paths: Iterable[str], include: Sequence[str] = ("**/*",),
+               exclude: Sequence[str] = (), *, ignores: Sequence[str] = DEFAULT_IGNORES,
+               ) -> tuple[list[LocalFile], list[ScanProblem], list[str]]:
+    """The scan rules applied to just ``rel_paths`` (a watcher's hints).
+
+    Returns (files found, problems, gone): ``gone`` holds the given paths at which no
+    file is found any more: vanished, now ignored or excluded, below a directory that
+    is now a symlink, or now a directory (whose files are returned in ``files``; the
+    caller compares them with what it knew below that directory). When the root
+    itself is unusable every path gets a problem and none is reported gone.
+    """
+    rules = _rules(root, include, exclude, ignores)
+    wanted = sorted(set(rel_paths))
+    files: dict[str, LocalFile] = {}
+    problems: set[ScanProblem] = set()
+    gone: set[str] = set()
+    root_error = _root_error(rules.root)
+    for given in wanted:
+        if root_error is not None:
+            problems.add(ScanProblem(given, root_error))
+            continue
+        rel = _clean_rel_path(given)
+        if rel is None:
+            problems.add(ScanProblem(given, "not a path inside the folder"))
+            continue
+        parts = rel.split("/")
+        if any(rules.left_out(parts[i], "/".join(parts[: i + 1])) for i in range(len(parts))):
+            gone.add(given)
+            continue
+        path = os.path.join(rules.root, *parts)
+        parent = os.path.dirname(path)
+        # The walk never descends through a symlinked directory; neither do we.
+        if os.path.realpath(parent) != os.path.join(rules.real_root, *parts[:-1]):
+            gone.add(given)
+            continue
+        try:
+            lst = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            gone.add(given)
+            continue
+        except PermissionError:
+            problems.add(ScanProblem(rel, PERMISSION_DENIED))
+            continue
+        except OSError as exc:
+            problems.add(ScanProblem(rel, f"cannot stat: {exc.strerror or exc}"))
+            continue
+        included = rules.include(rel)
+        if stat.S_ISDIR(lst.st_mode):
+            gone.add(given)
+            _walk(rules, path, rel, included, files, problems)
+            continue
+        if not included:
+            gone.add(given)
+            continue
+        found = _classify_file(rules, path, rel, lst)
+        if isinstance(found, LocalFile):
+            files[rel] = found
+        elif found is None:
+            gone.add(given)
+        else:
+            problems.add(found)
+    return (sorted(files.values(), key=lambda f: f.rel_path),
+            sorted(problems, key=lambda p: (p.rel_path, p.reason)), sorted(gone))
+
+
+# --- reading ----------------------------------------------------------------------------
+
+
+class FileTooLarge(ValueError):
+    """The file is larger than the upload limit."""
+
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        self.path, self.size, self.limit = path, size, limit
+        super().__init__(f"{path}: {size} bytes is over the upload limit of {limit} bytes")
+
+
+class FileChanged(OSError):
+    """The file's size is not the one the caller expected: it changed since it was scanned."""
+
+
+def _open_regular(path: Path | str) -> io.FileIO:
+    """Open for binary reading, refusing anything that is not a regular file.
+
+    Checked before the open (a device is never opened) and again on the open file
+    descriptor; O_NONBLOCK keeps a FIFO swapped in between from blocking the open.
+    """
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise OSError(f"not a regular file: {os.fsdecode(path)} ({_special_reason(mode)})")
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"not a regular file: {os.fsdecode(path)} ({_special_reason(mode)})")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        return open(fd, "rb", buffering=0)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def sha256_file(path: Path | str, *, block_size: int = 1 << 20) -> tuple[str, int]:
+    """(hex SHA-256, bytes read) of a regular file, streamed in ``block_size`` blocks.
+
+    OSError if the path is not a regular file once opened.
+    """
+    # hashlib.file_digest (3.11+) is this same loop with a fixed 256 KiB buffer.
+    digest = hashlib.sha256()
+    buf = bytearray(block_size)
+    view = memoryview(buf)
+    total = 0
+    with _open_regular(path) as f:
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            digest.update(view[:n])
+            total += n
+    return digest.hexdigest(), total
+
+
+def read_for_upload(path: Path | str, expected_size: int | None = None, *,
+                    max_bytes: int) -> tuple[bytes, str]:
+    """(content, SHA-256 of exactly that content) of a regular file of at most ``max_bytes``.
+
+    The hash is computed from the very buffer that will be uploaded, so the recorded
+    hash always describes what the server received. Raises FileTooLarge over the
+    limit, FileChanged when ``expected_size`` is given and the bytes read differ in
+    length (the file is being written: try again later), OSError for a non-regular file.
+    """
+    with _open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > max_bytes:
+            raise FileTooLarge(os.fsdecode(path), size, max_bytes)
+        chunks = []
+        total = 0
+        while total <= max_bytes:  # read one byte past the limit to notice growth
+            chunk = f.read(max_bytes + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+    if total > max_bytes:
+        raise FileTooLarge(os.fsdecode(path), total, max_bytes)
+    data = b"".join(chunks)
+    if expected_size is not None and len(data) != expected_size:
+        raise FileChanged(f"{os.fsdecode(path)}: expected {expected_size} bytes, read {len(data)}")
+    return data, hashlib.sha256(data).hexdigest()
