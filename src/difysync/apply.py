@@ -1,0 +1,294 @@
+"""The executor: carries out a folder's plan through the client, journaling each remote
+mutation before it is sent and settling it (with the file row) after.
+
+Workers only read files and talk HTTP; every SQLite write happens on the calling thread,
+so the store needs no locking and the journal row always exists before its request
+leaves. Deletes run last and only when nothing else in the pass failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .dify import DifyClient, Upload
+from .errors import (DifyError, FatalError, NotFoundError, NotReadyError, RefusedError,
+                     ServerUnreachable, TransientError)
+from .models import FileState, LocalFile
+from .plan import Action, Kind
+from .scanner import FileTooLarge, read_for_upload
+from .state import StateStore
+
+log = logging.getLogger("difysync")
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    action: Action
+    result: str  # ok | failed | skipped | waiting | gone
+    message: str = ""
+    document_id: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"action": str(self.action.kind), "path": self.action.rel_path,
+                "old_path": self.action.old_rel_path, "document_id": self.document_id or
+                self.action.document_id, "result": self.result, "message": self.message
+                or self.action.reason}
+
+
+@dataclass(frozen=True, slots=True)
+class FolderContext:
+    """Everything the executor needs to know about the folder it works on."""
+
+    key: str             # the folder's identity in the state store (its absolute path)
+    root: Path
+    dataset_id: str
+    create_data: Mapping[str, Any]  # the `data` form field for create-by-file
+    update_data: Mapping[str, Any]  # ... and for update-by-file
+    max_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Sent:
+    upload: Upload | None
+    sha256: str | None
+    stat: os.stat_result | None  # None when the file moved under us during the read
+
+
+class Stopped(Exception):
+    """Raised by apply_actions after a fatal error, once in-flight work has settled."""
+
+    def __init__(self, error: DifyError, outcomes: list[Outcome]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.outcomes = outcomes
+
+
+def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
+                  store: StateStore, rows: Mapping[str, FileState], *, concurrency: int = 4,
+                  local: Mapping[str, LocalFile] | None = None,
+                  on_outcome: Callable[[Outcome], None] | None = None,
+                  should_stop: Callable[[], bool] = lambda: False) -> list[Outcome]:
+    """Apply one folder's actions; returns one outcome per action.
+
+    Raises ``Stopped`` (carrying the outcomes so far) when an error says nothing more
+    will work: a rejected key, a missing dataset, a quota, an unreachable server.
+    """
+    outcomes: list[Outcome] = []
+    local = local or {}
+
+    def done(outcome: Outcome) -> None:
+        outcomes.append(outcome)
+        _log_outcome(outcome)
+        if on_outcome:
+            on_outcome(outcome)
+
+    # Bookkeeping actions first: they send nothing.
+    skips = [a for a in actions if a.kind is Kind.SKIP]
+    store.record_skips(ctx.key, ctx.dataset_id,
+                       [(local.get(a.rel_path), a.rel_path, a.reason) for a in skips])
+    for a in skips:
+        done(Outcome(a, "skipped", a.reason))
+    waits = [a for a in actions if a.kind is Kind.WAIT]
+    store.record_notes(ctx.key, [(a.rel_path, f"waiting: {a.reason}") for a in waits if a.rel_path in rows])
+    for a in waits:
+        done(Outcome(a, "waiting", a.reason))
+    for a in actions:
+        if a.kind is Kind.FORGET:
+            store.settle_removal(None, ctx.key, a.rel_path)
+            done(Outcome(a, "ok", a.reason))
+        elif a.kind is Kind.ADOPT:
+            f = local.get(a.rel_path)
+            store.settle_upload(None, ctx.key, ctx.dataset_id, a.rel_path, document_id=a.document_id or "",
+                                document_name=a.document_name or "", batch=None, sha256=a.sha256,
+                                size=f.size if f and a.sha256 else None,
+                                mtime_ns=f.mtime_ns if f and a.sha256 else None,
+                                inode=f.inode if f and a.sha256 else None, indexing_status=None)
+            done(Outcome(a, "ok", a.reason, a.document_id))
+
+    uploads = [a for a in actions if a.kind in (Kind.CREATE, Kind.UPDATE, Kind.RENAME, Kind.RECREATE)]
+    deletes = [a for a in actions if a.kind is Kind.DELETE]
+    fatal = _run_pool(uploads, ctx, client, store, rows, concurrency, done, should_stop)
+    if fatal is None and deletes:
+        if any(o.result == "failed" for o in outcomes):
+            for a in deletes:
+                done(Outcome(a, "failed", "not deleted: other actions of this pass failed"))
+        else:
+            fatal = _run_pool(deletes, ctx, client, store, rows, concurrency, done, should_stop)
+    if fatal is not None:
+        raise Stopped(fatal, outcomes)
+    return outcomes
+
+
+def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient, store: StateStore,
+              rows: Mapping[str, FileState], concurrency: int, done: Callable[[Outcome], None],
+              should_stop: Callable[[], bool]) -> DifyError | None:
+    """A sliding window of ``concurrency`` requests; journal rows are written only for
+    requests about to be sent, so a crash leaves at most that many unsettled."""
+    pending: dict[Future[_Sent], tuple[Action, int]] = {}
+    queue = list(actions)
+    fatal: DifyError | None = None
+    with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="difysync-io") as pool:
+        while queue or pending:
+            while queue and len(pending) < concurrency and fatal is None and not should_stop():
+                action = queue.pop(0)
+                journal_id = store.journal_begin(ctx.key, ctx.dataset_id, str(action.kind), action.rel_path,
+                                                 action.document_name, action.document_id, action.sha256)
+                pending[pool.submit(_send, action, ctx, client)] = (action, journal_id)
+            if not pending:
+                break
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in finished:
+                action, journal_id = pending.pop(future)
+                error = _settle(future, action, journal_id, ctx, store, rows, done)
+                if error is not None and fatal is None:
+                    fatal = error
+        for action in queue:
+            done(Outcome(action, "failed", "not attempted: the pass was stopped"))
+    return fatal
+
+
+def _send(action: Action, ctx: FolderContext, client: DifyClient) -> _Sent:
+    """Runs on a worker: read the file, send the request. No SQLite here."""
+    if action.kind is Kind.DELETE:
+        client.delete_document(ctx.dataset_id, action.document_id or "")
+        return _Sent(None, None, None)
+    path = ctx.root / action.rel_path
+    before = os.stat(path)
+    content, sha = read_for_upload(path, max_bytes=ctx.max_bytes)
+    after = os.stat(path)
+    stable = (before.st_size, before.st_mtime_ns, before.st_ino) == \
+        (after.st_size, after.st_mtime_ns, after.st_ino) and after.st_size == len(content)
+    name = action.document_name or ""
+    if action.kind is Kind.RECREATE:
+        client.delete_document(ctx.dataset_id, action.document_id or "")
+        upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data)
+    elif action.kind is Kind.CREATE:
+        upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data)
+    else:
+        try:
+            upload = client.update_by_file(ctx.dataset_id, action.document_id or "", name, content,
+                                           ctx.update_data)
+        except NotFoundError:
+            # Deleted in Dify between our listing and now: it has to be made again.
+            upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data)
+    return _Sent(upload, sha, after if stable else None)
+
+
+def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderContext,
+            store: StateStore, rows: Mapping[str, FileState],
+            done: Callable[[Outcome], None]) -> DifyError | None:
+    """Record one finished request; returns an error that must stop the pass, if any."""
+    row = rows.get(action.rel_path)
+    old_row = rows.get(action.old_rel_path) if action.old_rel_path else None
+    try:
+        sent = future.result()
+    except FileNotFoundError:
+        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
+                             "file vanished before upload") if row else store.clear_journal([journal_id])
+        done(Outcome(action, "gone", "file vanished before it could be sent"))
+        return None
+    except FileTooLarge as exc:
+        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, str(exc),
+                             skip_reason=f"file too large: {exc}")
+        done(Outcome(action, "skipped", str(exc)))
+        return None
+    except OSError as exc:
+        reason = f"cannot read file: {exc.strerror or exc}"
+        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, reason,
+                             skip_reason=reason)
+        done(Outcome(action, "skipped", reason))
+        return None
+    except RefusedError as exc:
+        reason = f"refused by Dify: {exc.describe()}"
+        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, reason,
+                             refused_sha256=action.sha256, skip_reason=reason)
+        done(Outcome(action, "skipped", reason))
+        return None
+    except NotReadyError as exc:
+        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
+                             f"waiting: {exc.message}")
+        done(Outcome(action, "waiting", exc.message))
+        return None
+    except (FatalError, ServerUnreachable) as exc:
+        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, exc.describe())
+        done(Outcome(action, "failed", exc.describe()))
+        return exc
+    except (TransientError, DifyError) as exc:
+        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, exc.describe())
+        done(Outcome(action, "failed", exc.describe()))
+        return None
+
+    if action.kind is Kind.DELETE:
+        store.settle_removal(journal_id, ctx.key, action.rel_path)
+        done(Outcome(action, "ok", action.reason, action.document_id))
+        return None
+    upload = sent.upload
+    assert upload is not None
+    attempts = (row.attempts + 1) if (action.kind is Kind.RECREATE and row is not None) else 0
+    stat = sent.stat
+    store.settle_upload(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
+                        document_id=upload.document.id, document_name=action.document_name or "",
+                        batch=upload.batch, sha256=sent.sha256,
+                        size=stat.st_size if stat else None, mtime_ns=stat.st_mtime_ns if stat else None,
+                        inode=stat.st_ino if stat else None,
+                        indexing_status=upload.document.indexing_status, attempts=attempts)
+    if action.kind is Kind.RENAME and old_row is not None and action.old_rel_path != action.rel_path:
+        store.settle_removal(None, ctx.key, action.old_rel_path or "")
+    done(Outcome(action, "ok", action.reason, upload.document.id))
+    return None
+
+
+def _log_outcome(outcome: Outcome) -> None:
+    a = outcome.action
+    if a.kind is Kind.WAIT:
+        log.debug("waiting  %s (%s)", a.rel_path, outcome.message)
+        return
+    doc = outcome.document_id or a.document_id
+    if outcome.result == "ok":
+        verb = {Kind.CREATE: "created", Kind.UPDATE: "updated", Kind.RENAME: "renamed",
+                Kind.RECREATE: "recreated", Kind.DELETE: "deleted", Kind.ADOPT: "adopted",
+                Kind.FORGET: "forgot"}.get(a.kind, str(a.kind))
+        where = f"{a.old_rel_path} -> {a.rel_path}" if a.kind is Kind.RENAME and \
+            a.old_rel_path != a.rel_path else a.rel_path
+        level = logging.DEBUG if a.kind is Kind.FORGET else logging.INFO
+        log.log(level, "%s %s%s", verb, where, f" (document {doc})" if doc else "")
+    elif outcome.result == "skipped":
+        log.info("skipped %s: %s", a.rel_path, outcome.message)
+    elif outcome.result == "gone":
+        log.info("gone    %s: %s", a.rel_path, outcome.message)
+    elif outcome.result == "waiting":
+        log.info("waiting %s: %s", a.rel_path, outcome.message)
+    else:
+        log.warning("failed  %s %s: %s", a.kind, a.rel_path, outcome.message)
+
+
+def count_outcomes(outcomes: Iterable[Outcome], unchanged: int = 0) -> dict[str, int]:
+    """The counts `--json` and the summary line report."""
+    counts = {"created": 0, "updated": 0, "renamed": 0, "deleted": 0, "unchanged": unchanged,
+              "skipped": 0, "failed": 0, "waiting": 0}
+    for o in outcomes:
+        k = o.action.kind
+        if o.result == "failed":
+            counts["failed"] += 1
+        elif o.result == "skipped":
+            counts["skipped"] += 1
+        elif o.result == "waiting":
+            counts["waiting"] += 1
+        elif o.result == "ok":
+            if k in (Kind.CREATE, Kind.RECREATE):
+                counts["created"] += 1
+            elif k is Kind.UPDATE:
+                counts["updated"] += 1
+            elif k is Kind.RENAME:
+                counts["renamed"] += 1
+            elif k is Kind.DELETE:
+                counts["deleted"] += 1
+            elif k is Kind.ADOPT:
+                counts["unchanged"] += 1
+    return counts

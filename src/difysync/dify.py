@@ -1,0 +1,331 @@
+"""The Dify Knowledge API client: httpx, path spellings, error mapping, retries and
+client-side rate limiting.
+
+It speaks the underscore path spelling that old and current servers both accept, turns
+every non-success into one exception class of ``errors`` (mapped once, there), and
+retries only what is safe to retry. It never logs, formats or stores the API key.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from . import __version__
+from .errors import (DatasetMissing, DifyError, FatalError, NotFoundError, ServerUnreachable,
+                     TransientError, error_from_response)
+from .models import RemoteDocument
+
+log = logging.getLogger(__name__)
+
+PAGE_LIMIT = 100  # the server's maximum; larger limits are echoed but silently capped
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    attempts: int = 6           # tries per request, the first included
+    base_seconds: float = 0.5   # first pause; doubles each time, with full jitter
+    max_seconds: float = 30.0   # cap of one pause
+    max_retry_after: float = 120.0  # we honour Retry-After, up to this
+
+    def pause(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return min(retry_after, self.max_retry_after)
+        ceiling = min(self.max_seconds, self.base_seconds * (2 ** attempt))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+class RateLimiter:
+    """Spaces requests so no 60 s window holds more than ``per_minute`` (0 = off).
+
+    Dify Cloud counts write requests per workspace per minute and answers 403 past it; a
+    steady spacing keeps a long import under the line instead of bouncing off it.
+    """
+
+    def __init__(self, per_minute: int, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.interval = 60.0 / per_minute if per_minute > 0 else 0.0
+        self._next = 0.0
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._sleep = sleep
+
+    def acquire(self) -> None:
+        if not self.interval:
+            return
+        with self._lock:
+            now = self._clock()
+            slot = max(now, self._next)
+            self._next = slot + self.interval
+        if slot > now:
+            self._sleep(slot - now)
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """What the server answered to a create or update."""
+
+    document: RemoteDocument
+    batch: str | None
+
+
+class DifyClient:
+    """One API key, one base URL; thread-safe (httpx.Client is), shared by the workers."""
+
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0,
+                 retry: RetryPolicy | None = None, requests_per_minute: int = 0,
+                 on_retry: Callable[[str, DifyError, float], None] | None = None,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.limiter = RateLimiter(requests_per_minute)
+        self.on_retry = on_retry
+        self.stats = {"requests": 0, "mutating": 0, "retries": 0}
+        self._stats_lock = threading.Lock()
+        self._http = httpx.Client(
+            base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
+            headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"difysync/{__version__}"},
+            transport=transport, follow_redirects=False, verify=True)
+
+    def __repr__(self) -> str:
+        return f"DifyClient(base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DifyClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # --- transport ----------------------------------------------------------------------
+
+    def _request(self, method: str, path: str, *, about: str, mutating: bool = False,
+                 on_document: bool = False, on_create: bool = False, retry: bool = True,
+                 before_retry: Callable[[], Any] | None = None, **kwargs: Any) -> httpx.Response:
+        """Send with retries for transient failures; raise the mapped error otherwise.
+
+        ``before_retry`` runs before each re-send of a request that may have reached the
+        server; if it returns something truthy, that is the outcome (the server did it).
+        """
+        attempt = 0
+        while True:
+            self.limiter.acquire()
+            with self._stats_lock:
+                self.stats["requests"] += 1
+                if mutating:
+                    self.stats["mutating"] += 1
+            try:
+                response = self._http.request(method, path, **kwargs)
+            except httpx.TimeoutException:
+                error: DifyError = ServerUnreachable(f"{about}: no answer within the timeout")
+            except httpx.TransportError as exc:
+                error = ServerUnreachable(f"{about}: cannot reach {self._host()} ({_transport_reason(exc)})")
+            else:
+                if response.status_code < 300:
+                    return response
+                error = error_from_response(response.status_code, response.content,
+                                            retry_after=response.headers.get("retry-after"),
+                                            about=about, on_document=on_document, on_create=on_create)
+            attempt += 1
+            if not isinstance(error, TransientError) or not retry or attempt >= self.retry.attempts:
+                raise error
+            pause = self.retry.pause(attempt - 1, error.retry_after)
+            with self._stats_lock:
+                self.stats["retries"] += 1
+            if self.on_retry:
+                self.on_retry(about, error, pause)
+            log.debug("retrying %s in %.1fs: %s", about, pause, error)
+            time.sleep(pause)
+            if before_retry is not None:
+                outcome = before_retry()
+                if outcome:
+                    return outcome
+
+    def _host(self) -> str:
+        return httpx.URL(self.base_url).host or self.base_url
+
+    def _json(self, response: httpx.Response, about: str) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise FatalError(f"{about}: the server at {self._host()} answered {response.status_code} "
+                             f"with something that is not JSON: check that dify.base_url points at the "
+                             f"Dify API (it ends in /v1)") from None
+
+    # --- datasets -----------------------------------------------------------------------
+
+    def list_datasets(self, keyword: str | None = None) -> Iterator[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": PAGE_LIMIT}
+        if keyword:
+            params["keyword"] = keyword
+        yield from self._pages("/datasets", params, about="list datasets")
+
+    def create_dataset(self, name: str, indexing_technique: str | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name, "permission": "only_me"}
+        if indexing_technique:
+            body["indexing_technique"] = indexing_technique
+        response = self._request("POST", "/datasets", json=body, about=f"create dataset {name!r}",
+                                 mutating=True, retry=False)
+        return self._json(response, "create dataset")
+
+    def find_dataset(self, name: str) -> dict[str, Any] | None:
+        for dataset in self.list_datasets(keyword=name):
+            if dataset.get("name") == name:
+                return dataset
+        return None
+
+    def ensure_dataset(self, name: str, indexing_technique: str | None) -> str:
+        """The id of the dataset with exactly this name, created when absent."""
+        found = self.find_dataset(name)
+        if found:
+            return str(found["id"])
+        try:
+            return str(self.create_dataset(name, indexing_technique)["id"])
+        except FatalError as exc:
+            if exc.code == "dataset_name_duplicate":
+                found = self.find_dataset(name)
+                if found:
+                    return str(found["id"])
+            raise
+
+    def check_dataset(self, dataset_id: str) -> None:
+        """Raise DatasetMissing unless the dataset exists (works on old and new servers)."""
+        self._request("GET", f"/datasets/{dataset_id}/documents", params={"page": 1, "limit": 1},
+                      about=f"dataset {dataset_id}")
+
+    def check_key(self) -> None:
+        self._request("GET", "/datasets", params={"page": 1, "limit": 1}, about="API key check")
+
+    # --- documents ----------------------------------------------------------------------
+
+    def list_documents(self, dataset_id: str, keyword: str | None = None) -> list[RemoteDocument]:
+        params: dict[str, Any] = {"limit": PAGE_LIMIT}
+        if keyword:
+            params["keyword"] = keyword
+        return [remote_document(d) for d in
+                self._pages(f"/datasets/{dataset_id}/documents", params,
+                            about=f"list documents of dataset {dataset_id}")]
+
+    def find_documents(self, dataset_id: str, name: str) -> list[RemoteDocument]:
+        """Documents with exactly this name (keyword search is a substring match)."""
+        return [d for d in self.list_documents(dataset_id, keyword=name) if d.name == name]
+
+    def create_by_file(self, dataset_id: str, name: str, content: bytes,
+                       data: Mapping[str, Any]) -> Upload:
+        """Create a document. A re-send after a failure that may have landed first looks the
+        name up, so an old server (no name matching) never gets a duplicate."""
+        about = f"create {name!r}"
+
+        def landed() -> Upload | None:
+            try:
+                found = self.find_documents(dataset_id, name)
+            except TransientError:
+                return None
+            found = [d for d in found if d.enabled and not d.archived]
+            return Upload(found[0], None) if found else None
+
+        result = self._request(
+            "POST", f"/datasets/{dataset_id}/document/create_by_file", about=about, mutating=True,
+            on_create=True, files={"file": (name, content, "application/octet-stream")},
+            data={"data": json.dumps(dict(data))}, before_retry=landed)
+        if isinstance(result, Upload):
+            return result
+        return self._upload(result, about)
+
+    def update_by_file(self, dataset_id: str, document_id: str, name: str, content: bytes,
+                       data: Mapping[str, Any]) -> Upload:
+        """Same id, new content and/or name. Safe to re-send: it names the document."""
+        about = f"update {name!r}"
+        response = self._request(
+            "POST", f"/datasets/{dataset_id}/documents/{document_id}/update_by_file", about=about,
+            mutating=True, on_document=True, files={"file": (name, content, "application/octet-stream")},
+            data={"data": json.dumps(dict(data))})
+        return self._upload(response, about)
+
+    def delete_document(self, dataset_id: str, document_id: str) -> bool:
+        """True if deleted now, False if it was already gone (404 counts as done)."""
+        try:
+            self._request("DELETE", f"/datasets/{dataset_id}/documents/{document_id}",
+                          about=f"delete document {document_id}", mutating=True, on_document=True)
+        except NotFoundError:
+            return False
+        return True
+
+    def indexing_status(self, dataset_id: str, batch: str) -> list[dict[str, Any]]:
+        response = self._request("GET", f"/datasets/{dataset_id}/documents/{batch}/indexing-status",
+                                 about=f"indexing status of batch {batch}", on_document=True)
+        return list(self._json(response, "indexing status").get("data") or [])
+
+    # --- helpers ------------------------------------------------------------------------
+
+    def _pages(self, path: str, params: dict[str, Any], *, about: str) -> Iterator[dict[str, Any]]:
+        """Every item of a paginated listing. Stops on a short or empty page too: the
+        server's has_more only means "this page was full"."""
+        page = 1
+        seen: set[str] = set()
+        while True:
+            response = self._request("GET", path, params={**params, "page": page}, about=about)
+            body = self._json(response, about)
+            items = body.get("data") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise FatalError(f"{about}: unexpected answer from the server (no 'data' list)")
+            fresh = 0
+            for item in items:
+                key = str(item.get("id"))
+                if key in seen:
+                    continue  # the list shifts when documents are added meanwhile
+                seen.add(key)
+                fresh += 1
+                yield item
+            limit = int(body.get("limit") or params.get("limit") or PAGE_LIMIT)
+            if not items or not body.get("has_more") or len(items) < min(limit, PAGE_LIMIT):
+                return
+            page += 1
+
+    def _upload(self, response: httpx.Response, about: str) -> Upload:
+        body = self._json(response, about)
+        doc = body.get("document") if isinstance(body, dict) else None
+        if not isinstance(doc, dict) or not doc.get("id"):
+            raise FatalError(f"{about}: the server's answer holds no document")
+        batch = body.get("batch")
+        return Upload(remote_document(doc), str(batch) if batch else None)
+
+
+def remote_document(raw: Mapping[str, Any]) -> RemoteDocument:
+    """Reduce a document object D to the fields a sync decision needs."""
+    size = None
+    detail = raw.get("data_source_detail_dict")
+    if isinstance(detail, dict):
+        upload = detail.get("upload_file")
+        if isinstance(upload, dict) and isinstance(upload.get("size"), int):
+            size = upload["size"]
+    created = raw.get("created_at")
+    return RemoteDocument(
+        id=str(raw["id"]), name=str(raw.get("name") or ""),
+        indexing_status=str(raw.get("indexing_status") or "completed"),
+        display_status=raw.get("display_status"),
+        enabled=bool(raw.get("enabled", True)), archived=bool(raw.get("archived", False)),
+        error=raw.get("error") or None, size=size,
+        created_at=int(created) if isinstance(created, (int, float)) else 0)
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or host not found"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "connection dropped"
+    return type(exc).__name__
+
+
+__all__ = ["DifyClient", "RateLimiter", "RetryPolicy", "Upload", "remote_document",
+           "DatasetMissing", "NotFoundError"]

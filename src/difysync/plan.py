@@ -1,0 +1,351 @@
+"""The planner: what to do with one folder, decided from plain values and nothing else.
+
+Inputs are the local snapshot, what the state store remembers, the remote listing and the
+unsettled journal; the output is a list of frozen actions. No I/O, no clock, no client:
+dry runs, ``--json``, the delete guards and the tests all read the same plan, and crash
+recovery is ordinary planning (unsettled journal rows are one more input).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+
+from .models import FileState, JournalEntry, LocalFile, RemoteDocument
+from .naming import document_name
+
+
+class Kind(str, Enum):
+    CREATE = "create"      # upload a new document
+    UPDATE = "update"      # new content, same document id (update-by-file)
+    RENAME = "rename"      # same content, new path: update in place with the new name
+    RECREATE = "recreate"  # remote copy is in error: delete it, create again
+    DELETE = "delete"      # local file gone: delete the document difysync made
+    ADOPT = "adopt"        # a remote document already holds this file (lost state, crash)
+    FORGET = "forget"      # drop a state row whose document is gone or no longer ours to delete
+    SKIP = "skip"          # refused (type, size, empty, quarantined): recorded, never sent
+    WAIT = "wait"          # the document is queued/indexing: send nothing until it settles
+
+    def __str__(self) -> str:
+        return self.value
+
+
+MUTATING = frozenset({Kind.CREATE, Kind.UPDATE, Kind.RENAME, Kind.RECREATE, Kind.DELETE})
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    kind: Kind
+    rel_path: str
+    document_name: str | None = None
+    document_id: str | None = None
+    old_rel_path: str | None = None  # for RENAME: the path the document belonged to
+    sha256: str | None = None
+    size: int | None = None
+    reason: str = ""
+
+    @property
+    def mutating(self) -> bool:
+        return self.kind in MUTATING
+
+    def describe(self) -> str:
+        if self.kind is Kind.RENAME and self.old_rel_path and self.old_rel_path != self.rel_path:
+            text = f"{self.kind:<8} {self.old_rel_path} -> {self.rel_path}"
+        else:
+            text = f"{self.kind:<8} {self.rel_path}"
+        return f"{text} ({self.reason})" if self.reason else text
+
+
+@dataclass(frozen=True, slots=True)
+class MaxDelete:
+    """The mass-deletion guard: an absolute count or a share of the tracked documents."""
+
+    count: int | None = None
+    percent: float | None = 50.0
+
+    @classmethod
+    def parse(cls, text: str) -> MaxDelete:
+        """``"10"`` -> at most 10 deletes; ``"25%"`` -> at most a quarter of tracked docs."""
+        text = text.strip()
+        if text.endswith("%"):
+            value = float(text[:-1])
+            if not 0 <= value <= 100:
+                raise ValueError("a percentage between 0% and 100%")
+            return cls(count=None, percent=value)
+        value_int = int(text)
+        if value_int < 0:
+            raise ValueError("a count of 0 or more")
+        return cls(count=value_int, percent=None)
+
+    def limit(self, tracked: int) -> int:
+        if self.count is not None:
+            return self.count
+        return math.floor(tracked * (self.percent or 0.0) / 100.0 + 1e-9)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    allowed_extensions: frozenset[str] = frozenset(
+        {"txt", "markdown", "md", "pdf", "html", "htm", "xlsx", "docx", "csv"})
+    max_bytes: int = 15 * 1024 * 1024
+    delete: bool = True
+    max_delete: MaxDelete = field(default_factory=MaxDelete)
+    max_attempts: int = 3  # a document that fails indexing this often is quarantined
+    root_error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...]
+    unchanged: int = 0
+    errors: tuple[str, ...] = ()     # guard refusals: the pass must report failure
+    warnings: tuple[str, ...] = ()
+
+    def count(self, kind: Kind) -> int:
+        return sum(1 for a in self.actions if a.kind is kind)
+
+    @property
+    def mutating(self) -> tuple[Action, ...]:
+        return tuple(a for a in self.actions if a.mutating)
+
+
+def refusal_reason(rel_path: str, size: int, policy: Policy) -> str | None:
+    """Why this file will not be sent at all (checked before hashing), or None."""
+    base = rel_path.rsplit("/", 1)[-1]
+    ext = base.rsplit(".", 1)[-1].lower() if "." in base.lstrip(".") else ""
+    if ext not in policy.allowed_extensions:
+        shown = f".{ext}" if ext else "no extension"
+        return f"unsupported file type ({shown})"
+    if size > policy.max_bytes:
+        return f"file too large ({size} bytes > limit {policy.max_bytes})"
+    if size == 0:
+        return "empty file"
+    return None
+
+
+def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
+                remote: Sequence[RemoteDocument], journal: Sequence[JournalEntry] = (),
+                policy: Policy = Policy()) -> Plan:
+    """Decide every action for one folder.
+
+    ``local`` holds every regular file the scan kept; eligible ones must carry their
+    sha256 (the caller reuses the stored hash when size, mtime and inode are unchanged).
+    """
+    if policy.root_error:
+        return Plan(actions=(), errors=(f"{policy.root_error}: nothing synced, nothing deleted",))
+
+    actions: list[Action] = []
+    unchanged = 0
+    errors: list[str] = []
+    warnings: list[str] = []
+
+    remote_by_id = {doc.id: doc for doc in remote}
+    remote_by_name: dict[str, list[RemoteDocument]] = defaultdict(list)
+    for doc in remote:
+        remote_by_name[doc.name].append(doc)
+    for docs in remote_by_name.values():
+        docs.sort(key=_adoption_rank)
+
+    claimed: set[str] = set()  # remote document ids already spoken for in this plan
+    local_by_path = {f.rel_path: f for f in local}
+    refused: dict[str, str] = {}
+    eligible: dict[str, LocalFile] = {}
+    for f in local:
+        reason = refusal_reason(f.rel_path, f.size, policy)
+        if reason:
+            refused[f.rel_path] = reason
+        else:
+            eligible[f.rel_path] = f
+
+    def live_doc(row: FileState | None) -> RemoteDocument | None:
+        if row is None or not row.document_id:
+            return None
+        return remote_by_id.get(row.document_id)
+
+    # Documents that belong to a state row whose path still exists (eligible or refused)
+    # are claimed first, so name adoption can never steal them.
+    for rel, row in state.items():
+        doc = live_doc(row)
+        if doc is not None and rel in local_by_path:
+            claimed.add(doc.id)
+
+    # Renames: a tracked document whose file vanished, and a new untracked file with the
+    # same content. Paired one-to-one in path order so the plan is deterministic.
+    vanished_by_sha: dict[str, list[str]] = defaultdict(list)
+    for rel in sorted(state):
+        row = state[rel]
+        doc = live_doc(row)
+        if rel not in local_by_path and doc is not None and row.sha256 and not doc.failed \
+                and doc.enabled and not doc.archived:
+            vanished_by_sha[row.sha256].append(rel)
+    renamed_from: dict[str, str] = {}  # new rel -> old rel
+    for rel in sorted(eligible):
+        f = eligible[rel]
+        row = state.get(rel)
+        if row is not None and live_doc(row) is not None:
+            continue
+        if remote_by_name.get(document_name(rel)):
+            continue  # a document of that name exists: adoption wins over rename
+        candidates = vanished_by_sha.get(f.sha256 or "")
+        if candidates:
+            renamed_from[rel] = candidates.pop(0)
+    consumed_old = set(renamed_from.values())
+
+    for rel in sorted(local_by_path):
+        f = local_by_path[rel]
+        row = state.get(rel)
+        name = document_name(rel)
+        if rel in refused:
+            actions.append(Action(Kind.SKIP, rel, name, row.document_id if row else None,
+                                  size=f.size, reason=refused[rel]))
+            continue
+        if rel in renamed_from:
+            old_rel = renamed_from[rel]
+            old_row = state[old_rel]
+            doc = remote_by_id[old_row.document_id or ""]
+            claimed.add(doc.id)
+            kind = Kind.WAIT if doc.in_flight else Kind.RENAME
+            reason = "document is still indexing" if doc.in_flight else ""
+            actions.append(Action(kind, rel, name, doc.id, old_rel_path=old_rel,
+                                  sha256=f.sha256, size=f.size, reason=reason))
+            continue
+        doc = live_doc(row)
+        if doc is not None:
+            action = _plan_tracked(f, row, doc, name, policy)  # type: ignore[arg-type]
+            if action is None:
+                unchanged += 1
+            else:
+                actions.append(action)
+            continue
+        # Not tracked, or its document is gone: adopt a document of the same name first.
+        if row is not None and row.refused_sha256 and row.refused_sha256 == f.sha256:
+            actions.append(Action(Kind.SKIP, rel, name, size=f.size,
+                                  reason=row.skip_reason or "refused by the server"))
+            continue
+        candidates = [d for d in remote_by_name.get(name, ()) if d.id not in claimed]
+        if candidates:
+            chosen = candidates[0]
+            claimed.add(chosen.id)
+            actions.append(_plan_adoption(f, chosen, name))
+            if len(candidates) > 1:
+                warnings.append(f"{rel}: {len(candidates)} documents named {name!r} in Dify; "
+                                f"adopted {chosen.id}, left the others alone")
+            continue
+        reason = "document missing in Dify" if row is not None and row.document_id else ""
+        actions.append(Action(Kind.CREATE, rel, name, sha256=f.sha256, size=f.size, reason=reason))
+
+    # Tracked rows whose file is gone (and was not renamed): delete or forget.
+    deletes: list[Action] = []
+    for rel in sorted(state):
+        if rel in local_by_path or rel in consumed_old:
+            continue
+        row = state[rel]
+        doc = live_doc(row)
+        if doc is None:
+            actions.append(Action(Kind.FORGET, rel, row.document_name, row.document_id,
+                                  reason="file and document both gone" if row.document_id else ""))
+        elif doc.id in claimed:
+            actions.append(Action(Kind.FORGET, rel, row.document_name, doc.id,
+                                  reason="document now belongs to another path"))
+        elif not policy.delete:
+            claimed.add(doc.id)
+            actions.append(Action(Kind.FORGET, rel, row.document_name, doc.id,
+                                  reason="deletion disabled for this folder; document left in Dify"))
+        elif doc.archived:
+            claimed.add(doc.id)
+            actions.append(Action(Kind.FORGET, rel, row.document_name, doc.id,
+                                  reason="document archived in Dify; left in place"))
+        else:
+            claimed.add(doc.id)
+            deletes.append(Action(Kind.DELETE, rel, row.document_name, doc.id))
+
+    # A create that was sent but never settled may have produced a document whose file has
+    # since vanished: the journal says it is ours, so it goes too (outside the mass-delete
+    # guard, which protects documents that were synced, not our own leftovers).
+    leftovers: list[Action] = []
+    for entry in journal:
+        if entry.op not in ("create", "recreate") or entry.rel_path in local_by_path:
+            continue
+        for doc in remote_by_name.get(entry.document_name, ()):
+            if doc.id in claimed:
+                continue
+            claimed.add(doc.id)
+            if policy.delete:
+                leftovers.append(Action(Kind.DELETE, entry.rel_path, doc.name, doc.id,
+                                        reason="left over from an interrupted create"))
+
+    tracked = sum(1 for row in state.values() if live_doc(row) is not None)
+    if deletes:
+        if not eligible and not refused and tracked:
+            errors.append(f"the folder is empty but {tracked} documents are tracked "
+                          f"(unmounted share?): refusing to delete them")
+            deletes = []
+        else:
+            limit = policy.max_delete.limit(tracked)
+            if len(deletes) > limit:
+                errors.append(f"this pass would delete {len(deletes)} of {tracked} tracked documents, "
+                              f"more than the limit of {limit}: nothing deleted "
+                              f"(use --max-delete to allow it)")
+                deletes = []
+    actions.extend(deletes)
+    actions.extend(leftovers)
+    return Plan(actions=tuple(actions), unchanged=unchanged, errors=tuple(errors),
+                warnings=tuple(warnings))
+
+
+def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
+                  policy: Policy) -> Action | None:
+    """The file is tracked and its document exists: None when nothing needs doing."""
+    content_same = row.sha256 is not None and row.sha256 == f.sha256
+    name_same = doc.name == name
+    if doc.archived or not doc.enabled:
+        if content_same and name_same:
+            return None
+        state_word = "archived" if doc.archived else "disabled"
+        return Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size,
+                      reason=f"document {state_word} in Dify; enable it to sync changes")
+    if doc.failed:
+        if row.refused_sha256 and row.refused_sha256 == f.sha256:
+            return Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size,
+                          reason=row.skip_reason or "quarantined")
+        if content_same and row.attempts >= policy.max_attempts:
+            return Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size,
+                          reason=f"quarantined: indexing failed {row.attempts} times"
+                                 + (f" ({doc.error})" if doc.error else "")
+                                 + "; change the file or run `difysync retry`")
+        return Action(Kind.RECREATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
+                      reason=f"indexing failed in Dify: {doc.error}" if doc.error else
+                      "indexing failed in Dify")
+    if content_same and name_same:
+        return None
+    if doc.in_flight:
+        return Action(Kind.WAIT, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
+                      reason="document is still indexing")
+    if content_same:
+        return Action(Kind.RENAME, f.rel_path, name, doc.id, old_rel_path=f.rel_path,
+                      sha256=f.sha256, size=f.size, reason="document name out of date")
+    return Action(Kind.UPDATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size)
+
+
+def _plan_adoption(f: LocalFile, doc: RemoteDocument, name: str) -> Action:
+    """A remote document already carries this file's name: take it over, never duplicate."""
+    if doc.failed:
+        return Action(Kind.RECREATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
+                      reason="adopted document had failed indexing")
+    same_size = doc.size is not None and doc.size == f.size
+    if same_size or not doc.enabled or doc.archived:
+        return Action(Kind.ADOPT, f.rel_path, name, doc.id, sha256=f.sha256 if same_size else None,
+                      size=f.size, reason="matched by name" + (" and size" if same_size else ""))
+    if doc.in_flight:
+        return Action(Kind.ADOPT, f.rel_path, name, doc.id, sha256=None, size=f.size,
+                      reason="matched by name; content checked once indexing settles")
+    return Action(Kind.UPDATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
+                  reason="matched by name; size differs")
+
+
+def _adoption_rank(doc: RemoteDocument) -> tuple[int, int, str]:
+    """Prefer an enabled, live document; among equals the oldest (stable across runs)."""
+    return (0 if doc.enabled and not doc.archived else 1, doc.created_at, doc.id)

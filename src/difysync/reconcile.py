@@ -1,0 +1,316 @@
+"""One pass over the configured folders: scan -> list remote -> plan -> apply.
+
+Used alike by the one-shot CLI and by the daemon (which also runs targeted passes over a
+few dirty paths). Hashing happens here, and only for files whose size, mtime or inode
+differ from the state store: a pass where nothing changed costs a walk with stat and
+one listing call per hundred documents.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .apply import FolderContext, Outcome, Stopped, apply_actions, count_outcomes
+from .config import FolderSettings, Settings
+from .dify import DifyClient
+from .errors import DifyError, FatalError
+from .models import FileState, LocalFile, RemoteDocument, ScanProblem
+from .plan import Action, Kind, MaxDelete, Plan, Policy, plan_folder, refusal_reason
+from .scanner import scan_tree, sha256_file, stat_paths
+from .state import StateStore
+
+log = logging.getLogger("difysync")
+
+
+@dataclass
+class FolderReport:
+    folder: str
+    dataset_id: str | None
+    plan: Plan | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    problems: list[ScanProblem] = field(default_factory=list)
+    hashed: int = 0
+    fatal: DifyError | None = None
+
+    @property
+    def counts(self) -> dict[str, int]:
+        unchanged = self.plan.unchanged if self.plan else 0
+        if self.outcomes or not self.plan:
+            return count_outcomes(self.outcomes, unchanged)
+        return planned_counts(self.plan)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.fatal is None and self.counts["failed"] == 0
+
+
+@dataclass
+class RunReport:
+    folders: list[FolderReport]
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for f in self.folders:
+            for k, v in f.counts.items():
+                total[k] = total.get(k, 0) + v
+        if not total:
+            total = count_outcomes([])
+        return total
+
+    @property
+    def ok(self) -> bool:
+        return all(f.ok for f in self.folders)
+
+    @property
+    def fatal(self) -> DifyError | None:
+        return next((f.fatal for f in self.folders if f.fatal is not None), None)
+
+    @property
+    def hashed(self) -> int:
+        return sum(f.hashed for f in self.folders)
+
+    def touched_documents(self) -> dict[tuple[str, str], set[str]]:
+        """(folder key, dataset id) -> ids of documents this pass uploaded (for --wait)."""
+        out: dict[tuple[str, str], set[str]] = {}
+        for f in self.folders:
+            for o in f.outcomes:
+                if o.result == "ok" and o.action.kind in (Kind.CREATE, Kind.UPDATE, Kind.RENAME,
+                                                          Kind.RECREATE) and o.document_id and f.dataset_id:
+                    out.setdefault((f.folder, f.dataset_id), set()).add(o.document_id)
+        return out
+
+
+def planned_counts(plan: Plan) -> dict[str, int]:
+    counts = count_outcomes([], plan.unchanged)
+    names = {Kind.CREATE: "created", Kind.RECREATE: "created", Kind.UPDATE: "updated",
+             Kind.RENAME: "renamed", Kind.DELETE: "deleted", Kind.SKIP: "skipped",
+             Kind.WAIT: "waiting", Kind.ADOPT: "unchanged"}
+    for a in plan.actions:
+        if a.kind in names:
+            counts[names[a.kind]] += 1
+    return counts
+
+
+def folder_key(folder: FolderSettings) -> str:
+    return str(Path(folder.path))
+
+
+def policy_for(settings: Settings, folder: FolderSettings, max_delete: MaxDelete | None) -> Policy:
+    return Policy(allowed_extensions=frozenset(settings.dify.allowed_extensions),
+                  max_bytes=int(settings.dify.max_file_size_mb * 1024 * 1024),
+                  delete=folder.delete, max_delete=max_delete or MaxDelete(),
+                  max_attempts=settings.dify.max_attempts)
+
+
+def resolve_dataset(client: DifyClient, folder: FolderSettings, *, create: bool) -> str | None:
+    """The folder's dataset id: given, or found by name (created when absent and allowed)."""
+    if folder.dataset_id:
+        return folder.dataset_id
+    if create:
+        return client.ensure_dataset(folder.dataset_name, folder.indexing_technique)
+    found = client.find_dataset(folder.dataset_name)
+    return str(found["id"]) if found else None
+
+
+def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root: Path,
+                policy: Policy) -> tuple[list[LocalFile], list[LocalFile], list[ScanProblem], int]:
+    """Attach sha256 to each eligible file: the stored one when size, mtime and inode are
+    unchanged, else a fresh streamed hash. Returns (files, restat, problems, hashed) where
+    ``restat`` are files whose hash matched the store but whose stat moved."""
+    out: list[LocalFile] = []
+    restat: list[LocalFile] = []
+    problems: list[ScanProblem] = []
+    hashed = 0
+    for f in files:
+        if refusal_reason(f.rel_path, f.size, policy):
+            out.append(f)
+            continue
+        row = rows.get(f.rel_path)
+        if row is not None and row.sha256 and row.size == f.size and row.mtime_ns == f.mtime_ns \
+                and row.inode == f.inode:
+            out.append(replace(f, sha256=row.sha256))
+            continue
+        try:
+            digest, _ = sha256_file(root / f.rel_path)
+        except OSError as exc:
+            problems.append(ScanProblem(f.rel_path, f"cannot read file: {exc.strerror or exc}"))
+            continue
+        hashed += 1
+        fresh = replace(f, sha256=digest)
+        out.append(fresh)
+        if row is not None and row.sha256 == digest and row.document_id:
+            restat.append(fresh)
+    return out, restat, problems, hashed
+
+
+def upload_data(folder: FolderSettings) -> tuple[dict[str, Any], dict[str, Any]]:
+    create = {"indexing_technique": folder.indexing_technique, "process_rule": dict(folder.process_rule)}
+    update = {"process_rule": dict(folder.process_rule)}
+    return create, update
+
+
+def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyClient, store: StateStore,
+                     *, dry_run: bool = False, max_delete: MaxDelete | None = None,
+                     paths: Iterable[str] | None = None,
+                     on_outcome: Callable[[Outcome], None] | None = None,
+                     should_stop: Callable[[], bool] = lambda: False) -> FolderReport:
+    """One folder, whole (``paths`` None) or only the given relative paths (targeted)."""
+    key = folder_key(folder)
+    root = Path(folder.path)
+    report = FolderReport(folder=key, dataset_id=folder.dataset_id or None)
+    started = time.time()
+    policy = policy_for(settings, folder, max_delete)
+    try:
+        dataset_id = resolve_dataset(client, folder, create=not dry_run)
+        report.dataset_id = dataset_id
+
+        if paths is None:
+            scan = scan_tree(root, folder.include, folder.exclude)
+            files, problems, root_error = scan.files, list(scan.problems), scan.root_error
+            rows = store.load_folder(key)
+        else:
+            wanted = sorted(set(paths))
+            files, problems, _gone = stat_paths(root, wanted, folder.include, folder.exclude)
+            root_error = None if root.is_dir() else f"folder root {root} is missing"
+            rows = store.load_paths(key, wanted)
+        if root_error:
+            policy = replace(policy, root_error=root_error)
+        problem_paths = {p.rel_path for p in problems}
+        files, restat, hash_problems, report.hashed = with_hashes(files, rows, root, policy)
+        problems.extend(hash_problems)
+        problem_paths.update(p.rel_path for p in hash_problems)
+        report.problems = problems
+
+        remote: list[RemoteDocument] = []
+        if dataset_id:
+            if paths is None or root_error:
+                remote = client.list_documents(dataset_id)
+            else:
+                remote = _remote_for_paths(client, dataset_id, rows, files)
+        journal = store.pending_journal(key)
+        plan_rows = {rel: row for rel, row in rows.items() if rel not in problem_paths}
+        plan = plan_folder(files, plan_rows, remote, journal, policy)
+        if paths is not None:
+            # A targeted pass sees only some paths: the guards that need the whole tree
+            # (empty folder, mass deletion) are for full passes; here, deletes stay.
+            plan = _targeted(plan)
+        report.plan = plan
+        report.errors.extend(plan.errors)
+        for warning in plan.warnings:
+            log.warning("%s", warning)
+        if dry_run:
+            return report
+        if not dataset_id:
+            return report
+
+        tracked = {row.document_id: row for row in rows.values() if row.document_id}
+        store.refresh_statuses(key, {d.id: (d.indexing_status, d.error) for d in remote if d.id in tracked})
+        store.update_stats(key, restat)
+        store.record_skips(key, dataset_id, [(None, p.rel_path, p.reason) for p in problems])
+
+        ctx = FolderContext(key=key, root=root, dataset_id=dataset_id,
+                            create_data=upload_data(folder)[0], update_data=upload_data(folder)[1],
+                            max_bytes=policy.max_bytes)
+        try:
+            report.outcomes = apply_actions(plan.actions, ctx, client, store, rows,
+                                            concurrency=settings.dify.concurrency,
+                                            local={f.rel_path: f for f in files},
+                                            on_outcome=on_outcome, should_stop=should_stop)
+        except Stopped as stop:
+            report.outcomes = stop.outcomes
+            raise stop.error from None
+        # Journal rows from an earlier, interrupted pass were inputs to this plan and are
+        # now resolved by it.
+        store.clear_journal(e.id for e in journal)
+    except DifyError as exc:
+        report.fatal = exc
+        report.errors.append(exc.describe())
+    finally:
+        if not dry_run and paths is None:
+            try:
+                store.record_run(key, "full", started, report.ok, report.counts)
+            except Exception:  # noqa: BLE001 - the run record is a nicety; never mask the pass
+                log.debug("could not record the run", exc_info=True)
+    return report
+
+
+def _targeted(plan: Plan) -> Plan:
+    errors = tuple(e for e in plan.errors if "refusing to delete" not in e)
+    return replace(plan, errors=errors)
+
+
+def _remote_for_paths(client: DifyClient, dataset_id: str, rows: Mapping[str, FileState],
+                      files: Sequence[LocalFile]) -> list[RemoteDocument]:
+    """The remote documents a targeted pass can touch: listing the whole dataset for a
+    handful of paths would defeat the point on big datasets, so look up by name."""
+    from .naming import document_name
+
+    names = {row.document_name for row in rows.values() if row.document_name}
+    names.update(document_name(f.rel_path) for f in files)
+    out: dict[str, RemoteDocument] = {}
+    if len(names) > 20:
+        return client.list_documents(dataset_id)
+    for name in sorted(names):
+        for doc in client.find_documents(dataset_id, name):
+            out[doc.id] = doc
+    return list(out.values())
+
+
+def reconcile(settings: Settings, client: DifyClient, store: StateStore, *, dry_run: bool = False,
+              max_delete: MaxDelete | None = None,
+              on_outcome: Callable[[Outcome], None] | None = None) -> RunReport:
+    """Every configured folder, one after the other. A fatal error for one folder (its
+    dataset missing, say) does not stop the others; a rejected key stops them all."""
+    started = time.monotonic()
+    reports = []
+    for folder in settings.folders:
+        report = reconcile_folder(settings, folder, client, store, dry_run=dry_run,
+                                  max_delete=max_delete, on_outcome=on_outcome)
+        reports.append(report)
+        if isinstance(report.fatal, FatalError) and report.fatal.__class__.__name__ == "AuthError":
+            break
+    return RunReport(folders=reports, dry_run=dry_run, seconds=time.monotonic() - started)
+
+
+def wait_for_indexing(client: DifyClient, store: StateStore,
+                      touched: Mapping[tuple[str, str], set[str]], *, timeout: float,
+                      interval: float = 1.0, sleep: Callable[[float], None] = time.sleep,
+                      clock: Callable[[], float] = time.monotonic) -> tuple[bool, dict[str, int]]:
+    """Poll the listing (one call per hundred documents, not one per document) until every
+    touched document is completed or in error. Returns (finished, counts by status)."""
+    deadline = clock() + timeout
+    statuses: dict[str, str] = {}
+    while True:
+        statuses = {}
+        for (key, dataset_id), ids in touched.items():
+            docs = {d.id: d for d in client.list_documents(dataset_id)}
+            store.refresh_statuses(key, {i: (docs[i].indexing_status, docs[i].error)
+                                         for i in ids if i in docs})
+            for i in ids:
+                statuses[i] = docs[i].indexing_status if i in docs else "gone"
+        if all(s in ("completed", "error", "gone", "paused") for s in statuses.values()):
+            return True, _tally(statuses)
+        if clock() >= deadline:
+            return False, _tally(statuses)
+        sleep(min(interval, max(0.0, deadline - clock())))
+        interval = min(interval * 1.5, 10.0)
+
+
+def _tally(statuses: Mapping[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in statuses.values():
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+__all__ = ["FolderReport", "RunReport", "reconcile", "reconcile_folder", "wait_for_indexing",
+           "folder_key", "Action"]

@@ -1,0 +1,432 @@
+"""The SQLite state store: what difysync knew after its last pass, and the journal of
+remote mutations in flight. The only module that speaks SQL.
+
+Every write is one short explicit transaction; settling a journal row and updating the
+file row it concerns happen in the same one, so a crash leaves either both or neither.
+The file is created mode 0600 (SQLite gives its WAL files the same mode). Nothing here
+ever stores the API key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+import urllib.parse
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlite_utils
+
+from .errors import StateError
+from .models import FileState, JournalEntry, LocalFile
+
+SCHEMA_VERSION = 1
+
+_FILE_COLUMNS = {
+    "folder": str, "rel_path": str, "dataset_id": str, "size": int, "mtime_ns": int,
+    "inode": int, "sha256": str, "document_id": str, "document_name": str, "batch": str,
+    "indexing_status": str, "last_error": str, "skip_reason": str, "refused_sha256": str,
+    "attempts": int, "updated_at": float, "synced_at": float,
+}
+
+
+def encode_path(rel_path: str) -> str:
+    """rel_path as storable text. Paths that are not valid UTF-8 (surrogate escapes) get a
+    ``//`` prefix, which no relative path can start with, and percent-encoded bytes."""
+    try:
+        rel_path.encode("utf-8")
+        return rel_path
+    except UnicodeEncodeError:
+        raw = rel_path.encode("utf-8", "surrogateescape")
+        return "//" + urllib.parse.quote_from_bytes(raw, safe="/")
+
+
+def decode_path(stored: str) -> str:
+    if stored.startswith("//"):
+        return urllib.parse.unquote_to_bytes(stored[2:]).decode("utf-8", "surrogateescape")
+    return stored
+
+
+@dataclass(frozen=True, slots=True)
+class FolderSummary:
+    folder: str
+    dataset_id: str | None
+    synced: int
+    pending: int
+    indexing: int
+    error: int
+    skipped: int
+    last_full_reconcile: float | None
+    journal: int
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemFile:
+    folder: str
+    rel_path: str
+    kind: str  # "error" | "skipped"
+    reason: str
+
+
+class StateStore:
+    """One SQLite file; open read-only for ``status`` while the daemon writes (WAL)."""
+
+    def __init__(self, path: Path | str, *, readonly: bool = False) -> None:
+        self.path = Path(path)
+        self.readonly = readonly
+        try:
+            if readonly:
+                if not self.path.exists():
+                    raise StateError(f"state DB {self.path} does not exist yet: run `difysync reconcile` first")
+                conn = sqlite3.connect(f"file:{urllib.parse.quote(str(self.path))}?mode=ro", uri=True,
+                                       check_same_thread=False)
+            else:
+                self._create_private(self.path)
+                conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            conn.execute("PRAGMA busy_timeout = 5000")
+            self.db = sqlite_utils.Database(conn)
+            if not readonly:
+                self.db.execute("PRAGMA journal_mode = WAL")
+                self.db.execute("PRAGMA synchronous = NORMAL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            raise StateError(f"state DB {self.path} is unusable ({exc}): move it aside and run "
+                             f"`difysync rebuild-state`") from None
+        except OSError as exc:
+            raise StateError(f"state DB {self.path} cannot be opened: {exc.strerror or exc}") from None
+
+    @staticmethod
+    def _create_private(path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+        os.close(fd)
+        if (path.stat().st_mode & 0o777) != 0o600:
+            os.chmod(path, 0o600)
+        for suffix in ("-wal", "-shm"):
+            side = Path(str(path) + suffix)
+            if side.exists() and (side.stat().st_mode & 0o777) != 0o600:
+                os.chmod(side, 0o600)
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> StateStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        conn = self.db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        else:
+            conn.execute("COMMIT")
+
+    # --- schema -----------------------------------------------------------------------
+
+    def _migrate(self) -> None:
+        version = self._schema_version()
+        if version > SCHEMA_VERSION:
+            raise StateError(f"state DB {self.path} was written by a newer difysync (schema {version}, "
+                             f"this one knows {SCHEMA_VERSION}): upgrade difysync")
+        if self.readonly:
+            if version < SCHEMA_VERSION:
+                raise StateError(f"state DB {self.path} has no current schema yet: run `difysync reconcile` first")
+            return
+        if version < 1:
+            self._migration_1_initial()
+
+    def _schema_version(self) -> int:
+        if "meta" not in self.db.table_names():
+            return 0
+        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        return int(row[0]) if row else 0
+
+    def _migration_1_initial(self) -> None:
+        with self.transaction():
+            self.db["meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+            self.db["files"].create(_FILE_COLUMNS, pk=("folder", "rel_path"), if_not_exists=True,
+                                    defaults={"attempts": 0})
+            self.db["files"].create_index(["folder", "document_id"], if_not_exists=True)
+            self.db["journal"].create({
+                "id": int, "folder": str, "dataset_id": str, "op": str, "rel_path": str,
+                "document_name": str, "document_id": str, "sha256": str, "started_at": float,
+            }, pk="id", if_not_exists=True)
+            self.db["runs"].create({
+                "folder": str, "kind": str, "started_at": float, "finished_at": float,
+                "ok": int, "summary": str,
+            }, pk=("folder", "kind"), if_not_exists=True)
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                            [str(SCHEMA_VERSION)])
+
+    # --- reads ------------------------------------------------------------------------
+
+    def load_folder(self, folder: str) -> dict[str, FileState]:
+        """Every row of a folder, loaded in one query (a pass compares against it in memory)."""
+        cursor = self.db.execute(
+            "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
+            "indexing_status, last_error, skip_reason, refused_sha256, attempts "
+            "FROM files WHERE folder = ?", [folder])
+        return {decode_path(r[0]): _file_state(r) for r in cursor}
+
+    def load_paths(self, folder: str, rel_paths: Iterable[str]) -> dict[str, FileState]:
+        out: dict[str, FileState] = {}
+        for rel in rel_paths:
+            r = self.db.execute(
+                "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
+                "indexing_status, last_error, skip_reason, refused_sha256, attempts "
+                "FROM files WHERE folder = ? AND rel_path = ?", [folder, encode_path(rel)]).fetchone()
+            if r:
+                out[rel] = _file_state(r)
+        return out
+
+    def pending_journal(self, folder: str) -> list[JournalEntry]:
+        rows = self.db.execute(
+            "SELECT id, rel_path, op, document_name, document_id, sha256 FROM journal "
+            "WHERE folder = ? ORDER BY id", [folder]).fetchall()
+        return [JournalEntry(id=r[0], rel_path=decode_path(r[1]), op=r[2], document_name=r[3],
+                             document_id=r[4], sha256=r[5]) for r in rows]
+
+    def journal_count(self) -> int:
+        return self.db.execute("SELECT count(*) FROM journal").fetchone()[0]
+
+    def in_flight(self, folder: str | None = None) -> list[tuple[str, str, str, str | None]]:
+        """(folder, rel_path, document_id, batch) of documents still queued or indexing."""
+        sql = ("SELECT folder, rel_path, document_id, batch FROM files WHERE document_id IS NOT NULL "
+               "AND indexing_status IN ('waiting','parsing','cleaning','splitting','indexing')")
+        args: list[Any] = []
+        if folder is not None:
+            sql += " AND folder = ?"
+            args.append(folder)
+        return [(r[0], decode_path(r[1]), r[2], r[3]) for r in self.db.execute(sql, args)]
+
+    # --- journal ----------------------------------------------------------------------
+
+    def journal_begin(self, folder: str, dataset_id: str, op: str, rel_path: str,
+                      document_name: str | None, document_id: str | None = None,
+                      sha256: str | None = None) -> int:
+        """Write the intent before the request is sent; returns the row to settle."""
+        with self.transaction() as conn:
+            cur = conn.execute(
+                "INSERT INTO journal (folder, dataset_id, op, rel_path, document_name, document_id, "
+                "sha256, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [folder, dataset_id, op, encode_path(rel_path), document_name, document_id, sha256,
+                 time.time()])
+            return int(cur.lastrowid or 0)
+
+    def clear_journal(self, ids: Iterable[int]) -> None:
+        ids = list(ids)
+        if not ids:
+            return
+        with self.transaction() as conn:
+            conn.executemany("DELETE FROM journal WHERE id = ?", [(i,) for i in ids])
+
+    # --- settling ---------------------------------------------------------------------
+
+    def settle_upload(self, journal_id: int | None, folder: str, dataset_id: str, rel_path: str, *,
+                      document_id: str, document_name: str, batch: str | None, sha256: str | None,
+                      size: int | None, mtime_ns: int | None, inode: int | None,
+                      indexing_status: str | None, attempts: int = 0) -> None:
+        """The server accepted an upload (create, update, rename, adopt): record what it holds."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, sha256, "
+                "document_id, document_name, batch, indexing_status, last_error, skip_reason, "
+                "refused_sha256, attempts, updated_at, synced_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?) "
+                "ON CONFLICT (folder, rel_path) DO UPDATE SET dataset_id = excluded.dataset_id, "
+                "size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode, "
+                "sha256 = excluded.sha256, document_id = excluded.document_id, "
+                "document_name = excluded.document_name, batch = excluded.batch, "
+                "indexing_status = excluded.indexing_status, last_error = NULL, skip_reason = NULL, "
+                "refused_sha256 = NULL, attempts = excluded.attempts, updated_at = excluded.updated_at, "
+                "synced_at = excluded.synced_at",
+                [folder, encode_path(rel_path), dataset_id, size, mtime_ns, inode, sha256, document_id,
+                 document_name, batch, indexing_status, attempts, now, now])
+            if journal_id is not None:
+                conn.execute("DELETE FROM journal WHERE id = ?", [journal_id])
+
+    def settle_removal(self, journal_id: int | None, folder: str, rel_path: str) -> None:
+        """The document is gone (deleted by us, or found gone): drop the row with the intent."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM files WHERE folder = ? AND rel_path = ?",
+                         [folder, encode_path(rel_path)])
+            if journal_id is not None:
+                conn.execute("DELETE FROM journal WHERE id = ?", [journal_id])
+
+    def settle_failure(self, journal_id: int | None, folder: str, dataset_id: str, rel_path: str,
+                       error: str, *, refused_sha256: str | None = None,
+                       skip_reason: str | None = None, clear_document: bool = False,
+                       count_attempt: bool = False) -> None:
+        """A request did not succeed: keep the file row, note why, close the intent."""
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT INTO files (folder, rel_path, dataset_id, last_error, skip_reason, "
+                "refused_sha256, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "ON CONFLICT (folder, rel_path) DO UPDATE SET last_error = excluded.last_error, "
+                "skip_reason = COALESCE(excluded.skip_reason, files.skip_reason), "
+                "refused_sha256 = COALESCE(excluded.refused_sha256, files.refused_sha256), "
+                "attempts = files.attempts + excluded.attempts, updated_at = excluded.updated_at",
+                [folder, encode_path(rel_path), dataset_id, error, skip_reason, refused_sha256,
+                 1 if count_attempt else 0, now])
+            if clear_document:
+                conn.execute("UPDATE files SET document_id = NULL, batch = NULL, indexing_status = NULL "
+                             "WHERE folder = ? AND rel_path = ?", [folder, encode_path(rel_path)])
+            if journal_id is not None:
+                conn.execute("DELETE FROM journal WHERE id = ?", [journal_id])
+
+    def record_skips(self, folder: str, dataset_id: str,
+                     skips: Iterable[tuple[LocalFile | None, str, str]]) -> None:
+        """Files refused before sending: (file, rel_path, reason). Visible in ``status``."""
+        now = time.time()
+        rows = []
+        for f, rel, reason in skips:
+            rows.append([folder, encode_path(rel), dataset_id, f.size if f else None,
+                         f.mtime_ns if f else None, f.inode if f else None, reason, now])
+        if not rows:
+            return
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, skip_reason, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder, rel_path) DO UPDATE "
+                "SET skip_reason = excluded.skip_reason, size = excluded.size, "
+                "mtime_ns = excluded.mtime_ns, inode = excluded.inode, updated_at = excluded.updated_at",
+                rows)
+
+    def record_notes(self, folder: str, notes: Iterable[tuple[str, str | None]]) -> None:
+        """Set last_error (or clear it with None) on existing rows, e.g. "waiting for indexing"."""
+        rows = [(note, folder, encode_path(rel)) for rel, note in notes]
+        if rows:
+            with self.transaction() as conn:
+                conn.executemany("UPDATE files SET last_error = ? WHERE folder = ? AND rel_path = ?", rows)
+
+    def update_stats(self, folder: str, files: Iterable[LocalFile]) -> None:
+        """Content proved unchanged (same hash) but stat moved: remember the new stat so the
+        next pass does not hash it again."""
+        rows = [(f.size, f.mtime_ns, f.inode, folder, encode_path(f.rel_path)) for f in files]
+        if rows:
+            with self.transaction() as conn:
+                conn.executemany("UPDATE files SET size = ?, mtime_ns = ?, inode = ?, skip_reason = NULL "
+                                 "WHERE folder = ? AND rel_path = ?", rows)
+
+    def clear_skips(self, folder: str, rel_paths: Iterable[str]) -> None:
+        """Rows that only recorded a skip and whose file is gone or now eligible."""
+        rows = [(folder, encode_path(r)) for r in rel_paths]
+        if rows:
+            with self.transaction() as conn:
+                conn.executemany("DELETE FROM files WHERE folder = ? AND rel_path = ? "
+                                 "AND document_id IS NULL AND refused_sha256 IS NULL", rows)
+                conn.executemany("UPDATE files SET skip_reason = NULL WHERE folder = ? AND rel_path = ?",
+                                 rows)
+
+    def refresh_statuses(self, folder: str, statuses: Mapping[str, tuple[str, str | None]]) -> None:
+        """Copy indexing status (and error text) from a listing onto the rows that hold the
+        documents; a completed document clears its attempt count."""
+        rows = [(status, error, document_id, folder)
+                for document_id, (status, error) in statuses.items()]
+        if rows:
+            with self.transaction() as conn:
+                conn.executemany(
+                    "UPDATE files SET indexing_status = ?1, "
+                    "last_error = CASE WHEN ?1 = 'error' THEN 'indexing failed in Dify: ' || COALESCE(?2, '') "
+                    "  WHEN last_error LIKE 'indexing failed%' OR last_error LIKE 'waiting%' THEN NULL "
+                    "  ELSE last_error END, "
+                    "attempts = CASE WHEN ?1 = 'completed' THEN 0 ELSE attempts END "
+                    "WHERE document_id = ?3 AND folder = ?4 AND "
+                    "(indexing_status IS NOT ?1 OR (?1 = 'error' AND last_error IS NULL))",
+                    rows)
+
+    def retry(self, folder: str | None = None, rel_path: str | None = None) -> int:
+        """Lift quarantine and refusals so the next pass tries again."""
+        sql = "UPDATE files SET refused_sha256 = NULL, attempts = 0, skip_reason = NULL, last_error = NULL"
+        args: list[Any] = []
+        where = []
+        if folder is not None:
+            where.append("folder = ?")
+            args.append(folder)
+        if rel_path is not None:
+            where.append("rel_path = ?")
+            args.append(encode_path(rel_path))
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        with self.transaction() as conn:
+            return conn.execute(sql, args).rowcount
+
+    def record_run(self, folder: str, kind: str, started_at: float, ok: bool,
+                   summary: Mapping[str, Any]) -> None:
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO runs (folder, kind, started_at, finished_at, ok, summary) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         [folder, kind, started_at, time.time(), int(ok), json.dumps(dict(summary))])
+
+    # --- status -----------------------------------------------------------------------
+
+    def summaries(self) -> list[FolderSummary]:
+        out = []
+        folders = [r[0] for r in self.db.execute(
+            "SELECT folder FROM files UNION SELECT folder FROM runs UNION SELECT folder FROM journal "
+            "ORDER BY 1")]
+        for folder in folders:
+            counts = self.db.execute(
+                "SELECT "
+                "sum(document_id IS NOT NULL AND indexing_status = 'completed' AND skip_reason IS NULL), "
+                "sum(document_id IS NOT NULL AND (indexing_status = 'waiting')), "
+                "sum(document_id IS NOT NULL AND indexing_status IN "
+                "    ('parsing','cleaning','splitting','indexing')), "
+                "sum(last_error IS NOT NULL AND skip_reason IS NULL AND "
+                "    (indexing_status IS NULL OR indexing_status NOT IN "
+                "    ('waiting','parsing','cleaning','splitting','indexing'))), "
+                "sum(skip_reason IS NOT NULL), max(dataset_id) "
+                "FROM files WHERE folder = ?", [folder]).fetchone()
+            run = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'full'",
+                                  [folder]).fetchone()
+            journal = self.db.execute("SELECT count(*) FROM journal WHERE folder = ?", [folder]).fetchone()[0]
+            out.append(FolderSummary(folder=folder, dataset_id=counts[5], synced=counts[0] or 0,
+                                     pending=counts[1] or 0, indexing=counts[2] or 0,
+                                     error=counts[3] or 0, skipped=counts[4] or 0,
+                                     last_full_reconcile=run[0] if run else None, journal=journal))
+        return out
+
+    def problems(self) -> list[ProblemFile]:
+        rows = self.db.execute(
+            "SELECT folder, rel_path, skip_reason, last_error FROM files "
+            "WHERE skip_reason IS NOT NULL OR last_error IS NOT NULL ORDER BY folder, rel_path").fetchall()
+        out = []
+        for folder, rel, skip, error in rows:
+            if skip:
+                out.append(ProblemFile(folder, decode_path(rel), "skipped", skip))
+            else:
+                out.append(ProblemFile(folder, decode_path(rel), "error", error))
+        return out
+
+    def file_rows(self, folder: str | None = None) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM files"
+        args: list[Any] = []
+        if folder is not None:
+            sql += " WHERE folder = ?"
+            args.append(folder)
+        cur = self.db.execute(sql, args)
+        names = [d[0] for d in cur.description]
+        rows = [dict(zip(names, r)) for r in cur]
+        for row in rows:
+            row["rel_path"] = decode_path(row["rel_path"])
+        return rows
+
+
+def _file_state(r: tuple[Any, ...]) -> FileState:
+    return FileState(rel_path=decode_path(r[0]), size=r[1], mtime_ns=r[2], inode=r[3], sha256=r[4],
+                     document_id=r[5], document_name=r[6], batch=r[7], indexing_status=r[8],
+                     last_error=r[9], skip_reason=r[10], refused_sha256=r[11], attempts=r[12] or 0)

@@ -1,0 +1,322 @@
+"""The planner, as a specification: given what is local, remembered and remote, which
+actions follow. Examples first, then properties over generated inputs (hypothesis)."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from difysync.models import FileState, JournalEntry, LocalFile, RemoteDocument
+from difysync.naming import document_name
+from difysync.plan import Action, Kind, MaxDelete, Plan, Policy, plan_folder, refusal_reason
+
+
+def sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def local(path: str, content: str = "x", size: int | None = None) -> LocalFile:
+    return LocalFile(path, size if size is not None else len(content), 1, 1, sha(content))
+
+
+def tracked(path: str, doc_id: str, content: str = "x") -> FileState:
+    return FileState(path, size=len(content), mtime_ns=1, inode=1, sha256=sha(content),
+                     document_id=doc_id, document_name=document_name(path), indexing_status="completed")
+
+
+def remote(doc_id: str, path: str, *, status: str = "completed", size: int = 1, **kw) -> RemoteDocument:
+    return RemoteDocument(doc_id, document_name(path), indexing_status=status, size=size, **kw)
+
+
+def kinds(plan: Plan) -> list[tuple[str, str]]:
+    return [(str(a.kind), a.rel_path) for a in plan.actions]
+
+
+# --- examples ---------------------------------------------------------------------------
+
+def test_new_file_is_created():
+    plan = plan_folder([local("a.md")], {}, [])
+    assert kinds(plan) == [("create", "a.md")]
+    assert plan.actions[0].document_name == "a.md"
+
+
+def test_unchanged_file_needs_nothing():
+    plan = plan_folder([local("a.md")], {"a.md": tracked("a.md", "d1")}, [remote("d1", "a.md")])
+    assert plan.actions == () and plan.unchanged == 1
+
+
+def test_changed_content_updates_the_same_document():
+    plan = plan_folder([local("a.md", "new")], {"a.md": tracked("a.md", "d1", "old")},
+                       [remote("d1", "a.md")])
+    assert kinds(plan) == [("update", "a.md")]
+    assert plan.actions[0].document_id == "d1"
+
+
+def test_change_while_indexing_waits():
+    plan = plan_folder([local("a.md", "new")], {"a.md": tracked("a.md", "d1", "old")},
+                       [remote("d1", "a.md", status="indexing")])
+    assert kinds(plan) == [("wait", "a.md")]
+
+
+def test_move_becomes_an_in_place_rename():
+    plan = plan_folder([local("new/a.md", "same")], {"old/a.md": tracked("old/a.md", "d1", "same")},
+                       [remote("d1", "old/a.md")])
+    assert kinds(plan) == [("rename", "new/a.md")]
+    action = plan.actions[0]
+    assert action.document_id == "d1" and action.old_rel_path == "old/a.md"
+    assert action.document_name == "new∕a.md"
+
+
+def test_deleted_file_deletes_its_document():
+    state = {"a.md": tracked("a.md", "d1"), "b.md": tracked("b.md", "d2")}
+    plan = plan_folder([local("b.md")], state, [remote("d1", "a.md"), remote("d2", "b.md")])
+    assert kinds(plan) == [("delete", "a.md")]
+
+
+def test_foreign_documents_are_never_deleted():
+    plan = plan_folder([], {}, [remote("x", "someone-elses.md")])
+    assert plan.actions == ()
+
+
+def test_document_deleted_in_dify_is_created_again():
+    plan = plan_folder([local("a.md")], {"a.md": tracked("a.md", "gone")}, [])
+    assert kinds(plan) == [("create", "a.md")]
+    assert "missing" in plan.actions[0].reason
+
+
+def test_document_in_error_is_recreated():
+    plan = plan_folder([local("a.md")], {"a.md": tracked("a.md", "d1")},
+                       [remote("d1", "a.md", status="error", error="boom")])
+    assert kinds(plan) == [("recreate", "a.md")]
+
+
+def test_document_failing_too_often_is_quarantined():
+    row = _with(tracked("a.md", "d1"), attempts=3)
+    plan = plan_folder([local("a.md")], {"a.md": row},
+                       [remote("d1", "a.md", status="error", error="boom")], policy=Policy(max_attempts=3))
+    assert kinds(plan) == [("skip", "a.md")]
+    assert "quarantined" in plan.actions[0].reason
+
+
+def test_lost_state_adopts_documents_by_name_and_size():
+    plan = plan_folder([local("a.md", "xy")], {}, [remote("d1", "a.md", size=2)])
+    assert kinds(plan) == [("adopt", "a.md")]
+    assert plan.actions[0].document_id == "d1" and plan.actions[0].sha256 == sha("xy")
+
+
+def test_adopted_document_of_another_size_is_updated_in_place():
+    plan = plan_folder([local("a.md", "xyz")], {}, [remote("d1", "a.md", size=2)])
+    assert kinds(plan) == [("update", "a.md")]
+    assert plan.actions[0].document_id == "d1"
+
+
+def test_unsupported_type_oversize_and_empty_files_are_skipped_with_reasons():
+    files = [local("a.png"), LocalFile("big.pdf", 20 * 1024 * 1024, 1, 1), LocalFile("e.md", 0, 1, 1),
+             local("noext")]
+    plan = plan_folder(files, {}, [])
+    reasons = {a.rel_path: a.reason for a in plan.actions}
+    assert all(a.kind is Kind.SKIP for a in plan.actions)
+    assert "unsupported file type (.png)" == reasons["a.png"]
+    assert reasons["big.pdf"].startswith("file too large")
+    assert reasons["e.md"] == "empty file"
+    assert "no extension" in reasons["noext"]
+
+
+def test_extension_check_ignores_case():
+    assert refusal_reason("A.MD", 3, Policy()) is None
+    assert refusal_reason("x.Docx", 3, Policy()) is None
+
+
+def test_file_refused_by_server_is_not_sent_again_until_it_changes():
+    row = _with(FileState("a.md"), refused_sha256=sha("x"), skip_reason="refused by Dify: 415")
+    assert kinds(plan_folder([local("a.md", "x")], {"a.md": row}, [])) == [("skip", "a.md")]
+    assert kinds(plan_folder([local("a.md", "changed")], {"a.md": row}, [])) == [("create", "a.md")]
+
+
+def test_missing_root_plans_nothing_and_reports_it():
+    state = {"a.md": tracked("a.md", "d1")}
+    plan = plan_folder([], state, [remote("d1", "a.md")],
+                       policy=Policy(root_error="folder root /srv/docs does not exist"))
+    assert plan.actions == ()
+    assert "does not exist" in plan.errors[0]
+
+
+def test_suddenly_empty_root_deletes_nothing():
+    state = {p: tracked(p, f"d{i}") for i, p in enumerate(["a.md", "b.md"])}
+    plan = plan_folder([], state, [remote("d0", "a.md"), remote("d1", "b.md")])
+    assert not any(a.kind is Kind.DELETE for a in plan.actions)
+    assert "empty" in plan.errors[0]
+
+
+def test_mass_deletion_over_the_threshold_deletes_nothing():
+    state = {f"{i}.md": tracked(f"{i}.md", f"d{i}") for i in range(10)}
+    docs = [remote(f"d{i}", f"{i}.md") for i in range(10)]
+    survivors = [local(f"{i}.md") for i in range(4)]
+    plan = plan_folder(survivors, state, docs)
+    assert plan.count(Kind.DELETE) == 0 and "would delete 6 of 10" in plan.errors[0]
+    allowed = plan_folder(survivors, state, docs, policy=Policy(max_delete=MaxDelete.parse("6")))
+    assert allowed.count(Kind.DELETE) == 6 and not allowed.errors
+
+
+def test_deletion_disabled_forgets_without_deleting():
+    plan = plan_folder([local("b.md")], {"a.md": tracked("a.md", "d1"), "b.md": tracked("b.md", "d2")},
+                       [remote("d1", "a.md"), remote("d2", "b.md")], policy=Policy(delete=False))
+    assert kinds(plan) == [("forget", "a.md")]
+
+
+def test_interrupted_create_whose_file_vanished_is_cleaned_up():
+    journal = [JournalEntry(1, "gone.md", "create", document_name("gone.md"))]
+    plan = plan_folder([local("keep.md")], {"keep.md": tracked("keep.md", "k")},
+                       [remote("k", "keep.md"), remote("orphan", "gone.md")], journal)
+    assert ("delete", "gone.md") in kinds(plan)
+
+
+def test_max_delete_parsing():
+    assert MaxDelete.parse("10").limit(1000) == 10
+    assert MaxDelete.parse("25%").limit(10) == 2
+    with pytest.raises(ValueError):
+        MaxDelete.parse("-1")
+
+
+def _with(row: FileState, **changes) -> FileState:
+    from dataclasses import replace
+    return replace(row, **changes)
+
+
+# --- properties -------------------------------------------------------------------------
+
+paths = st.sampled_from(["a.md", "b.md", "c.txt", "d/e.md", "d/f.pdf", "g.png", "h.csv", "i/j/k.md"])
+contents = st.sampled_from(["one", "two", "three"])
+statuses = st.sampled_from(["completed", "completed", "completed", "indexing", "waiting", "error"])
+
+
+@st.composite
+def worlds(draw):
+    """A consistent-enough world: local files, state rows, remote docs, journal."""
+    local_files = {p: local(p, draw(contents)) for p in draw(st.sets(paths, max_size=6))}
+    state: dict[str, FileState] = {}
+    docs: dict[str, RemoteDocument] = {}
+    ids = itertools.count()
+    for p in draw(st.sets(paths, max_size=6)):
+        doc_id = f"d{next(ids)}"
+        content = draw(contents)
+        state[p] = tracked(p, doc_id, content)
+        if draw(st.booleans()) or draw(st.booleans()):  # mostly still remote
+            docs[doc_id] = remote(doc_id, p, status=draw(statuses), size=len(content),
+                                  enabled=draw(st.sampled_from([True, True, True, False])))
+    for p in draw(st.sets(paths, max_size=3)):  # foreign or orphaned docs sharing our names
+        doc_id = f"r{next(ids)}"
+        docs[doc_id] = remote(doc_id, p, status=draw(statuses), size=3)
+    for p in draw(st.sets(st.sampled_from(["x.md", "y.md"]), max_size=2)):
+        doc_id = f"f{next(ids)}"
+        docs[doc_id] = remote(doc_id, p)
+    journal = [JournalEntry(i, p, "create", document_name(p))
+               for i, p in enumerate(draw(st.sets(paths, max_size=2)))]
+    max_delete = draw(st.sampled_from([MaxDelete(), MaxDelete(count=1000), MaxDelete(count=0)]))
+    policy = Policy(delete=draw(st.booleans()), max_delete=max_delete)
+    return list(local_files.values()), state, list(docs.values()), journal, policy
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_every_local_file_gets_exactly_one_decision(world):
+    files, state, docs, journal, policy = world
+    plan = plan_folder(files, state, docs, journal, policy)
+    per_path = [a.rel_path for a in plan.actions if a.kind not in (Kind.DELETE, Kind.FORGET)]
+    assert len(per_path) == len(set(per_path))
+    assert len(per_path) + plan.unchanged == len(files)
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_no_document_is_touched_twice_and_creates_never_duplicate_a_name(world):
+    files, state, docs, journal, policy = world
+    plan = plan_folder(files, state, docs, journal, policy)
+    touched = [a.document_id for a in plan.actions if a.mutating and a.document_id]
+    assert len(touched) == len(set(touched))
+    claimed = {a.document_id for a in plan.actions if a.document_id}
+    claimed |= {row.document_id for rel, row in state.items() if rel in {f.rel_path for f in files}}
+    for a in plan.actions:
+        if a.kind is Kind.CREATE:
+            same_name = [d for d in docs if d.name == a.document_name and d.id not in claimed]
+            assert not same_name, f"create of {a.document_name} while {same_name} exists"
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_deletes_only_touch_documents_difysync_made(world):
+    files, state, docs, journal, policy = world
+    plan = plan_folder(files, state, docs, journal, policy)
+    ours = {row.document_id for row in state.values()}
+    journal_names = {e.document_name for e in journal}
+    by_id = {d.id: d for d in docs}
+    for a in plan.actions:
+        if a.kind is Kind.DELETE:
+            assert a.document_id in ours or by_id[a.document_id].name in journal_names
+            assert policy.delete
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_deletes_never_exceed_the_limit(world):
+    files, state, docs, journal, policy = world
+    plan = plan_folder(files, state, docs, journal, policy)
+    tracked_count = sum(1 for r in state.values() if r.document_id in {d.id for d in docs})
+    synced_deletes = [a for a in plan.actions if a.kind is Kind.DELETE and "interrupted" not in a.reason]
+    assert len(synced_deletes) <= policy.max_delete.limit(tracked_count)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_applying_the_plan_converges(world):
+    """Carry out a plan against a model of the server (everything indexes at once), plan
+    again: the second plan must be free of mutations, and no name is held twice."""
+    files, state, docs, journal, policy = world
+    policy = Policy(delete=policy.delete, max_delete=MaxDelete(count=1000))
+    docs = [d if d.indexing_status != "indexing" and d.indexing_status != "waiting"
+            else RemoteDocument(d.id, d.name, "completed", enabled=d.enabled, size=d.size) for d in docs]
+    state, docs = _simulate(plan_folder(files, state, docs, journal, policy), files, state, docs)
+    state, docs = _simulate(plan_folder(files, state, docs, [], policy), files, state, docs)
+    again = plan_folder(files, state, docs, [], policy)
+    assert [a for a in again.actions if a.mutating] == []
+    ours = [d.name for d in docs if d.id in {r.document_id for r in state.values()}]
+    assert len(ours) == len(set(ours))
+
+
+def _simulate(plan: Plan, files, state, docs):
+    state = dict(state)
+    docs = {d.id: d for d in docs}
+    by_path = {f.rel_path: f for f in files}
+    new_ids = itertools.count(1000)
+    for a in plan.actions:
+        f = by_path.get(a.rel_path)
+        if a.kind in (Kind.CREATE, Kind.RECREATE):
+            if a.kind is Kind.RECREATE:
+                docs.pop(a.document_id, None)
+            doc_id = f"n{next(new_ids)}"
+            docs[doc_id] = RemoteDocument(doc_id, a.document_name, "completed", size=f.size)
+            state[a.rel_path] = _settled(a, f, doc_id)
+        elif a.kind in (Kind.UPDATE, Kind.RENAME):
+            old = docs[a.document_id]
+            docs[a.document_id] = RemoteDocument(old.id, a.document_name, "completed", size=f.size,
+                                                 enabled=old.enabled)
+            state[a.rel_path] = _settled(a, f, a.document_id)
+            if a.old_rel_path and a.old_rel_path != a.rel_path:
+                state.pop(a.old_rel_path, None)
+        elif a.kind is Kind.ADOPT:
+            state[a.rel_path] = _with(_settled(a, f, a.document_id), sha256=a.sha256)
+        elif a.kind is Kind.DELETE:
+            docs.pop(a.document_id, None)
+            state.pop(a.rel_path, None)
+        elif a.kind is Kind.FORGET:
+            state.pop(a.rel_path, None)
+    return state, list(docs.values())
+
+
+def _settled(a: Action, f: LocalFile, doc_id: str) -> FileState:
+    return FileState(a.rel_path, f.size, f.mtime_ns, f.inode, f.sha256, doc_id, a.document_name,
+                     indexing_status="completed")
