@@ -1,0 +1,126 @@
+"""The state store: a private SQLite file, a versioned schema, and a journal whose rows
+are settled together with the file rows they concern."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+
+import pytest
+
+from difysync.errors import StateError
+from difysync.models import LocalFile
+from difysync.state import SCHEMA_VERSION, StateStore, decode_path, encode_path
+
+
+@pytest.fixture
+def store(tmp_path):
+    with StateStore(tmp_path / "state.db") as s:
+        yield s
+
+
+def test_state_db_and_its_wal_files_are_private(tmp_path):
+    path = tmp_path / "state.db"
+    old = os.umask(0o022)
+    try:
+        with StateStore(path) as s:
+            s.journal_begin("/f", "ds", "create", "a.md", "a.md")
+            for f in (path, tmp_path / "state.db-wal", tmp_path / "state.db-shm"):
+                assert f.exists()
+                assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
+    finally:
+        os.umask(old)
+
+
+def test_existing_db_with_loose_permissions_is_tightened(tmp_path):
+    path = tmp_path / "state.db"
+    StateStore(path).close()
+    os.chmod(path, 0o644)
+    StateStore(path).close()
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_upload_settles_the_journal_row_with_the_file_row(store):
+    jid = store.journal_begin("/f", "ds", "create", "a.md", "a.md", sha256="abc")
+    assert [e.rel_path for e in store.pending_journal("/f")] == ["a.md"]
+    store.settle_upload(jid, "/f", "ds", "a.md", document_id="d1", document_name="a.md", batch="b1",
+                        sha256="abc", size=3, mtime_ns=5, inode=7, indexing_status="waiting")
+    assert store.pending_journal("/f") == []
+    row = store.load_folder("/f")["a.md"]
+    assert (row.document_id, row.sha256, row.size, row.batch) == ("d1", "abc", 3, "b1")
+
+
+def test_removal_drops_the_row_and_the_intent(store):
+    store.settle_upload(None, "/f", "ds", "a.md", document_id="d1", document_name="a.md", batch=None,
+                        sha256="abc", size=3, mtime_ns=5, inode=7, indexing_status="completed")
+    jid = store.journal_begin("/f", "ds", "delete", "a.md", "a.md", "d1")
+    store.settle_removal(jid, "/f", "a.md")
+    assert store.load_folder("/f") == {} and store.journal_count() == 0
+
+
+def test_refusal_is_remembered_with_the_refused_content(store):
+    jid = store.journal_begin("/f", "ds", "create", "a.md", "a.md")
+    store.settle_failure(jid, "/f", "ds", "a.md", "refused", refused_sha256="abc", skip_reason="415")
+    row = store.load_folder("/f")["a.md"]
+    assert row.refused_sha256 == "abc" and row.skip_reason == "415" and row.document_id is None
+    assert store.retry("/f", "a.md") == 1
+    assert store.load_folder("/f")["a.md"].refused_sha256 is None
+
+
+def test_listing_statuses_are_copied_and_errors_noted(store):
+    store.settle_upload(None, "/f", "ds", "a.md", document_id="d1", document_name="a.md", batch=None,
+                        sha256="abc", size=3, mtime_ns=5, inode=7, indexing_status="waiting")
+    store.refresh_statuses("/f", {"d1": ("error", "boom")})
+    row = store.load_folder("/f")["a.md"]
+    assert row.indexing_status == "error" and "boom" in (row.last_error or "")
+    store.refresh_statuses("/f", {"d1": ("completed", None)})
+    row = store.load_folder("/f")["a.md"]
+    assert row.indexing_status == "completed" and row.last_error is None
+
+
+def test_paths_that_are_not_utf8_round_trip():
+    rel = os.fsdecode(b"dir/\xff\xfe.md")
+    assert encode_path(rel).startswith("//")
+    assert decode_path(encode_path(rel)) == rel
+    assert encode_path("plain/ü.md") == "plain/ü.md"
+
+
+def test_non_utf8_path_is_stored_and_loaded(store):
+    rel = os.fsdecode(b"\xff.md")
+    store.record_skips("/f", "ds", [(LocalFile(rel, 1, 1, 1), rel, "because")])
+    assert list(store.load_folder("/f")) == [rel]
+
+
+def test_db_from_a_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "state.db"
+    StateStore(path).close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", [str(SCHEMA_VERSION + 1)])
+    conn.commit()
+    conn.close()
+    with pytest.raises(StateError, match="newer difysync"):
+        StateStore(path)
+
+
+def test_corrupt_db_gives_a_state_error_naming_the_fix(tmp_path):
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StateError, match="rebuild-state"):
+        StateStore(path)
+
+
+def test_status_reads_through_a_read_only_connection_while_a_writer_is_open(tmp_path):
+    path = tmp_path / "state.db"
+    with StateStore(path) as writer:
+        writer.settle_upload(None, "/f", "ds", "a.md", document_id="d1", document_name="a.md", batch=None,
+                             sha256="abc", size=3, mtime_ns=5, inode=7, indexing_status="indexing")
+        with StateStore(path, readonly=True) as reader:
+            (summary,) = reader.summaries()
+            assert summary.indexing == 1
+            assert reader.in_flight() == [("/f", "a.md", "d1", None)]
+
+
+def test_read_only_open_of_a_missing_db_explains(tmp_path):
+    with pytest.raises(StateError, match="does not exist yet"):
+        StateStore(tmp_path / "nope.db", readonly=True)
