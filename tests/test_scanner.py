@@ -5,6 +5,7 @@ Every test builds a real tree under tmp_path; the suite must pass when run as ro
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import os
 import socket
@@ -13,6 +14,8 @@ import threading
 from pathlib import Path
 
 import pytest
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from difysync.models import LocalFile, ScanProblem
 from difysync.scanner import (
@@ -74,6 +77,8 @@ def reasons(result) -> dict[str, str]:
         ("[ab].md", "b.md", True),
         ("[!ab].md", "b.md", False),
         ("[!ab].md", "c.md", True),
+        ("[^ab].md", "c.md", True),
+        ("[^ab].md", "a.md", False),
         ("[a-c]x", "bx", True),
         ("a?b", "a/b", False),  # ? never matches the separator
         ("[!x]b", "/b", False),
@@ -100,9 +105,18 @@ def test_empty_pattern_list_matches_nothing():
     assert not compile_patterns([])("a.md")
 
 
-def test_empty_pattern_is_an_error():
+@pytest.mark.parametrize("pattern", ["/", "", "[z-a].md"])
+def test_invalid_pattern_is_a_value_error(pattern):
     with pytest.raises(ValueError):
-        compile_patterns(["/"])
+        compile_patterns([pattern])
+
+
+@settings(max_examples=500)
+@given(st.text("ab.*?[]!\\", min_size=1, max_size=8), st.text("ab.[]!^\\", max_size=6))
+def test_pattern_on_a_base_name_agrees_with_fnmatch(pattern, name):
+    """Within one component our globs mean what fnmatch means (except "[^", negated here as in git)."""
+    assume("/" not in pattern and pattern.strip("/"))
+    assert compile_patterns([pattern]).match_exact(name) == fnmatch.fnmatchcase(name, pattern)
 
 
 # --- scan_tree: what is found ------------------------------------------------------------

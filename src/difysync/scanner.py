@@ -149,12 +149,17 @@ class PatternMatcher:
 
 
 def compile_patterns(patterns: Iterable[str]) -> PatternMatcher:
-    """Compile glob patterns (see the module docstring); ValueError on an empty pattern."""
+    """Compile glob patterns (see the module docstring); ValueError names a bad pattern."""
     pats = tuple(patterns)
     if not pats:
         return PatternMatcher(())
-    regex = re.compile("|".join(f"(?:{translate_glob(p)})" for p in pats), re.DOTALL)
-    return PatternMatcher(pats, regex)
+    parts = []
+    for pat in pats:
+        try:
+            parts.append(re.compile(translate_glob(pat), re.DOTALL).pattern)
+        except (ValueError, re.error) as exc:  # empty, or a reversed range like [z-a]
+            raise ValueError(f"invalid pattern {pat!r}: {exc}") from None
+    return PatternMatcher(pats, re.compile("|".join(f"(?:{p})" for p in parts), re.DOTALL))
 
 
 # --- walking ----------------------------------------------------------------------------
@@ -241,7 +246,7 @@ def _classify_file(rules: _Rules, path: str, rel_path: str,
     if not stat.S_ISREG(st.st_mode):
         return ScanProblem(rel_path, _special_reason(st.st_mode))
     if not os.access(path, os.R_OK):
-        return ScanProblem(rel_path, PERMISSION_DENIED)
+        return ScanProblem(rel_path, PERMISSION_DENIED) if os.path.lexists(path) else None
     return LocalFile(rel_path=rel_path, size=st.st_size, mtime_ns=st.st_mtime_ns, inode=st.st_ino)
 
 
