@@ -7,6 +7,7 @@ Exit codes: 0 ok, 1 some actions failed, 2 usage, 69 server unreachable (EX_UNAV
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import sys
@@ -20,7 +21,7 @@ import click
 
 from . import __version__
 from .config import Settings, find_config_path, load_api_key, load_settings, render_problems
-from .dify import DifyClient
+from .dify import DifyClient, RetryPolicy
 from .errors import (AuthError, ConfigError, DifyError, DifySyncError, FatalError, ServerUnreachable,
                      StateError)
 from .logs import add_secret, setup_logging
@@ -65,8 +66,15 @@ def make_client(settings: Settings) -> DifyClient:
         click.echo(render_problems(exc), err=True)
         sys.exit(EX_CONFIG)
     add_secret(key)
-    return DifyClient(settings.dify.base_url, key, timeout=settings.dify.timeout_seconds,
-                      requests_per_minute=settings.dify.requests_per_minute)
+    return client_for(settings, key)
+
+
+def client_for(settings: Settings, key: str) -> DifyClient:
+    d = settings.dify
+    retry = RetryPolicy(attempts=d.retries + 1, base_seconds=d.backoff_base_seconds,
+                        max_seconds=d.backoff_max_seconds)
+    return DifyClient(d.base_url, key, timeout=d.timeout_seconds, retry=retry,
+                      requests_per_minute=d.requests_per_minute)
 
 
 @contextmanager
@@ -195,8 +203,8 @@ def status(config: str | None, as_json: bool) -> None:
         in_flight = store.in_flight()
     if as_json:
         click.echo(json.dumps({
-            "folders": [s.__dict__ for s in summaries],
-            "problems": [p.__dict__ for p in problems],
+            "folders": [dataclasses.asdict(s) for s in summaries],
+            "problems": [dataclasses.asdict(p) for p in problems],
             "in_flight": [{"folder": f, "path": p, "document_id": d} for f, p, d, _ in in_flight],
         }, ensure_ascii=False))
         return

@@ -123,6 +123,9 @@ class DifySettings(_Strict):
         default_factory=lambda: ["txt", "markdown", "md", "pdf", "html", "htm", "xlsx", "docx", "csv"])
     requests_per_minute: int = Field(0, ge=0)
     max_attempts: int = Field(3, ge=1)
+    retries: int = Field(5, ge=0, le=20)
+    backoff_base_seconds: float = Field(0.5, gt=0)
+    backoff_max_seconds: float = Field(30.0, gt=0)
     allow_insecure_http: bool = False
 
     @field_validator("base_url")

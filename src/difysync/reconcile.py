@@ -197,7 +197,9 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
             else:
                 remote = _remote_for_paths(client, dataset_id, rows, files)
         journal = store.pending_journal(key)
-        plan_rows = {rel: row for rel, row in rows.items() if rel not in problem_paths}
+        # A problem on a folder (unreadable, say) means its contents are unknown, not
+        # deleted: rows under it are kept out of the plan, so nothing there is deleted.
+        plan_rows = {rel: row for rel, row in rows.items() if not _under_any(rel, problem_paths)}
         plan = plan_folder(files, plan_rows, remote, journal, policy)
         if paths is not None:
             # A targeted pass sees only some paths: the guards that need the whole tree
@@ -241,6 +243,15 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
             except Exception:  # noqa: BLE001 - the run record is a nicety; never mask the pass
                 log.debug("could not record the run", exc_info=True)
     return report
+
+
+def _under_any(rel: str, roots: set[str]) -> bool:
+    if not roots:
+        return False
+    if rel in roots:
+        return True
+    parts = rel.split("/")
+    return any("/".join(parts[:i]) in roots for i in range(1, len(parts)))
 
 
 def _targeted(plan: Plan) -> Plan:
