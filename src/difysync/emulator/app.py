@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Awaitable, Callable
 
 from starlette.applications import Starlette
@@ -492,10 +492,6 @@ class _Admin:
 
 
 # ----------------------------------------------------------------- the outer layer
-ASGIApp = Callable[[dict, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]],
-                   Awaitable[None]]
-
-
 class EmulatorApp:
     """ASGI entry point: admin routes as is; /v1 routes through logging and faults."""
 

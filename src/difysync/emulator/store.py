@@ -1,8 +1,8 @@
 """The emulator's memory: datasets, documents, batches and how indexing moves on with time.
 
-The business rules of the Dify Knowledge API (name matching, availability, file checks
-are in app.py) live here so tests can poke the same state the HTTP routes see.
-Indexing is computed lazily from the clock, so no worker thread is needed.
+Dify's document rules (name matching, availability, indexing progress) live here, apart
+from HTTP, so tests can read and poke the very state the routes serve; indexing is
+computed lazily from the clock, so no worker thread is needed.
 """
 
 from __future__ import annotations
