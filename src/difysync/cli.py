@@ -218,8 +218,8 @@ def print_status(summaries: list[Any], problems: list[Any]) -> None:
     console = Console()
     table = Table(title="difysync status")
     for col in ("folder", "dataset", "synced", "pending", "indexing", "error", "skipped", "last full pass"):
-        table.add_column(col, justify="right" if col in ("synced", "pending", "indexing", "error",
-                                                          "skipped") else "left")
+        table.add_column(col, overflow="fold", justify="right" if col in (
+            "synced", "pending", "indexing", "error", "skipped") else "left")
     for s in summaries:
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.last_full_reconcile)) \
             if s.last_full_reconcile else "never"
@@ -229,7 +229,7 @@ def print_status(summaries: list[Any], problems: list[Any]) -> None:
     if problems:
         ptable = Table(title="files in error or skipped")
         for col in ("folder", "file", "state", "reason"):
-            ptable.add_column(col)
+            ptable.add_column(col, overflow="fold")
         for p in problems:
             ptable.add_row(p.folder, p.rel_path.encode("utf-8", "backslashreplace").decode(), p.kind, p.reason)
         console.print(ptable)

@@ -1,0 +1,160 @@
+"""The command line contract: exit codes, one-line config errors, where the key may
+never appear, and the commands around reconcile (status, check, demo)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from difysync.emulator import EmulatorServer
+from difysync.emulator.faults import FaultRule
+
+from .sandbox import Sandbox
+
+
+@pytest.fixture
+def box(tmp_path, emulator):
+    return Sandbox(tmp_path, emulator)
+
+
+def test_invalid_config_exits_78_with_one_line_naming_the_key(box):
+    box.config.write_text(box.config.read_text().replace("timeout_seconds = 5", "timeout_seconds = -1"))
+    result = box.reconcile()
+    assert result.code == 78
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "dify.timeout_seconds" in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_unknown_key_and_missing_config_exit_78(box, tmp_path):
+    box.config.write_text(box.config.read_text() + "\nbogus = 1\n")
+    result = box.reconcile()
+    assert result.code == 78 and "bogus" in result.stderr
+    missing = box.cli("reconcile", "-c", str(tmp_path / "nope.toml"))
+    assert missing.code == 78 and "nope.toml" in missing.stderr
+
+
+def test_missing_api_key_exits_78(box):
+    result = box.reconcile(env={"DIFYSYNC_API_KEY": ""})
+    assert result.code == 78 and "DIFYSYNC_API_KEY" in result.stderr
+
+
+def test_rejected_key_exits_77(box):
+    box.write("a.md", "a")
+    result = box.reconcile(env={"DIFYSYNC_API_KEY": "wrong-key"})
+    assert result.code == 77
+    assert "API key was rejected" in " ".join(result.json["errors"])
+
+
+def test_unreachable_server_exits_69(tmp_path):
+    with EmulatorServer() as emu:
+        box = Sandbox(tmp_path, emu)
+    box.write("a.md", "a")
+    result = box.reconcile()
+    assert result.code == 69
+    assert "cannot reach" in " ".join(result.json["errors"])
+
+
+def test_html_answer_from_a_wrong_base_url_is_a_clear_error(box):
+    box.write("a.md", "a")
+    box.emu.faults.fail_next.append(FaultRule(status=200, body="<html>hello</html>", method="GET"))
+    result = box.reconcile()
+    assert result.code == 69
+    assert "dify.base_url" in " ".join(result.json["errors"])
+
+
+def test_failed_actions_exit_1(box):
+    box.write("a.md", "a")
+    box.emu.faults.fail_next.extend([FaultRule(status=500, method="POST") for _ in range(10)])
+    result = box.reconcile()
+    assert result.code == 1 and result.json["failed"] == 1
+
+
+def test_json_output_has_the_documented_keys(box):
+    box.write("a.md", "a")
+    out = box.reconcile().json
+    for key in ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed"):
+        assert isinstance(out[key], int)
+    (action,) = out["actions"]
+    assert action["action"] == "create" and action["path"] == "a.md" and action["result"] == "ok"
+
+
+def test_api_key_never_appears_in_any_output(box, caplog):
+    caplog.set_level(logging.DEBUG)
+    box.write("a.md", "a")
+    box.write("b.png", "b")
+    box.emu.faults.fail_next.extend([FaultRule(status=503, method="POST"), FaultRule(status=429, headers={"Retry-After": "0"})])
+    outputs = [box.cli("--log-level", "debug", "reconcile", "-c", str(box.config), "--json")]
+    outputs.append(box.cli("--log-level", "debug", "--log-format", "json", "reconcile", "-c", str(box.config)))
+    outputs.append(box.cli("status", "-c", str(box.config), "--json"))
+    outputs.append(box.cli("check", "-c", str(box.config)))
+    outputs.append(box.reconcile(env={"DIFYSYNC_API_KEY": "bad-" + box.emu.api_key}))
+    key = box.emu.api_key
+    for result in outputs:
+        assert key not in result.stdout and key not in result.stderr
+    assert all(key not in r.getMessage() for r in caplog.records)
+
+
+def test_api_key_from_a_credentials_file(box, tmp_path):
+    (tmp_path / "key").write_text(box.emu.api_key + "\n")
+    box.config.write_text(box.config.read_text().replace("[dify]\n", '[dify]\napi_key_file = "key"\n'))
+    box.write("a.md", "a")
+    assert box.reconcile(env={"DIFYSYNC_API_KEY": ""}).code == 0
+
+
+def test_status_reports_counts_and_reasons_from_the_state_alone(box):
+    box.write("a.md", "a")
+    box.write("b.png", "b")
+    box.reconcile()
+    box.emu.stop()  # status must not need the server
+    result = box.cli("status", "-c", str(box.config), "--json")
+    assert result.code == 0
+    (folder,) = result.json["folders"]
+    assert folder["synced"] + folder["pending"] + folder["indexing"] == 1 and folder["skipped"] == 1
+    text = box.cli("status", "-c", str(box.config))
+    assert "b.png" in text.stdout and "unsupported file type" in text.stdout
+
+
+def test_status_before_any_reconcile_explains(box):
+    result = box.cli("status", "-c", str(box.config))
+    assert result.code == 78 and "run `difysync reconcile` first" in result.stderr
+
+
+def test_check_verifies_key_and_datasets(box):
+    ok = box.cli("check", "-c", str(box.config))
+    assert ok.code == 0 and "API key accepted" in ok.stdout
+    bad = box.cli("check", "-c", str(box.config), env={"DIFYSYNC_API_KEY": "nope"})
+    assert bad.code == 77
+    box.config.write_text(box.config.read_text().replace(box.dataset_id, "no-such-dataset"))
+    missing = box.cli("check", "-c", str(box.config))
+    assert missing.code == 1 and "does not exist" in missing.stdout
+
+
+def test_python_dash_m_runs_the_cli(box):
+    result = box.subprocess("--version")
+    assert result.code == 0 and "difysync" in result.stdout
+
+
+def test_reconcile_as_a_subprocess_logs_actions_but_not_the_key(box):
+    box.write("a.md", "a")
+    result = box.subprocess("--log-level", "debug", "reconcile", "-c", str(box.config))
+    assert result.code == 0, result.stderr
+    assert "created a.md" in result.stderr
+    assert box.emu.api_key not in result.stderr + result.stdout
+
+
+def test_demo_mirrors_the_sample_folder(tmp_path):
+    result = Sandbox.__new__(Sandbox)
+    result.env, result.tmp = {}, tmp_path
+    out = Sandbox.subprocess(result, "demo", env={"COLUMNS": "200"}, timeout=120)
+    assert out.code == 0, out.stderr
+    assert "second pass (nothing changed): " in out.stdout and "0 files hashed" in out.stdout
+    assert "diagram.png" in out.stdout  # the skipped sample file is listed with its reason
+
+
+def test_json_is_one_object_on_stdout(box):
+    box.write("a.md", "a")
+    result = box.reconcile()
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == result.json
