@@ -177,15 +177,17 @@ def error_from_response(status: int, body: bytes | str | None, *, retry_after: s
             return QuotaError(text, status=status, code=code)
         return RefusedError(text, status=status, code=code)
     if status == 404:
-        if on_document:
+        if on_document and "dataset not found" not in lowered:
             return NotFoundError(text, status=status, code=code)
         return DatasetMissing(f"{about}: {_HINTS_BY_CLASS[DatasetMissing]}", status=status, code=code)
     if status == 405:
         return NotFoundError(text, status=status, code=code)
     if status == 400:
-        if "not available" in lowered or "indexing" in lowered:
+        # "during indexing", not "indexing": "indexing_technique is required." is no wait
+        if "not available" in lowered or "during indexing" in lowered:
             return NotReadyError(text, status=status, code=code)
-        if "dataset is not exist" in lowered or "dataset not found" in lowered:
+        if any(h in lowered for h in ("dataset is not exist", "dataset does not exist",
+                                      "dataset not found")):
             return DatasetMissing(f"{about}: {_HINTS_BY_CLASS[DatasetMissing]}", status=status, code=code)
         if not message and on_create:
             return RefusedError(f"{about}: the server refused the file (bare 400: type, size or name)",
