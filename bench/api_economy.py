@@ -1,0 +1,57 @@
+"""Benchmark 4: requests per file on a first import with --wait (status polls included),
+and the requests of a no-op pass."""
+
+from __future__ import annotations
+
+import math
+
+from common import Context, Row, check_ok, difysync, make_small_tree, start_emulator, write_config
+
+GOAL_PER_FILE = 1.5
+INDEXING_DELAY = 0.5
+
+
+def run(ctx: Context) -> list[Row]:
+    n = 200 if ctx.quick else 2000
+    where = ctx.sub("economy")
+    root = where / "docs"
+    root.mkdir(exist_ok=True)
+    counts = make_small_tree(root, n, seed=4)
+    emu = start_emulator(indexing_delay=INDEXING_DELAY)
+    try:
+        dataset_id = emu.store.create_dataset("bench-economy", "high_quality")
+        config = write_config(where, emu, root, dataset_id, concurrency=4)
+        emu.reset_requests()
+        proc = difysync(config, "--wait")
+        out = check_ok(proc, "import with --wait")
+        files = out.get("created", 0)
+        first = emu.requests
+        emu.reset_requests()
+        proc2 = difysync(config)
+        out2 = check_ok(proc2, "no-op pass")
+        noop = emu.requests
+    finally:
+        emu.stop()
+    docs = files
+    per_file = len(first) / files if files else float("inf")
+    kinds: dict[str, int] = {}
+    for r in first:
+        k = f"{r.method} {'create' if 'create' in r.path else 'list' if r.path.endswith('/documents') else 'other:' + r.path.rsplit('/', 1)[-1]}"
+        kinds[k] = kinds.get(k, 0) + 1
+    r1 = Row(name=f"API economy: first import of {files:,} files (--wait)", figure=per_file, unit="req/file",
+             floor=1.0, floor_desc="1 create per file", ratio=per_file, goal=f"<= {GOAL_PER_FILE} req/file",
+             met=per_file <= GOAL_PER_FILE)
+    r1.notes.append(f"{len(first)} requests: " + ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
+                    + f"; indexing_delay {INDEXING_DELAY} s; {counts['unsupported']} unsupported files skipped;"
+                    f" indexing {out.get('indexing')}")
+    expected = math.ceil(docs / 100)
+    lists = [r for r in noop if r.method == "GET" and r.path.endswith("/documents")]
+    others = [r for r in noop if r not in lists]
+    r2 = Row(name=f"API economy: no-op pass over {docs:,} documents", figure=len(noop), unit="requests",
+             floor=expected, floor_desc="ceil(docs/100) list calls", ratio=len(noop) / expected if expected else None,
+             goal="exactly ceil(docs/100) list calls, nothing else",
+             met=len(lists) == expected and not others)
+    r2.notes.append(f"{len(lists)} list calls, {len(others)} other requests"
+                    + (": " + ", ".join(f"{r.method} {r.path}" for r in others[:5]) if others else "")
+                    + f"; pass output unchanged={out2.get('unchanged')}")
+    return [r1, r2]

@@ -1,0 +1,426 @@
+"""Shared helpers for the difysync benchmarks: data generation, an in-process emulator,
+config files, timing (warm-up + median), and a subprocess runner that reports the
+child's own peak RSS (``os.wait4`` rusage of exactly that child).
+
+Every figure is reported against a floor measured in the same run on the same data,
+because the benchmark machine is shared and noisy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+API_KEY = "bench-key"
+SUPPORTED = ("md", "txt", "csv", "html")
+UNSUPPORTED = ("png",)
+
+_WORDS = ("alpha beta gamma delta sync folder dataset knowledge document index segment "
+          "reconcile mirror upload hash state emulator python latency throughput").split()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class Row:
+    """One line of the results table."""
+
+    name: str
+    figure: float | None
+    unit: str
+    floor: float | None = None
+    floor_desc: str = ""
+    ratio: float | None = None
+    goal: str = ""
+    met: bool | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "figure": self.figure, "unit": self.unit, "floor": self.floor,
+                "floor_desc": self.floor_desc, "ratio": self.ratio, "goal": self.goal,
+                "met": self.met, "notes": self.notes}
+
+
+@dataclass
+class Context:
+    """What every benchmark gets: a scratch dir, the size switch, a log function."""
+
+    tmp: Path
+    quick: bool
+    log: Callable[[str], None]
+    notes: list[str] = field(default_factory=list)  # context lines printed under the table
+
+    def sub(self, name: str) -> Path:
+        d = self.tmp / name
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+
+# --------------------------------------------------------------------------- machine
+
+
+def machine_line(tmp: Path) -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cores = os.cpu_count() or 0
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        affinity = cores
+    fs = filesystem_of(tmp)
+    return (f"{cpu}; {cores} cores ({affinity} usable); Python {platform.python_version()} "
+            f"({sys.executable}); temp dir {tmp} on {fs}; {platform.system()} {platform.release()}")
+
+
+def filesystem_of(path: Path) -> str:
+    """fstype of the mount holding ``path`` (longest matching mount point in /proc/mounts)."""
+    best, fstype, dev = "", "unknown", ""
+    real = os.path.realpath(path)
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            if len(parts) < 3:
+                continue
+            mnt = parts[1].replace("\\040", " ")
+            if (real == mnt or real.startswith(mnt.rstrip("/") + "/")) and len(mnt) >= len(best):
+                best, fstype, dev = mnt, parts[2], parts[0]
+    except OSError:
+        pass
+    return f"{fstype} ({dev} at {best})" if best else fstype
+
+
+# --------------------------------------------------------------------------- data
+
+
+def tree_dirs(n_dirs: int) -> list[str]:
+    """``n_dirs`` relative leaf directories, nested 3 levels deep (a/b/c)."""
+    side = max(2, round(n_dirs ** (1 / 3) + 0.4999))
+    out = []
+    for i in range(n_dirs):
+        a, rest = divmod(i, side * side)
+        b, c = divmod(rest, side)
+        out.append(f"top{a:02d}/mid{b:02d}/leaf{c:02d}")
+    return out
+
+
+def make_small_tree(root: Path, n_files: int, *, per_dir: int = 50, unsupported: float = 0.05,
+                    seed: int = 1) -> dict[str, int]:
+    """A tree of ``n_files`` small files: ~``per_dir`` files per leaf directory, three
+    levels deep, mixed md/txt/csv/html and ``unsupported`` (share) .png. Returns counts."""
+    rng = random.Random(seed)
+    n_dirs = max(1, -(-n_files // per_dir))
+    dirs = tree_dirs(n_dirs)
+    counts = {"files": 0, "supported": 0, "unsupported": 0, "bytes": 0}
+    made: set[str] = set()
+    for i in range(n_files):
+        d = dirs[i % n_dirs]
+        if d not in made:
+            (root / d).mkdir(parents=True, exist_ok=True)
+            made.add(d)
+        if rng.random() < unsupported:
+            ext = rng.choice(UNSUPPORTED)
+            data = b"\x89PNG\r\n\x1a\n" + rng.randbytes(rng.randint(200, 2000))
+            counts["unsupported"] += 1
+        else:
+            ext = SUPPORTED[i % len(SUPPORTED)]
+            words = " ".join(rng.choice(_WORDS) for _ in range(rng.randint(20, 300)))
+            data = f"file {i}\n{words}\n".encode()
+            counts["supported"] += 1
+        (root / d / f"f{i:07d}.{ext}").write_bytes(data)
+        counts["files"] += 1
+        counts["bytes"] += len(data)
+    return counts
+
+
+def make_big_tree(root: Path, total_bytes: int, *, min_mb: int = 1, max_mb: int = 15,
+                  seed: int = 2) -> list[Path]:
+    """Files of ``min_mb``..``max_mb`` MB of random content (.txt) totalling ``total_bytes``."""
+    rng = random.Random(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    paths: list[Path] = []
+    left, i = total_bytes, 0
+    block = 1 << 20
+    while left > 0:
+        size = min(left, rng.randint(min_mb, max_mb) * block)
+        p = root / f"sub{i % 8}" / f"blob{i:04d}.txt"
+        p.parent.mkdir(exist_ok=True)
+        with open(p, "wb") as fh:
+            written = 0
+            while written < size:
+                n = min(block, size - written)
+                fh.write(os.urandom(n))
+                written += n
+        paths.append(p)
+        left -= size
+        i += 1
+    return paths
+
+
+def tree_bytes(paths: list[Path]) -> int:
+    return sum(p.stat().st_size for p in paths)
+
+
+# --------------------------------------------------------------------------- emulator
+
+
+def start_emulator(*, indexing_delay: float = 0.0, latency: float = 0.0):  # -> EmulatorServer
+    from difysync.emulator import EmulatorServer
+    from difysync.emulator.faults import Faults
+
+    emu = EmulatorServer(api_key=API_KEY, indexing_delay=indexing_delay, faults=Faults(latency=latency))
+    return emu.start()
+
+
+def write_config(where: Path, emu: Any, root: Path, dataset_id: str, *, concurrency: int = 4,
+                 state_db: str = "state.db", extra_dify: str = "") -> Path:
+    """A sync.toml in ``where`` for one folder (written like tests/sandbox.py does)."""
+    cfg = where / "sync.toml"
+    cfg.write_text(
+        f'state_db = "{state_db}"\n'
+        "[dify]\n"
+        f'base_url = "{emu.base_url}"\n'
+        f"concurrency = {concurrency}\n"
+        "timeout_seconds = 30\n"
+        f"{extra_dify}\n"
+        "[[folders]]\n"
+        f'path = "{root}"\n'
+        f'dataset_id = "{dataset_id}"\n', encoding="utf-8")
+    return cfg
+
+
+# --------------------------------------------------------------------------- running
+
+
+@dataclass
+class Proc:
+    rc: int
+    seconds: float
+    max_rss_kb: int
+    stdout: str
+    stderr: str
+
+    @property
+    def json(self) -> dict[str, Any]:
+        return json.loads(self.stdout)
+
+
+def run_proc(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
+             stdout_devnull: bool = False, timeout: float | None = None) -> Proc:
+    """Run ``argv``, wall-time it, and read that child's own peak RSS from wait4's rusage."""
+    full_env = {**os.environ, **(env or {})}
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.perf_counter()
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL if stdout_devnull else out, stderr=err,
+                             env=full_env, cwd=cwd)
+        try:
+            if timeout is None:
+                _, status, usage = os.wait4(p.pid, 0)
+            else:
+                deadline = started + timeout
+                while True:
+                    pid, status, usage = os.wait4(p.pid, os.WNOHANG)
+                    if pid:
+                        break
+                    if time.perf_counter() > deadline:
+                        p.kill()
+                        _, status, usage = os.wait4(p.pid, 0)
+                        break
+                    time.sleep(0.01)
+        except BaseException:
+            p.kill()
+            raise
+        elapsed = time.perf_counter() - started
+        p.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return Proc(p.returncode, elapsed, usage.ru_maxrss, out.read().decode("utf-8", "replace"),
+                    err.read().decode("utf-8", "replace"))
+
+
+def difysync(config: Path, *args: str, timeout: float | None = None) -> Proc:
+    """``python -m difysync reconcile -c CONFIG --json [args]`` as a real subprocess."""
+    return run_proc([sys.executable, "-m", "difysync", "reconcile", "-c", str(config), "--json", *args],
+                    env={"DIFYSYNC_API_KEY": API_KEY}, cwd=config.parent, timeout=timeout)
+
+
+def check_ok(proc: Proc, what: str) -> dict[str, Any]:
+    try:
+        data = proc.json
+    except ValueError:
+        data = {}
+    if proc.rc != 0:
+        raise RuntimeError(f"{what}: difysync exited {proc.rc}: {proc.stderr[-2000:]}"
+                           f" / {proc.stdout[-500:]}")
+    return data
+
+
+def median_of(fn: Callable[[], float], runs: int = 3, warmup: int = 1) -> tuple[float, list[float]]:
+    """Call ``fn`` (returns seconds) ``warmup`` times unmeasured, then ``runs`` times;
+    return (median, all measured)."""
+    for _ in range(warmup):
+        fn()
+    times = [fn() for _ in range(runs)]
+    return statistics.median(times), times
+
+
+def drop_caches() -> bool:
+    """Drop the page cache (needs root outside a restricting container). True if done."""
+    try:
+        os.sync()
+        with open("/proc/sys/vm/drop_caches", "w") as fh:
+            fh.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
+def startup_seconds(runs: int = 5) -> tuple[float, float]:
+    """Median wall time of ``python -c pass`` and of ``python -m difysync --version``."""
+    bare, _ = median_of(lambda: run_proc([sys.executable, "-c", "pass"]).seconds, runs=runs)
+    ver, _ = median_of(lambda: run_proc([sys.executable, "-m", "difysync", "--version"]).seconds, runs=runs)
+    return bare, ver
+
+
+def fmt_s(x: float) -> str:
+    return f"{x:.3f} s" if x < 10 else f"{x:.1f} s"
+
+
+def fast_listing(emu: Any) -> None:
+    """Make the emulator's document listing O(page) instead of O(n log n) per page.
+
+    The stock emulator sorts every document of the dataset on each page request (~37 ms
+    per page at 100k documents, i.e. ~37 s of *server* time for one no-op pass over
+    1,000 pages), which would swamp the client-side cost being measured. A real Dify
+    pages from an indexed query. This wraps only this bench's Store instance: the sorted
+    order is cached and rebuilt when the dataset's membership or the sequence moves.
+    """
+    store = emu.store
+    original = store.list_documents
+    cache: dict[str, tuple[tuple[int, int], list[Any]]] = {}
+
+    def list_documents(dataset_id: str, page: int, limit: int, keyword: str | None,
+                       status: str | None = None) -> dict[str, Any]:
+        if keyword or status:
+            return original(dataset_id, page, limit, keyword, status)
+        with store.lock:
+            docs = store._docs_of(dataset_id)
+            key = (len(docs), store._seq)
+            hit = cache.get(dataset_id)
+            if hit is None or hit[0] != key:
+                items = sorted(docs.values(), key=lambda d: (d.created_at, d.seq), reverse=True)
+                cache[dataset_id] = (key, items)
+            else:
+                items = hit[1]
+            per_page = min(limit, 100)
+            chunk = items[(page - 1) * per_page:(page - 1) * per_page + per_page]
+            return {"data": [store.document_dict(d) for d in chunk],
+                    "has_more": len(chunk) == limit, "limit": limit, "total": len(items),
+                    "page": page}
+
+    store.list_documents = list_documents
+
+
+def preload_documents(emu: Any, dataset_id: str, root: Path) -> int:
+    """Put every supported file of ``root`` into the emulator directly (no HTTP), named as
+    difysync names them, with identical content: a following reconcile adopts them (no
+    upload). Used to build the synced state of big trees quickly. Returns the count."""
+    from difysync.naming import document_name
+
+    n = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            ext = name.rsplit(".", 1)[-1].lower()
+            if ext not in SUPPORTED:
+                continue
+            p = Path(dirpath) / name
+            rel = p.relative_to(root).as_posix()
+            emu.store.add_document(dataset_id, document_name(rel), p.read_bytes(), match_by_name=False)
+            n += 1
+    return n
+
+
+# --------------------------------------------------------------------------- shared synced trees
+
+
+@dataclass
+class SyncedTree:
+    """A small-file tree already mirrored into a running emulator (reused by benchmarks)."""
+
+    n_files: int
+    root: Path
+    config: Path
+    emu: Any
+    dataset_id: str
+    counts: dict[str, int]
+    build_seconds: float
+    build_how: str
+    documents: int
+
+
+_SYNCED: dict[int, SyncedTree] = {}
+
+# Above this many files the synced state is built by preloading the emulator and letting
+# one reconcile adopt the documents; below it, by a real import over HTTP.
+HTTP_IMPORT_MAX = 20_000
+
+
+def synced_tree(ctx: Context, n_files: int) -> SyncedTree:
+    """A tree of ``n_files`` small files whose synced state is built once per run."""
+    if n_files in _SYNCED:
+        return _SYNCED[n_files]
+    where = ctx.sub(f"synced-{n_files}")
+    root = where / "docs"
+    root.mkdir(exist_ok=True)
+    t = time.perf_counter()
+    counts = make_small_tree(root, n_files)
+    ctx.log(f"generated {n_files} files in {time.perf_counter() - t:.1f} s")
+    emu = start_emulator()
+    fast_listing(emu)
+    dataset_id = emu.store.create_dataset(f"bench-{n_files}", "high_quality")
+    config = write_config(where, emu, root, dataset_id, concurrency=8)
+    if n_files <= HTTP_IMPORT_MAX:
+        how = "HTTP import, concurrency 8"
+        proc = difysync(config)
+        check_ok(proc, f"import of {n_files} files")
+        seconds = proc.seconds
+    else:
+        how = "emulator preloaded directly, then one reconcile adopts (no upload)"
+        t = time.perf_counter()
+        preload_documents(emu, dataset_id, root)
+        pre = time.perf_counter() - t
+        proc = difysync(config)
+        out = check_ok(proc, f"adoption of {n_files} files")
+        seconds = proc.seconds
+        how += f"; preload {pre:.1f} s, adopting reconcile {proc.seconds:.1f} s ({out.get('unchanged')} unchanged)"
+    docs = len(emu.store.documents(dataset_id))
+    ctx.log(f"synced state for {n_files} files ({docs} documents): {seconds:.1f} s ({how})")
+    tree = SyncedTree(n_files, root, config, emu, dataset_id, counts, seconds, how, docs)
+    _SYNCED[n_files] = tree
+    return tree
+
+
+def stop_all() -> None:
+    for tree in _SYNCED.values():
+        try:
+            tree.emu.stop()
+        except Exception:  # noqa: BLE001 - best effort at exit
+            pass
+    _SYNCED.clear()

@@ -1,0 +1,60 @@
+"""Benchmark 1: a no-op reconcile (nothing changed) vs `find -printf` over the same tree."""
+
+from __future__ import annotations
+
+import math
+
+from common import Context, Row, check_ok, difysync, fmt_s, median_of, run_proc, startup_seconds, synced_tree
+
+GOAL_RATIO = 2.5
+GOAL_AT = 100_000
+
+
+def find_seconds(root) -> float:
+    return run_proc(["find", str(root), "-type", "f", "-printf", "%s %T@\n"], stdout_devnull=True).seconds
+
+
+def run(ctx: Context) -> list[Row]:
+    sizes = [10_000] if ctx.quick else [10_000, 100_000]
+    bare, ver = startup_seconds()
+    ctx.notes.append(f"start-up: `python -c pass` {fmt_s(bare)}, `python -m difysync --version` {fmt_s(ver)} "
+                     "(both included in every difysync figure)")
+    rows = []
+    for n in sizes:
+        tree = synced_tree(ctx, n)
+        if n <= 20_000:
+            ctx.notes.append(f"import of the {n:,}-file tree over HTTP ({tree.documents:,} documents): "
+                             f"{fmt_s(tree.build_seconds)} ({tree.build_how})")
+        else:
+            ctx.notes.append(f"synced state of the {n:,}-file tree: {tree.build_how}")
+        emu = tree.emu
+        emu.reset_requests()
+        rss: list[int] = []
+
+        def once() -> float:
+            proc = difysync(tree.config)
+            out = check_ok(proc, f"no-op reconcile of {n} files")
+            if out.get("created") or out.get("updated") or out.get("deleted"):
+                raise RuntimeError(f"no-op reconcile changed things: {out}")
+            rss.append(proc.max_rss_kb)
+            return proc.seconds
+
+        fig, runs = median_of(once, runs=3, warmup=1)
+        reqs = emu.requests
+        mutating = len(emu.mutating_requests())
+        per_run = len(reqs) / 4
+        expected = math.ceil(tree.documents / 100)
+        tree.noop_rss_kb = max(rss)  # type: ignore[attr-defined]
+        floor, fruns = median_of(lambda: find_seconds(tree.root), runs=3, warmup=1)
+        ratio = fig / floor if floor else None
+        row = Row(name=f"no-op reconcile, {n:,} files", figure=fig, unit="s", floor=floor,
+                  floor_desc="find -printf", ratio=ratio,
+                  goal=f"<= {GOAL_RATIO}x find" + ("" if n == GOAL_AT else f" (goal is at {GOAL_AT:,})"),
+                  met=(ratio is not None and ratio <= GOAL_RATIO and mutating == 0) if n == GOAL_AT else None)
+        row.notes.append(f"runs {', '.join(f'{x:.2f}' for x in runs)} s; find {', '.join(f'{x:.3f}' for x in fruns)} s")
+        row.notes.append(f"{mutating} mutating requests over 4 no-op runs"
+                         + (" (OK)" if mutating == 0 else " (EXPECTED 0)"))
+        row.notes.append(f"{per_run:.0f} requests per run, ceil({tree.documents}/100) = {expected}")
+        row.notes.append(f"peak RSS {max(rss) / 1024:.0f} MB; difysync minus start-up {fig - ver:.2f} s")
+        rows.append(row)
+    return rows
