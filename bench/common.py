@@ -378,7 +378,8 @@ class SyncedTree:
 _SYNCED: dict[int, SyncedTree] = {}
 
 # Above this many files the synced state is built by preloading the emulator and letting
-# one reconcile adopt the documents; below it, by a real import over HTTP.
+# one reconcile adopt the documents; below it, by a real import over HTTP (--quick:
+# always preloaded, to stay within a minute).
 HTTP_IMPORT_MAX = 20_000
 
 
@@ -396,7 +397,7 @@ def synced_tree(ctx: Context, n_files: int) -> SyncedTree:
     fast_listing(emu)
     dataset_id = emu.store.create_dataset(f"bench-{n_files}", "high_quality")
     config = write_config(where, emu, root, dataset_id, concurrency=8)
-    if n_files <= HTTP_IMPORT_MAX:
+    if n_files <= HTTP_IMPORT_MAX and not ctx.quick:
         how = "HTTP import, concurrency 8"
         proc = difysync(config)
         check_ok(proc, f"import of {n_files} files")
