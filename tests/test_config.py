@@ -309,7 +309,7 @@ def test_several_problems_give_several_lines(tmp_path: Path) -> None:
     assert sorted(problems) == sorted([
         "bogus: unknown key",
         "dify.concurrency: must be greater than or equal to 1 (got 0)",
-        "watch.mode: must be 'auto', 'events' or 'poll' (got 'sometimes')",
+        "watch.mode: must be 'auto', 'events', 'poll' or 'off' (got 'sometimes')",
     ])
 
 

@@ -269,6 +269,22 @@ def check(config: str | None) -> None:
     sys.exit(code)
 
 
+@main.command("run")
+@config_option
+def run_service(config: str | None) -> None:
+    """Run as a service: watch the folders, sync changes within seconds, full pass on a
+    schedule. Stops cleanly on SIGTERM/SIGINT; SIGHUP reloads the configuration."""
+    from .daemon import Daemon
+
+    settings = load_config(config)
+    try:
+        daemon = Daemon(settings.config_path or Path(config or "sync.toml"), settings)
+    except ConfigError as exc:
+        click.echo(render_problems(exc), err=True)
+        sys.exit(EX_CONFIG)
+    sys.exit(daemon.run_forever())
+
+
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=5001, show_default=True, type=int)

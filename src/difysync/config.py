@@ -69,7 +69,7 @@ API_KEY_IN_CONFIG = ("the API key is never read from the config file; "
                      f"set {API_KEY_ENV_VAR} or dify.api_key_file")
 NO_API_KEY = f"no API key: set {API_KEY_ENV_VAR} or dify.api_key_file"
 
-WatchMode = Literal["auto", "events", "poll"]
+WatchMode = Literal["auto", "events", "poll", "off"]
 
 # Paths are resolved against the folder of the config file being loaded. Validators cannot
 # be handed arguments through BaseSettings(), so one load publishes what it needs here; a

@@ -9,6 +9,7 @@ one listing call per hundred documents.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -162,6 +163,7 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
                      *, dry_run: bool = False, max_delete: MaxDelete | None = None,
                      paths: Iterable[str] | None = None,
                      on_outcome: Callable[[Outcome], None] | None = None,
+                     on_plan: Callable[[Plan], None] | None = None,
                      should_stop: Callable[[], bool] = lambda: False) -> FolderReport:
     """One folder, whole (``paths`` None) or only the given relative paths (targeted)."""
     key = folder_key(folder)
@@ -202,10 +204,10 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         plan_rows = {rel: row for rel, row in rows.items() if not _under_any(rel, problem_paths)}
         plan = plan_folder(files, plan_rows, remote, journal, policy)
         if paths is not None:
-            # A targeted pass sees only some paths: the guards that need the whole tree
-            # (empty folder, mass deletion) are for full passes; here, deletes stay.
-            plan = _targeted(plan)
+            plan = _guard_targeted(plan, root, store.count_tracked(key), policy)
         report.plan = plan
+        if on_plan is not None:
+            on_plan(plan)
         report.errors.extend(plan.errors)
         for warning in plan.warnings:
             log.warning("%s", warning)
@@ -254,9 +256,34 @@ def _under_any(rel: str, roots: set[str]) -> bool:
     return any("/".join(parts[:i]) in roots for i in range(1, len(parts)))
 
 
-def _targeted(plan: Plan) -> Plan:
-    errors = tuple(e for e in plan.errors if "refusing to delete" not in e)
-    return replace(plan, errors=errors)
+def _guard_targeted(plan: Plan, root: Path, tracked: int, policy: Policy) -> Plan:
+    """A targeted pass sees a few paths, so the planner's whole-folder guards cannot
+    judge it; judge its deletes against the whole folder here instead. A folder whose
+    contents were removed wholesale (events for every file) must not be emptied remotely
+    one event at a time."""
+    deletes = [a for a in plan.actions if a.kind is Kind.DELETE and "interrupted" not in a.reason]
+    errors = [e for e in plan.errors if "empty" not in e and "would delete" not in e]
+    if not deletes:
+        return replace(plan, errors=tuple(errors))
+    limit = policy.max_delete.limit(tracked)
+    reason = None
+    if not _has_entries(root):
+        reason = f"the folder is empty but {tracked} documents are tracked: refusing to delete them"
+    elif len(deletes) > limit:
+        reason = (f"this pass would delete {len(deletes)} of {tracked} tracked documents, more than "
+                  f"the limit of {limit}: nothing deleted")
+    if reason is None:
+        return replace(plan, errors=tuple(errors))
+    kept = tuple(a for a in plan.actions if not (a.kind is Kind.DELETE and a in deletes))
+    return replace(plan, actions=kept, errors=tuple(errors) + (reason,))
+
+
+def _has_entries(root: Path) -> bool:
+    try:
+        with os.scandir(root) as it:
+            return any(True for _ in it)
+    except OSError:
+        return False
 
 
 def _remote_for_paths(client: DifyClient, dataset_id: str, rows: Mapping[str, FileState],

@@ -181,15 +181,24 @@ class StateStore:
         return {decode_path(r[0]): _file_state(r) for r in cursor}
 
     def load_paths(self, folder: str, rel_paths: Iterable[str]) -> dict[str, FileState]:
+        """Rows of these paths and of everything below them (a path may be a directory
+        that was moved or deleted as a whole)."""
         out: dict[str, FileState] = {}
+        columns = ("SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
+                   "indexing_status, last_error, skip_reason, refused_sha256, attempts FROM files ")
         for rel in rel_paths:
-            r = self.db.execute(
-                "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
-                "indexing_status, last_error, skip_reason, refused_sha256, attempts "
-                "FROM files WHERE folder = ? AND rel_path = ?", [folder, encode_path(rel)]).fetchone()
-            if r:
-                out[rel] = _file_state(r)
+            key = encode_path(rel)
+            # Children sort between "dir/" and "dir0" ("0" follows "/" in code points).
+            cursor = self.db.execute(columns + "WHERE folder = ? AND (rel_path = ? OR "
+                                     "(rel_path >= ? AND rel_path < ?))",
+                                     [folder, key, key + "/", key + "0"])
+            for r in cursor:
+                out[decode_path(r[0])] = _file_state(r)
         return out
+
+    def count_tracked(self, folder: str) -> int:
+        return self.db.execute("SELECT count(*) FROM files WHERE folder = ? AND document_id IS NOT NULL",
+                               [folder]).fetchone()[0]
 
     def pending_journal(self, folder: str) -> list[JournalEntry]:
         rows = self.db.execute(
