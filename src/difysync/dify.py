@@ -231,7 +231,9 @@ class DifyClient:
                 found = self.find_documents(dataset_id, name)
             except TransientError:
                 return None
-            found = [d for d in found if d.enabled and not d.archived]
+            # same size too: a same-named document that was there before is not what landed
+            found = [d for d in found if d.enabled and not d.archived
+                     and d.size in (None, len(content))]
             return Upload(found[0], None) if found else None
 
         result = self._request(
