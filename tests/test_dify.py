@@ -629,3 +629,16 @@ def test_rate_limiter_at_zero_is_off():
     for _ in range(100):
         limiter.acquire()
     assert fake.sleeps == []
+
+
+def test_a_failed_create_over_a_same_named_document_still_sends_the_new_content(emu, emu_client,
+                                                                                ds):
+    # given: an enabled "a.md" already there (current servers re-index it on create)
+    old, _ = emu.store.add_document(ds, "a.md", b"old")
+    emu.faults.fail_next.append(FaultRule(status=503, body=nginx_html(503), method="POST"))
+    # when: the create fails before reaching the application and is retried
+    upload = emu_client.create_by_file(ds, "a.md", b"new content", DATA)
+    # then: the look-up did not mistake the old document for the one that landed
+    assert upload.document.id == old.id
+    assert emu.store.content(ds, old.id) == b"new content"
+    assert emu.count("POST", "create_by_file") == 2
