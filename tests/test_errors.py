@@ -121,6 +121,8 @@ ROWS = [
     # --- slow down
     ("rate_limit_403_is_rate_limited", 403,
      dify(403, "forbidden", RATE_LIMIT), {"on_create": True}, RateLimited, None),
+    ("429_with_an_html_body_from_a_proxy_is_still_rate_limited", 429,
+     b"<html><body>429 Too Many Requests</body></html>", {"retry_after": "3"}, RateLimited, 3.0),
     ("429_is_rate_limited_and_keeps_retry_after", 429,
      dify(429, "too_many_requests", "Too many requests."), {"retry_after": "7"},
      RateLimited, 7.0),

@@ -152,6 +152,9 @@ def error_from_response(status: int, body: bytes | str | None, *, retry_after: s
             return RefusedError(f"{about}: file too large for the server or its proxy", status=status)
         if status == 401:
             return AuthError(f"{about}: {_HINTS_BY_CLASS[AuthError]}", status=status)
+        if status == 429:
+            return RateLimited(f"{about}: the server asked us to slow down (429)", status=status,
+                               retry_after=_parse_retry_after(retry_after))
         return TransientError(
             f"{about}: the server answered {status} without a Dify JSON body"
             + (f" ({snippet})" if snippet else "")
