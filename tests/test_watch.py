@@ -13,6 +13,10 @@ import pytest
 
 from difysync.watch import DirtyTracker, Watcher, auto_watch_mode, filesystem_type
 
+# watchdog itself warns when a directory and its subdirectory are created faster than it
+# adds their watches (mkdir -p); the watch is simply replaced.
+pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
+
 
 class FakeClock:
     def __init__(self) -> None:
@@ -184,6 +188,20 @@ def test_due_pops(tracker: DirtyTracker, clock: FakeClock) -> None:
     assert tracker.pending() == 0
 
 
+def test_note_takes_every_watcher_kind(clock: FakeClock) -> None:
+    tracker = DirtyTracker(3, 10, 60, clock=clock)
+    tracker.note("a.md", "changed")
+    tracker.note("b.md", "deleted")
+    tracker.note("c.md", "moved", "d.md")
+    tracker.note("e", "dir_moved", "f")
+    tracker.note("g", "dir_deleted")
+    tracker.note("g/h.md", "deleted")  # absorbed by the dirty directory
+    clock.advance(3)
+    assert tracker.due().paths == ["a.md", "c.md", "d.md", "e", "f"]
+    clock.advance(7)
+    assert tracker.due().paths == ["b.md", "g"]
+
+
 def test_clear_forgets_everything(tracker: DirtyTracker, clock: FakeClock) -> None:
     tracker.touch("a.md")
     tracker.request_full_rescan()
@@ -225,13 +243,9 @@ class Recorder:
         self.errors: list[tuple[str, BaseException]] = []
         self._lock = threading.Lock()
 
-    def on_event(self, key: str, rel: str, kind: str) -> None:
+    def on_event(self, key: str, rel: str, kind: str, dest: str | None) -> None:
         with self._lock:
-            self.events.append((kind, rel))
-
-    def on_move(self, key: str, src: str, dst: str, is_dir: bool) -> None:
-        with self._lock:
-            self.events.append(("moved", src, dst, is_dir))
+            self.events.append((kind, rel) if dest is None else (kind, rel, dest))
 
     def on_error(self, key: str, exc: BaseException) -> None:
         with self._lock:
@@ -268,8 +282,7 @@ def watched(request: pytest.FixtureRequest, tmp_path: Path
     root = tmp_path / "root"
     root.mkdir()
     rec = Recorder()
-    watcher = Watcher(rec.on_event, rec.on_error, on_move=rec.on_move,
-                      ignore_paths={root / "state.db"})
+    watcher = Watcher(rec.on_event, rec.on_error, ignore_paths={root / "state.db"})
     watcher.add_folder("f", root, request.param, poll_interval=0.2)
     watcher.start()
     assert watcher.mode_of("f") == request.param
@@ -296,7 +309,20 @@ def test_move_inside_the_folder_is_one_move(watched) -> None:
     (root / "a.md").write_text("x")
     rec.wait_for(("changed", "a.md"))
     (root / "a.md").rename(root / "sub" / "b.md")
-    rec.wait_for(("moved", "a.md", "sub/b.md", False))
+    rec.wait_for(("moved", "a.md", "sub/b.md"))
+
+
+def test_directory_renamed_inside_is_one_dir_move(watched) -> None:
+    root, rec, _, settle = watched
+    (root / "old" / "deep").mkdir(parents=True)
+    (root / "old" / "deep" / "x.md").write_text("x")
+    rec.wait_for(("changed", "old/deep/x.md"))
+    rec.reset()
+    (root / "old").rename(root / "new")
+    rec.wait_for(("dir_moved", "old", "new"))
+    # inotify reports the directory alone; polling also each entry below it (as moves).
+    assert all(e[0] in ("moved", "dir_moved") and e[1].startswith("old") and e[2].startswith("new")
+               for e in settle())
 
 
 def test_directory_moved_in_is_one_dir_event(watched, tmp_path: Path) -> None:
@@ -413,7 +439,7 @@ def test_missing_root_is_reported_not_raised(tmp_path: Path) -> None:
 def test_raising_callback_does_not_kill_the_watcher(tmp_path: Path) -> None:
     rec = Recorder()
 
-    def boom(key: str, rel: str, kind: str) -> None:
+    def boom(key: str, rel: str, kind: str, dest: str | None) -> None:
         raise RuntimeError("bug in the daemon")
 
     watcher = Watcher(boom, rec.on_error)

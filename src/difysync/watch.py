@@ -33,6 +33,7 @@ from watchdog.events import (
     FileSystemEvent,
     FileSystemEventHandler,
 )
+from watchdog.observers.api import BaseObserver
 
 from difysync.scanner import DEFAULT_IGNORES, PatternMatcher, compile_patterns
 
@@ -48,7 +49,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-EventKind = Literal["changed", "deleted", "dir", "dir_deleted"]
+EventKind = Literal["changed", "deleted", "dir", "dir_deleted", "moved", "dir_moved"]
 WatchModeUsed = Literal["events", "poll", "off"]
 
 
@@ -143,9 +144,13 @@ class DirtyTracker:
             self._entries[src].partners.add(dst)
             self._entries[dst].partners.add(src)
 
-    def note(self, rel_path: str, kind: EventKind) -> None:
-        """Record one ``Watcher`` event (see ``Watcher`` for the kinds)."""
-        if kind in ("dir", "dir_deleted"):
+    def note(self, rel_path: str, kind: EventKind, dest: str | None = None) -> None:
+        """Record one ``Watcher`` event as delivered (see ``Watcher`` for the kinds)."""
+        if kind in ("moved", "dir_moved"):
+            if dest is None:
+                raise ValueError(f"a {kind!r} event needs its destination")
+            self.moved(rel_path, dest, is_dir=kind == "dir_moved")
+        elif kind in ("dir", "dir_deleted"):
             self.touch_dir(rel_path, deleted=kind == "dir_deleted")
         else:
             self.touch(rel_path, deleted=kind == "deleted")
@@ -370,8 +375,7 @@ def auto_watch_mode(path: Path | str, mountinfo: str | None = None) -> Literal["
 
 # --- watchdog glue -----------------------------------------------------------------------
 
-OnEvent = Callable[[str, str, EventKind], None]
-OnMove = Callable[[str, str, str, bool], None]
+OnEvent = Callable[[str, str, EventKind, "str | None"], None]
 OnError = Callable[[str, BaseException], None]
 
 _WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM)
@@ -429,22 +433,19 @@ class _Handler(FileSystemEventHandler):
         kind, is_dir = event.event_type, event.is_directory
         src = os.fsdecode(event.src_path)
         if src == self._f.root and kind in (EVENT_TYPE_DELETED, EVENT_TYPE_MOVED):
-            self._w._root_gone(self._f, f"folder root was {'deleted' if kind == EVENT_TYPE_DELETED else 'moved'}")
+            how = "deleted" if kind == EVENT_TYPE_DELETED else "moved"
+            self._w._root_gone(self._f, f"folder root was {how}")
             return
         emit, key = self._w._on_event, self._f.key
         if kind == EVENT_TYPE_MOVED:
             old = self._rel(src, is_dir=is_dir)
             new = self._rel(event.dest_path, is_dir=is_dir) if event.dest_path else None
             if old is not None and new is not None:
-                if self._w._on_move is not None:
-                    self._w._on_move(key, old, new, is_dir)
-                else:
-                    emit(key, old, "dir" if is_dir else "deleted")
-                    emit(key, new, "dir" if is_dir else "changed")
+                emit(key, old, "dir_moved" if is_dir else "moved", new)
             elif new is not None:  # e.g. an editor's save-by-rename from a temp file
-                emit(key, new, "dir" if is_dir else "changed")
+                emit(key, new, "dir" if is_dir else "changed", None)
             elif old is not None:  # moved out of the folder, or onto an ignored name
-                emit(key, old, "dir_deleted" if is_dir else "deleted")
+                emit(key, old, "dir_deleted" if is_dir else "deleted", None)
             return
         rel = self._rel(src, is_dir=is_dir)
         if rel is None:
@@ -452,14 +453,14 @@ class _Handler(FileSystemEventHandler):
         if is_dir:
             # A directory's own modified/attrib events only echo its children's events.
             if kind == EVENT_TYPE_CREATED:
-                emit(key, rel, "dir")
+                emit(key, rel, "dir", None)
             elif kind == EVENT_TYPE_DELETED:
-                emit(key, rel, "dir_deleted")
+                emit(key, rel, "dir_deleted", None)
         elif kind == EVENT_TYPE_DELETED:
-            emit(key, rel, "deleted")
+            emit(key, rel, "deleted", None)
         elif kind in (EVENT_TYPE_CREATED, EVENT_TYPE_MODIFIED, EVENT_TYPE_CLOSED, EVENT_TYPE_ATTRIB):
             # Opened and closed-without-writing are left out: our own reads must not echo.
-            emit(key, rel, "changed")
+            emit(key, rel, "changed", None)
 
 
 class _OverflowListener(logging.Handler):
@@ -480,16 +481,16 @@ class Watcher:
     Callbacks run on watchdog's threads; they must be quick and thread-safe
     (``DirtyTracker`` is):
 
-    - ``on_event(folder_key, rel_path, kind)`` with kind one of ``"changed"`` (a file
-      was created, written or had its attributes changed), ``"deleted"`` (a file is
-      gone), ``"dir"`` (a directory appeared or was moved in: look at all below it),
-      ``"dir_deleted"`` (a directory is gone). ``DirtyTracker.note`` takes these as is.
-    - ``on_move(folder_key, src_rel, dst_rel, is_dir)`` for a rename inside the folder,
-      so that both sides can be looked at in the same pass (``DirtyTracker.moved``).
-      Without ``on_move`` a rename is delivered as ``deleted`` + ``changed`` (``dir`` +
-      ``dir`` for a directory). A rename from an ignored name (an editor's
-      ``.file.swp`` or ``file.tmp`` saved onto ``file``) is a ``changed`` of the
-      destination; a rename onto an ignored name is a ``deleted`` of the source.
+    - ``on_event(folder_key, rel_path, kind, dest)``; ``dest`` is None except for moves.
+      ``kind`` is one of ``"changed"`` (a file was created, written or had its
+      attributes changed), ``"deleted"`` (a file is gone), ``"dir"`` (a directory
+      appeared or was moved in: look at all below it), ``"dir_deleted"`` (a directory
+      is gone), ``"moved"`` / ``"dir_moved"`` (a file / directory was renamed inside
+      the folder from ``rel_path`` to ``dest``: both sides must be looked at in the
+      same pass). ``DirtyTracker.note(rel_path, kind, dest)`` takes all of them as is.
+      A rename from an ignored name (an editor's ``.file.swp`` or ``file.tmp`` saved
+      onto ``file``) is a ``changed`` of the destination; a rename out of the folder or
+      onto an ignored name is a ``deleted`` (``dir_deleted``) of the source.
     - ``on_error(folder_key, exc)`` when events for that folder may have been lost
       (root deleted or moved, inotify queue overflow, a callback raised): run a full pass.
 
@@ -499,12 +500,11 @@ class Watcher:
     database, with its -wal/-shm/-journal files) and the root itself are never reported.
     """
 
-    def __init__(self, on_event: OnEvent, on_error: OnError, *, on_move: OnMove | None = None,
+    def __init__(self, on_event: OnEvent, on_error: OnError, *,
                  ignore_paths: Iterable[Path] = (), ignores: Sequence[str] = DEFAULT_IGNORES,
                  mountinfo: str | None = None) -> None:
         self._on_event = on_event
         self._on_error = on_error
-        self._on_move = on_move
         self._ignores = compile_patterns(ignores)
         self._ignore_paths = {
             os.path.abspath(os.fspath(p)) + suffix
@@ -513,8 +513,8 @@ class Watcher:
         self._mountinfo = mountinfo
         self._folders: dict[str, _Folder] = {}
         self._lock = threading.RLock()
-        self._inotify: object | None = None
-        self._polling: dict[float, object] = {}
+        self._inotify: BaseObserver | None = None
+        self._polling: dict[float, BaseObserver] = {}
         self._started = False
         self._listener = _OverflowListener(self)
 
@@ -564,9 +564,9 @@ class Watcher:
             logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._listener)
         deadline = time.monotonic() + timeout
         for obs in observers:
-            obs.stop()  # type: ignore[attr-defined]
+            obs.stop()
         for obs in observers:
-            obs.join(max(0.0, deadline - time.monotonic()))  # type: ignore[attr-defined]
+            obs.join(max(0.0, deadline - time.monotonic()))
 
     def is_alive(self) -> bool:
         """False if the daemon should restart the watcher and run a full pass: an observer,
@@ -578,9 +578,9 @@ class Watcher:
             for obs in [self._inotify, *self._polling.values()]:
                 if obs is None:
                     continue
-                if not obs.is_alive():  # type: ignore[attr-defined]
+                if not obs.is_alive():
                     return False
-                if not all(e.is_alive() for e in list(obs.emitters)):  # type: ignore[attr-defined]
+                if not all(e.is_alive() for e in list(obs.emitters)):
                     return False
                 reader = getattr(obs, "_inotify_fd", None)
                 if isinstance(reader, threading.Thread) and not reader.is_alive():
@@ -621,10 +621,10 @@ class Watcher:
             obs.start()
             self._inotify = obs
         obs = self._inotify
-        watch = obs.schedule(_Handler(self, folder), folder.root, recursive=True)  # type: ignore[attr-defined]
+        watch = obs.schedule(_Handler(self, folder), folder.root, recursive=True)
         missing = _unwatched_dirs(obs, watch, folder.root)
         if missing:
-            obs.unschedule(watch)  # type: ignore[attr-defined]
+            obs.unschedule(watch)
             raise OSError(errno.ENOSPC, f"no inotify watch for {len(missing)} directories "
                                         f"(e.g. {missing[0]})")
 
@@ -636,7 +636,7 @@ class Watcher:
             obs = PollingObserver(timeout=folder.poll_interval)
             obs.start()
             self._polling[folder.poll_interval] = obs
-        obs.schedule(_Handler(self, folder), folder.root, recursive=True)  # type: ignore[attr-defined]
+        obs.schedule(_Handler(self, folder), folder.root, recursive=True)
 
     def _fail(self, folder: _Folder, exc: BaseException) -> None:
         folder.mode, folder.failed = "off", True
@@ -667,7 +667,7 @@ def _identity(root: str) -> tuple[int, int] | None:
     return (st.st_dev, st.st_ino) if stat.S_ISDIR(st.st_mode) else None
 
 
-def _unwatched_dirs(observer: object, watch: object, root: str) -> list[str]:
+def _unwatched_dirs(observer: BaseObserver, watch: object, root: str) -> list[str]:
     """Directories below ``root`` that got no inotify watch.
 
     watchdog skips a subdirectory whose watch cannot be added (it only raises for the
