@@ -100,6 +100,34 @@ def test_move_makes_source_and_destination_due_together(tracker: DirtyTracker,
     assert tracker.due().paths == ["old.md", "renamed.md"]
 
 
+def test_unpaired_delete_and_create_close_together_are_due_together(tracker: DirtyTracker,
+                                                                   clock: FakeClock) -> None:
+    # inotify: a file moved into a just-created directory arrives as dir + later delete
+    tracker.touch_dir("sub")
+    clock.advance(0.5)
+    tracker.touch("a.md", deleted=True)
+    clock.advance(3)
+    assert not tracker.due()
+    clock.advance(7)
+    assert tracker.due().paths == ["a.md", "sub"]
+
+
+def test_events_far_apart_are_not_paired(tracker: DirtyTracker, clock: FakeClock) -> None:
+    tracker.touch("new.md")
+    clock.advance(3.5)
+    tracker.touch("old.md", deleted=True)
+    assert tracker.due().paths == ["new.md"]
+
+
+def test_nothing_is_due_before_the_move_grace(clock: FakeClock) -> None:
+    tracker = DirtyTracker(0.1, 0.1, 60, clock=clock)
+    tracker.touch("a.md")
+    clock.advance(0.5)
+    assert not tracker.due()
+    clock.advance(0.25)
+    assert tracker.due().paths == ["a.md"]
+
+
 def test_move_group_waits_for_its_latest_member(tracker: DirtyTracker, clock: FakeClock) -> None:
     tracker.moved("a.md", "b.md")
     clock.advance(2)
@@ -172,10 +200,10 @@ def test_dir_touch_absorbs_paths_below(tracker: DirtyTracker, clock: FakeClock) 
 def test_next_deadline_is_exact(tracker: DirtyTracker, clock: FakeClock) -> None:
     assert tracker.next_deadline() is None
     tracker.touch("gone.md", deleted=True)
-    clock.advance(1)
+    clock.advance(4)
     tracker.touch("a.md")
-    assert tracker.next_deadline() == 1004.0
-    clock.now = 1004.0
+    assert tracker.next_deadline() == 1007.0
+    clock.now = 1007.0
     assert tracker.due().paths == ["a.md"]
     assert tracker.next_deadline() == 1010.0
 
@@ -197,9 +225,9 @@ def test_note_takes_every_watcher_kind(clock: FakeClock) -> None:
     tracker.note("g", "dir_deleted")
     tracker.note("g/h.md", "deleted")  # absorbed by the dirty directory
     clock.advance(3)
-    assert tracker.due().paths == ["a.md", "c.md", "d.md", "e", "f"]
-    clock.advance(7)
-    assert tracker.due().paths == ["b.md", "g"]
+    assert tracker.due().paths == ["c.md", "d.md", "e", "f"]
+    clock.advance(7)  # a.md waits with the deletes next to it: they might be its rename
+    assert tracker.due().paths == ["a.md", "b.md", "g"]
 
 
 def test_clear_forgets_everything(tracker: DirtyTracker, clock: FakeClock) -> None:

@@ -18,6 +18,7 @@ import os
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,13 @@ class DirtyTracker:
     looked at instead; past ``rescan_threshold`` dirty paths in all, the whole folder is.
     Events below a dirty directory only refresh that directory's timers.
 
+    A delete and a creation within ``debounce`` (at least one second) of each other are
+    kept together (due at the later of their times) even when the event source did not
+    pair them into a move: inotify reports a file moved into a just-created directory as
+    a create, then (watchdog holds an unpaired move source for 0.5 s) a delete, and the
+    planner can only see a rename when both sides are in the same pass. For the same
+    reason nothing is due sooner than ``MOVE_GRACE`` after its last event.
+
     Not tied to any thread, but safe to call from several (watchdog calls back from its
     own threads while the daemon asks ``due()``).
     """
@@ -112,6 +120,7 @@ class DirtyTracker:
         self._dirs: set[str] = set()  # keys of directory entries, for the ancestor check
         self._per_parent: dict[str, int] = {}
         self._rescan: _Entry | None = None
+        self._recent: deque[tuple[float, str, bool]] = deque()  # (time, key, deleted)
 
     # -- recording --
 
@@ -136,8 +145,8 @@ class DirtyTracker:
         """
         with self._lock:
             now = self._clock()
-            src = self._touch(src_rel, deleted=True, is_dir=is_dir, now=now)
-            dst = self._touch(dst_rel, deleted=False, is_dir=is_dir, now=now)
+            src = self._touch(src_rel, deleted=True, is_dir=is_dir, now=now, pair=False)
+            dst = self._touch(dst_rel, deleted=False, is_dir=is_dir, now=now, pair=False)
             if src is None or dst is None or src == dst:
                 return  # absorbed by a dirty directory or a full rescan
             self._entries[src].move_half = True
@@ -194,13 +203,14 @@ class DirtyTracker:
             self._entries.clear()
             self._dirs.clear()
             self._per_parent.clear()
+            self._recent.clear()
             self._rescan = None
 
     # -- internals (lock held) --
 
     def _own_due(self, entry: _Entry) -> float:
         delay = self.delete_delay if entry.deleted and not entry.move_half else self.debounce
-        return min(entry.last_event + delay, entry.first_seen + self.max_delay)
+        return min(entry.last_event + max(delay, self.MOVE_GRACE), entry.first_seen + self.max_delay)
 
     def _deadlines(self) -> dict[str, float]:
         """Each entry's due time; the members of a move group share the latest one."""
@@ -230,10 +240,32 @@ class DirtyTracker:
         return None
 
     def _touch(self, rel_path: str, *, deleted: bool, is_dir: bool,
-               now: float | None = None) -> str | None:
+               now: float | None = None, pair: bool = True) -> str | None:
         """Record one event; return the key of the entry that now holds it, if any."""
         if now is None:
             now = self._clock()
+        key = self._record(rel_path, deleted=deleted, is_dir=is_dir, now=now)
+        if pair and key is not None:
+            self._pair_with_recent(key, deleted, now)
+        return key
+
+    _PAIR_LIMIT = 32  # enough for a rename; a burst is collapsed or rescanned anyway
+    MOVE_GRACE = 0.75
+
+    def _pair_with_recent(self, key: str, deleted: bool, now: float) -> None:
+        """Tie a delete to the creations just before or after it (and vice versa)."""
+        recent = self._recent
+        window = max(self.debounce, 1.0)
+        while recent and (recent[0][0] < now - window or len(recent) > self._PAIR_LIMIT):
+            recent.popleft()
+        entry = self._entries[key]
+        for _, other, other_deleted in recent:
+            if other_deleted != deleted and other != key and other in self._entries:
+                entry.partners.add(other)
+                self._entries[other].partners.add(key)
+        recent.append((now, key, deleted))
+
+    def _record(self, rel_path: str, *, deleted: bool, is_dir: bool, now: float) -> str | None:
         if self._rescan is not None:
             self._rescan.last_event = now
             return None
@@ -310,6 +342,7 @@ class DirtyTracker:
         self._entries.clear()
         self._dirs.clear()
         self._per_parent.clear()
+        self._recent.clear()
         self._rescan = _Entry(first, now, False, is_dir=True)
 
 
