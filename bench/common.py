@@ -1,6 +1,6 @@
 """Shared helpers for the difysync benchmarks: data generation, an in-process emulator,
 config files, timing (warm-up + median), and a subprocess runner that reports the
-child's own peak RSS (``os.wait4`` rusage of exactly that child).
+child's own peak RSS (GNU time, else polling /proc/PID/status VmHWM).
 
 Every figure is reported against a floor measured in the same run on the same data,
 because the benchmark machine is shared and noisy.
@@ -222,36 +222,63 @@ class Proc:
         return json.loads(self.stdout)
 
 
+GNU_TIME = "/usr/bin/time"
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
 def run_proc(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None,
              stdout_devnull: bool = False, timeout: float | None = None) -> Proc:
-    """Run ``argv``, wall-time it, and read that child's own peak RSS from wait4's rusage."""
+    """Run ``argv``, wall-time it, and measure its peak RSS.
+
+    Not from the parent's ``wait4``/``RUSAGE_CHILDREN``: on Linux a child started by
+    vfork/fork+exec inherits the *parent's* RSS high-water mark at exec, so with a big
+    emulator in the bench process every child would read ~ the bench's own RSS. GNU
+    ``/usr/bin/time -f %M`` (a small process of its own) reports the true figure; without
+    it, /proc/PID/status VmHWM is polled every 10 ms (may miss a final short peak).
+    """
     full_env = {**os.environ, **(env or {})}
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+    use_time = os.access(GNU_TIME, os.X_OK)
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r", suffix=".rss") as rss_file:
+        cmd = [GNU_TIME, "-f", "%M", "-o", rss_file.name, *argv] if use_time else argv
         started = time.perf_counter()
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL if stdout_devnull else out, stderr=err,
+        p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL if stdout_devnull else out, stderr=err,
                              env=full_env, cwd=cwd)
+        hwm = 0
         try:
-            if timeout is None:
-                _, status, usage = os.wait4(p.pid, 0)
-            else:
-                deadline = started + timeout
-                while True:
-                    pid, status, usage = os.wait4(p.pid, os.WNOHANG)
-                    if pid:
-                        break
-                    if time.perf_counter() > deadline:
-                        p.kill()
-                        _, status, usage = os.wait4(p.pid, 0)
-                        break
-                    time.sleep(0.01)
+            deadline = None if timeout is None else started + timeout
+            while True:
+                pid, status, _usage = os.wait4(p.pid, os.WNOHANG)
+                if pid:
+                    break
+                if not use_time:
+                    hwm = max(hwm, _vm_hwm_kb(p.pid))
+                if deadline is not None and time.perf_counter() > deadline:
+                    p.kill()
+                    _, status, _usage = os.wait4(p.pid, 0)
+                    break
+                time.sleep(0.002 if use_time else 0.01)
         except BaseException:
             p.kill()
             raise
         elapsed = time.perf_counter() - started
         p.returncode = os.waitstatus_to_exitcode(status)
+        if use_time:
+            lines = [ln for ln in Path(rss_file.name).read_text().splitlines() if ln.strip().isdigit()]
+            hwm = int(lines[-1]) if lines else 0
         out.seek(0)
         err.seek(0)
-        return Proc(p.returncode, elapsed, usage.ru_maxrss, out.read().decode("utf-8", "replace"),
+        return Proc(p.returncode, elapsed, hwm, out.read().decode("utf-8", "replace"),
                     err.read().decode("utf-8", "replace"))
 
 

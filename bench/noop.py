@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+import sys
 
-from common import Context, Row, check_ok, difysync, fmt_s, median_of, run_proc, startup_seconds, synced_tree
+from common import API_KEY, Context, Row, check_ok, difysync, fmt_s, median_of, run_proc, startup_seconds, synced_tree
 
 GOAL_RATIO = 2.5
 GOAL_AT = 100_000
@@ -12,6 +13,30 @@ GOAL_AT = 100_000
 
 def find_seconds(root) -> float:
     return run_proc(["find", str(root), "-type", "f", "-printf", "%s %T@\n"], stdout_devnull=True).seconds
+
+
+LIST_SCRIPT = """
+import sys, time, httpx
+base, key, ds = sys.argv[1:4]
+t = time.perf_counter()
+with httpx.Client(headers={"Authorization": f"Bearer {key}"}, timeout=30) as c:
+    page, n = 1, 0
+    while True:
+        body = c.get(f"{base}/datasets/{ds}/documents", params={"page": page, "limit": 100}).json()
+        n += len(body["data"])
+        if not body["has_more"]:
+            break
+        page += 1
+print(f"{time.perf_counter() - t:.3f} {page} {n}")
+"""
+
+
+def listing_seconds(tree) -> tuple[float, int]:
+    """Time a bare httpx loop paging the whole dataset (inside a subprocess, start-up
+    excluded): the part of a no-op pass that is round trips and server time."""
+    proc = run_proc([sys.executable, "-c", LIST_SCRIPT, tree.emu.base_url, API_KEY, tree.dataset_id])
+    secs, pages, _n = proc.stdout.split()
+    return float(secs), int(pages)
 
 
 def run(ctx: Context) -> list[Row]:
@@ -55,6 +80,9 @@ def run(ctx: Context) -> list[Row]:
         row.notes.append(f"{mutating} mutating requests over 4 no-op runs"
                          + (" (OK)" if mutating == 0 else " (EXPECTED 0)"))
         row.notes.append(f"{per_run:.0f} requests per run, ceil({tree.documents}/100) = {expected}")
+        lst = sorted(listing_seconds(tree)[0] for _ in range(3))[1]
+        row.notes.append(f"bare httpx loop paging the same {expected} pages: {lst:.2f} s (median of 3; "
+                         f"server time + round trips); difysync minus start-up minus that: {fig - ver - lst:.2f} s")
         row.notes.append(f"peak RSS {max(rss) / 1024:.0f} MB; difysync minus start-up {fig - ver:.2f} s")
         rows.append(row)
     return rows
