@@ -83,7 +83,8 @@ class MaxDelete:
     def limit(self, tracked: int) -> int:
         if self.count is not None:
             return self.count
-        return math.floor(tracked * (self.percent or 0.0) / 100.0 + 1e-9)
+        # A share of a small folder rounds down to nothing; one delete is never "mass".
+        return max(1, math.floor(tracked * (self.percent or 0.0) / 100.0 + 1e-9)) if self.percent else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +95,10 @@ class Policy:
     delete: bool = True
     max_delete: MaxDelete = field(default_factory=MaxDelete)
     max_attempts: int = 3  # a document that fails indexing this often is quarantined
+    allow_empty: bool = False  # the user said --max-delete: an emptied folder may be emptied remotely
+    # False for a targeted pass (a few paths): the whole-folder guards cannot judge it,
+    # the caller judges its deletes against the folder instead.
+    whole_folder: bool = True
     root_error: str | None = None
 
 
@@ -278,8 +283,8 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
                                         reason="left over from an interrupted create"))
 
     tracked = sum(1 for row in state.values() if live_doc(row) is not None)
-    if deletes:
-        if not eligible and not refused and tracked:
+    if deletes and policy.whole_folder:
+        if not eligible and not refused and tracked and not policy.allow_empty:
             errors.append(f"the folder is empty but {tracked} documents are tracked "
                           f"(unmounted share?): refusing to delete them")
             deletes = []

@@ -109,6 +109,7 @@ def policy_for(settings: Settings, folder: FolderSettings, max_delete: MaxDelete
     return Policy(allowed_extensions=frozenset(settings.dify.allowed_extensions),
                   max_bytes=int(settings.dify.max_file_size_mb * 1024 * 1024),
                   delete=folder.delete, max_delete=max_delete or MaxDelete(),
+                  allow_empty=max_delete is not None,
                   max_attempts=settings.dify.max_attempts)
 
 
@@ -186,6 +187,8 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
             rows = store.load_paths(key, wanted)
         if root_error:
             policy = replace(policy, root_error=root_error)
+        if paths is not None:
+            policy = replace(policy, whole_folder=False)
         problem_paths = {p.rel_path for p in problems}
         files, restat, hash_problems, report.hashed = with_hashes(files, rows, root, policy)
         problems.extend(hash_problems)
@@ -262,13 +265,14 @@ def _guard_targeted(plan: Plan, root: Path, tracked: int, policy: Policy) -> Pla
     contents were removed wholesale (events for every file) must not be emptied remotely
     one event at a time."""
     deletes = [a for a in plan.actions if a.kind is Kind.DELETE and "interrupted" not in a.reason]
-    errors = [e for e in plan.errors if "empty" not in e and "would delete" not in e]
+    errors = list(plan.errors)
     if not deletes:
-        return replace(plan, errors=tuple(errors))
+        return plan
     limit = policy.max_delete.limit(tracked)
     reason = None
-    if not _has_entries(root):
-        reason = f"the folder is empty but {tracked} documents are tracked: refusing to delete them"
+    if (len(deletes) >= tracked or not _has_entries(root)) and not policy.allow_empty:
+        reason = (f"these deletes would empty the folder's {tracked} tracked documents (unmounted or "
+                  f"wiped?): refusing; a full pass with --max-delete lifts this")
     elif len(deletes) > limit:
         reason = (f"this pass would delete {len(deletes)} of {tracked} tracked documents, more than "
                   f"the limit of {limit}: nothing deleted")
