@@ -23,7 +23,7 @@ from . import __version__
 from .config import Settings, find_config_path, load_api_key, load_settings, render_problems
 from .dify import DifyClient, RetryPolicy
 from .errors import (AuthError, ConfigError, DifyError, DifySyncError, FatalError, ServerUnreachable,
-                     StateError)
+                     StateError, StateWriteError)
 from .logs import add_secret, setup_logging
 from .plan import MaxDelete
 from .state import StateStore
@@ -42,6 +42,8 @@ def _die(message: str, code: int) -> NoReturn:
 def exit_code_for(error: BaseException | None) -> int:
     if error is None:
         return EX_OK
+    if isinstance(error, StateWriteError):
+        return EX_FAILED
     if isinstance(error, AuthError):
         return EX_NOPERM
     if isinstance(error, ServerUnreachable) or (isinstance(error, DifyError) and "not JSON" in str(error)):
@@ -266,6 +268,62 @@ def check(config: str | None) -> None:
                 code = max(code, EX_FAILED) if not isinstance(exc, AuthError) else EX_NOPERM
             except DifyError as exc:
                 _die(str(exc), exit_code_for(exc))
+    sys.exit(code)
+
+
+@main.command()
+@config_option
+@click.argument("paths", nargs=-1, type=click.Path())
+@click.option("--all", "all_", is_flag=True, help="Every quarantined or refused file.")
+def retry(config: str | None, paths: tuple[str, ...], all_: bool) -> None:
+    """Let quarantined or refused files be tried again on the next pass."""
+    from .reconcile import folder_key
+
+    if not paths and not all_:
+        raise click.UsageError("give one or more PATHs, or --all")
+    settings = load_config(config)
+    with open_store(settings) as store:
+        if all_:
+            count = store.retry()
+        else:
+            count = 0
+            for raw in paths:
+                target = Path(raw).absolute()
+                folder = next((f for f in settings.folders
+                               if target == Path(f.path) or Path(f.path) in target.parents), None)
+                if folder is None:
+                    _die(f"{raw} is not inside a configured folder", EX_USAGE)
+                rel = target.relative_to(folder.path).as_posix()
+                count += store.retry(folder_key(folder), None if rel == "." else rel)
+    click.echo(f"{count} file(s) will be tried again on the next pass")
+
+
+@main.command("rebuild-state")
+@config_option
+def rebuild_state_command(config: str | None) -> None:
+    """Rebuild a lost or corrupt state DB from Dify's listing and the local tree,
+    uploading nothing. An existing DB is kept aside as STATE_DB.broken-TIMESTAMP."""
+    from .reconcile import rebuild_state
+
+    settings = load_config(config)
+    path = Path(settings.state_db)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        old = Path(str(path) + suffix)
+        if old.exists():
+            old.rename(Path(f"{path}.broken-{stamp}{suffix}"))
+            if not suffix:
+                click.echo(f"kept the old state DB as {path}.broken-{stamp}")
+    with make_client(settings) as client, open_store(settings) as store:
+        reports = rebuild_state(settings, client, store)
+    code = EX_OK
+    for r in reports:
+        if r.error:
+            click.echo(f"{r.folder}: {r.error}", err=True)
+            code = EX_FAILED
+        else:
+            click.echo(f"{r.folder}: {r.adopted} documents linked to local files, {r.not_uploaded} files "
+                       f"not in Dify yet (the next reconcile uploads them), {r.foreign} other documents left alone")
     sys.exit(code)
 
 

@@ -23,8 +23,8 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from .config import FolderSettings, Settings, load_api_key, load_settings
 from .dify import DifyClient, RetryPolicy
-from .errors import (AuthError, ConfigError, DatasetMissing, DifyError, FatalError, QuotaError,
-                     StateError, TransientError)
+from .errors import (AuthError, ConfigError, DatasetMissing, DifyError, DifySyncError, FatalError,
+                     QuotaError, StateError, StateWriteError, TransientError)
 from .logs import add_secret
 from .notify import Notifier
 from .plan import Plan
@@ -134,6 +134,9 @@ class FolderWorker(threading.Thread):
                         self._poll_statuses(store)
                     else:
                         self._pass(store, paths)
+                except StateWriteError as exc:
+                    self._enter_backoff(str(exc))
+                    self.request_full()
                 except StateError as exc:
                     log.error("%s: %s", self.key, exc)
                     self.d.fatal(exc)
@@ -193,16 +196,17 @@ class FolderWorker(threading.Thread):
 
     def _after(self, report: FolderReport, store: StateStore) -> None:
         fatal = report.fatal
+        described = fatal.describe() if isinstance(fatal, DifyError) else str(fatal)
         for error in report.errors:
-            if fatal is None or error != fatal.describe():
+            if fatal is None or error != described:
                 log.warning("%s: %s", self.key, error)
         if fatal is not None and _is_outage(fatal):
-            self._enter_backoff(fatal.describe())
+            self._enter_backoff(described)
             if not self._halt:
                 self.request_full()  # catch up once the backoff is over
             return
         if fatal is not None:
-            log.error("%s: %s", self.key, fatal.describe())
+            log.error("%s: %s", self.key, described)
         if self._outage is not None:
             log.info("%s: Dify answers again; caught up", self.key)
         self._outage = None
@@ -258,9 +262,10 @@ def _dataset_of(store: StateStore, key: str) -> str | None:
     return row[0] if row else None
 
 
-def _is_outage(error: DifyError) -> bool:
+def _is_outage(error: DifySyncError) -> bool:
     """Errors that mean "try the whole folder again later" rather than "this file"."""
-    return isinstance(error, (TransientError, AuthError, QuotaError, DatasetMissing, FatalError))
+    return isinstance(error, (TransientError, AuthError, QuotaError, DatasetMissing, FatalError,
+                              StateWriteError))
 
 
 class Daemon:

@@ -5,6 +5,7 @@ Errors are classed by what the caller does next, not by where they came from::
     DifySyncError                  catch this to catch everything of ours
     ├── ConfigError                invalid configuration               -> exit 78
     ├── StateError                 state DB unreadable / newer schema  -> exit 78
+    │   └── StateWriteError        disk full, I/O error: back off, try again
     └── DifyError                  the server (or the road to it) said no
         ├── TransientError         retry with backoff
         │   ├── ServerUnreachable  connection refused, DNS, timeout     -> exit 69
@@ -40,7 +41,11 @@ class ConfigError(DifySyncError):
 
 
 class StateError(DifySyncError):
-    """The state DB cannot be used (corrupt, newer schema, not writable)."""
+    """The state DB cannot be used (corrupt, newer schema)."""
+
+
+class StateWriteError(StateError):
+    """A write to the state DB failed (disk full, I/O error): worth trying again later."""
 
 
 class DifyError(DifySyncError):

@@ -19,7 +19,7 @@ from typing import Any
 from .apply import FolderContext, Outcome, Stopped, apply_actions, count_outcomes
 from .config import FolderSettings, Settings
 from .dify import DifyClient
-from .errors import DifyError, FatalError
+from .errors import AuthError, DifyError, DifySyncError, StateWriteError
 from .models import FileState, LocalFile, RemoteDocument, ScanProblem
 from .plan import Action, Kind, MaxDelete, Plan, Policy, plan_folder, refusal_reason
 from .scanner import scan_tree, sha256_file, stat_paths
@@ -37,7 +37,7 @@ class FolderReport:
     errors: list[str] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
     hashed: int = 0
-    fatal: DifyError | None = None
+    fatal: DifySyncError | None = None
 
     @property
     def counts(self) -> dict[str, int]:
@@ -72,7 +72,7 @@ class RunReport:
         return all(f.ok for f in self.folders)
 
     @property
-    def fatal(self) -> DifyError | None:
+    def fatal(self) -> DifySyncError | None:
         return next((f.fatal for f in self.folders if f.fatal is not None), None)
 
     @property
@@ -241,6 +241,9 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
     except DifyError as exc:
         report.fatal = exc
         report.errors.append(exc.describe())
+    except StateWriteError as exc:
+        report.fatal = exc
+        report.errors.append(str(exc))
     finally:
         if not dry_run and paths is None:
             try:
@@ -318,7 +321,7 @@ def reconcile(settings: Settings, client: DifyClient, store: StateStore, *, dry_
         report = reconcile_folder(settings, folder, client, store, dry_run=dry_run,
                                   max_delete=max_delete, on_outcome=on_outcome)
         reports.append(report)
-        if isinstance(report.fatal, FatalError) and report.fatal.__class__.__name__ == "AuthError":
+        if isinstance(report.fatal, AuthError):
             break
     return RunReport(folders=reports, dry_run=dry_run, seconds=time.monotonic() - started)
 
@@ -351,6 +354,60 @@ def _tally(statuses: Mapping[str, str]) -> dict[str, int]:
     out: dict[str, int] = {}
     for s in statuses.values():
         out[s] = out.get(s, 0) + 1
+    return out
+
+
+@dataclass
+class RebuildReport:
+    folder: str
+    adopted: int = 0
+    not_uploaded: int = 0
+    foreign: int = 0
+    error: str | None = None
+
+
+def rebuild_state(settings: Settings, client: DifyClient, store: StateStore) -> list[RebuildReport]:
+    """Refill an empty state DB from the remote listing and the local tree, uploading
+    nothing: every local file whose document name is in the dataset is linked to that
+    document (with its hash when the sizes match, else marked for an update on the next
+    pass); files not in Dify yet are left for the next reconcile."""
+    out = []
+    for folder in settings.folders:
+        key = folder_key(folder)
+        report = RebuildReport(folder=key)
+        out.append(report)
+        try:
+            dataset_id = resolve_dataset(client, folder, create=False)
+            if not dataset_id:
+                report.error = f"dataset {folder.dataset_name!r} does not exist yet"
+                continue
+            policy = policy_for(settings, folder, None)
+            scan = scan_tree(Path(folder.path), folder.include, folder.exclude)
+            if scan.root_error:
+                report.error = scan.root_error
+                continue
+            files, _, _, _ = with_hashes(scan.files, {}, Path(folder.path), policy)
+            remote = client.list_documents(dataset_id)
+            plan = plan_folder(files, {}, remote, [], policy)
+            by_path = {f.rel_path: f for f in files}
+            linked = set()
+            for a in plan.actions:
+                if a.kind in (Kind.ADOPT, Kind.UPDATE, Kind.RECREATE, Kind.WAIT) and a.document_id:
+                    f = by_path[a.rel_path]
+                    exact = a.kind is Kind.ADOPT and a.sha256 is not None
+                    store.settle_upload(None, key, dataset_id, a.rel_path, document_id=a.document_id,
+                                        document_name=a.document_name or "", batch=None,
+                                        sha256=a.sha256 if exact else None,
+                                        size=f.size if exact else None,
+                                        mtime_ns=f.mtime_ns if exact else None,
+                                        inode=f.inode if exact else None, indexing_status=None)
+                    linked.add(a.document_id)
+                    report.adopted += 1
+                elif a.kind is Kind.CREATE:
+                    report.not_uploaded += 1
+            report.foreign = sum(1 for d in remote if d.id not in linked)
+        except DifyError as exc:
+            report.error = exc.describe()
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import sqlite_utils
 
-from .errors import StateError
+from .errors import StateError, StateWriteError
 from .models import FileState, JournalEntry, LocalFile
 
 SCHEMA_VERSION = 1
@@ -123,15 +123,27 @@ class StateStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction. SQLite's own failures (disk full, I/O error, a
+        lock held too long) become StateWriteError: the caller backs off, nothing is
+        half-written."""
         conn = self.db.conn
-        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise _write_error(self.path, exc) from None
         try:
             yield conn
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise _write_error(self.path, exc) from None
         except BaseException:
-            conn.execute("ROLLBACK")
+            _rollback(conn)
             raise
-        else:
+        try:
             conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _rollback(conn)
+            raise _write_error(self.path, exc) from None
 
     # --- schema -----------------------------------------------------------------------
 
@@ -433,6 +445,20 @@ class StateStore:
         for row in rows:
             row["rel_path"] = decode_path(row["rel_path"])
         return rows
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    try:
+        conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass  # SQLite may already have rolled back (e.g. after SQLITE_FULL)
+
+
+def _write_error(path: Path, exc: sqlite3.Error) -> StateWriteError:
+    text = str(exc)
+    if "full" in text:
+        text = "disk full"
+    return StateWriteError(f"cannot write the state DB {path}: {text}")
 
 
 def _file_state(r: tuple[Any, ...]) -> FileState:
