@@ -129,7 +129,10 @@ class DifyClient:
             except httpx.TimeoutException:
                 error: DifyError = ServerUnreachable(f"{about}: no answer within the timeout")
             except httpx.TransportError as exc:
-                error = ServerUnreachable(f"{about}: cannot reach {self._host()} ({_transport_reason(exc)})")
+                reason = _transport_reason(exc)
+                error = ServerUnreachable(f"{about}: cannot reach {self._host()} ({reason})")
+                if "TLS" in reason:
+                    raise error from None  # a certificate does not fix itself: no retries
             else:
                 if response.status_code < 300:
                     return response
@@ -322,6 +325,11 @@ def remote_document(raw: Mapping[str, Any]) -> RemoteDocument:
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:
+    text = str(exc)
+    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+        return "its TLS certificate is not trusted; install the CA in the system trust store"
+    if "SSL" in text or "TLS" in text:
+        return "TLS handshake failed"
     if isinstance(exc, httpx.ConnectError):
         return "connection refused or host not found"
     if isinstance(exc, httpx.RemoteProtocolError):
