@@ -126,7 +126,7 @@ class _QuietDisconnects(logging.Filter):
 
 
 _quiet = _QuietDisconnects()
-for _name in ("uvicorn.error", "uvicorn"):
+for _name in ("difysync.emulator", "uvicorn.error"):
     logging.getLogger(_name).addFilter(_quiet)
 
 
