@@ -64,6 +64,7 @@ class ChaosConfig:
     rename_pct: float = 1.0
     delete_pct: float = 1.0
     add_pct: float = 1.0
+    edit_during_run: float = 0.3  # reconcile variant: share of runs that see files edited mid-pass
     concurrency: int = 4
     final_runs: int = 5
     quiesce_timeout: float = 120.0
@@ -97,6 +98,7 @@ class ChaosResult:
     seconds: float = 0.0
     mutations: Counter = field(default_factory=Counter)
     divergences: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a divergence
     work_dir: str = ""
 
     def report(self) -> str:
@@ -106,6 +108,7 @@ class ChaosResult:
                 f"extra={self.extra} unknown={self.unknown} mismatched={self.mismatched} "
                 f"not_completed={self.not_completed} journal={self.journal_rows} "
                 f"final_runs={self.final_runs} in {self.seconds:.1f} s; work dir {self.work_dir}")
+        head += "".join(f"\n  note: {n}" for n in self.notes)
         if not self.divergences:
             return head + "\nno divergence"
         return head + "\n" + "\n".join(f"  DIVERGENCE: {d}" for d in self.divergences)
@@ -219,6 +222,52 @@ class Tree:
         """Files the mutations may touch: the eligible ones."""
         return sorted(r for r, p in local_tree(self.root).items() if eligible(r, p))
 
+    def tricky(self, round_: int, counts: Counter, touched: set[str]) -> None:
+        """One of the moves that pair content and paths the wrong way if anything can:
+        two files swap places, a path is deleted and re-created with new content, a file
+        is copied (two paths, one content), a moved file goes back where it was."""
+        rng = self.rng
+        files = [f for f in self.mutable() if f not in touched]
+        if len(files) < 4:
+            return
+        kind = rng.choice(("swap", "recreate", "copy", "move-back"))
+        if kind == "swap":
+            a, b = rng.sample(files, 2)
+            if a.rsplit(".", 1)[1] != b.rsplit(".", 1)[1]:
+                b = next((f for f in files if f != a and f.rsplit(".", 1)[1] == a.rsplit(".", 1)[1]), b)
+            tmp = self.root / (a + ".chaos-swap")
+            (self.root / a).rename(tmp)
+            (self.root / b).rename(self.root / a)
+            tmp.rename(self.root / b)
+            touched.update((a, b))
+            self.record(round_, "swap", a, other=b)
+        elif kind == "recreate":
+            a = rng.choice(files)
+            (self.root / a).unlink()
+            self.write(a)
+            touched.add(a)
+            self.record(round_, "recreate", a)
+        elif kind == "copy":
+            a = rng.choice(files)
+            stem, ext = a.rsplit(".", 1)
+            dst = f"{stem}-copy{round_}.{ext}"
+            if (self.root / dst).exists():
+                return
+            (self.root / dst).write_bytes((self.root / a).read_bytes())
+            touched.update((a, dst))
+            self.record(round_, "copy", a, to=dst)
+        else:
+            moves = [m for m in self.log if m["op"] == "move" and (self.root / m["to"]).exists()
+                     and not (self.root / m["path"]).exists() and m["to"] not in touched]
+            if not moves:
+                return
+            m = rng.choice(moves)
+            (self.root / m["path"]).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / m["to"]).rename(self.root / m["path"])
+            touched.update((m["to"], m["path"]))
+            self.record(round_, "move-back", m["to"], to=m["path"])
+        counts[kind] += 1
+
     def mutate(self, round_: int, cfg: ChaosConfig, counts: Counter) -> None:
         rng = self.rng
         files = self.mutable()
@@ -265,6 +314,7 @@ class Tree:
                     (self.root / src).rename(self.root / dst)
                     self.record(round_, "move-dir", src, to=dst)
                     counts["move-dir"] += 1
+        self.tricky(round_, counts, touched)
         files = self.mutable()
         for rel in pick(cfg.delete_pct):
             if rel in touched or not (self.root / rel).exists() or len(files) < 10:
@@ -531,6 +581,11 @@ class Chaos:
         before = len(self.emu.mutating_requests())
         pending = self.pending_estimate()
         proc, log = self.start("reconcile", "--json")
+        if self.rng.random() < self.cfg.edit_during_run:
+            time.sleep(self.rng.uniform(0.2, 0.8))
+            for rel in self.rng.sample(self.tree.mutable(), 3):
+                self.tree.write(rel)  # changes under a running pass
+                self.tree.record(k, "edit-during-run", rel)
         self._wait_for_kill(proc, pending)
         self._kill(proc, log, k, before)
         self.tree.mutate(k, self.cfg, Counter())
@@ -622,6 +677,12 @@ class Chaos:
             self.result.divergences.append(f"final daemon SIGTERM exit {code} (log {log}):\n      {_tail(log)}")
         errors = [line for line in log.read_text(errors="replace").splitlines()
                   if re.search(r"\b(ERROR|CRITICAL)\b", line) or "Traceback" in line]
+        # watchdog's own race at observer stop (its inotify thread reads once more after
+        # stop): harmless to the mirror, reported as a note so CI does not flake on it
+        benign = [e for e in errors if "InotifyEmitter.queue_events() called when the thread is inactive" in e]
+        errors = [e for e in errors if e not in benign]
+        if benign:
+            self.result.notes.append(f"watchdog logged at SIGTERM (log {log}): {benign[0]}")
         if errors:
             self.result.divergences.append(f"final daemon logged {len(errors)} errors (log {log}): "
                                            + " | ".join(errors[:5]))
