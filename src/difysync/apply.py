@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ class Outcome:
     result: str  # ok | failed | skipped | waiting | gone
     message: str = ""
     document_id: str | None = None
+    repeat: bool = False  # the same skip as last pass: not news, logged at debug level
 
     def as_dict(self) -> dict[str, Any]:
         return {"action": str(self.action.kind), "path": self.action.rel_path,
@@ -90,10 +92,11 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
 
     # Bookkeeping actions first: they send nothing.
     skips = [a for a in actions if a.kind is Kind.SKIP]
+    known = {a.rel_path for a in skips if _skip_recorded(a, rows.get(a.rel_path), local.get(a.rel_path))}
     store.record_skips(ctx.key, ctx.dataset_id,
-                       [(local.get(a.rel_path), a.rel_path, a.reason) for a in skips])
+                       [(local.get(a.rel_path), a.rel_path, a.reason) for a in skips if a.rel_path not in known])
     for a in skips:
-        done(Outcome(a, "skipped", a.reason))
+        done(Outcome(a, "skipped", a.reason, repeat=a.rel_path in known))
     waits = [a for a in actions if a.kind is Kind.WAIT]
     store.record_notes(ctx.key, [(a.rel_path, f"waiting: {a.reason}") for a in waits if a.rel_path in rows])
     for a in waits:
@@ -131,12 +134,12 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
     """A sliding window of ``concurrency`` requests; journal rows are written only for
     requests about to be sent, so a crash leaves at most that many unsettled."""
     pending: dict[Future[_Sent], tuple[Action, int]] = {}
-    queue = list(actions)
+    queue = deque(actions)
     fatal: DifyError | None = None
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="difysync-io") as pool:
         while queue or pending:
             while queue and len(pending) < concurrency and fatal is None and not should_stop():
-                action = queue.pop(0)
+                action = queue.popleft()
                 journal_id = store.journal_begin(ctx.key, ctx.dataset_id, str(action.kind), action.rel_path,
                                                  action.document_name, action.document_id, action.sha256)
                 pending[pool.submit(_send, action, ctx, client)] = (action, journal_id)
@@ -244,6 +247,12 @@ def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderC
     return None
 
 
+def _skip_recorded(action: Action, row: FileState | None, f: LocalFile | None) -> bool:
+    """The state already says this, for this very file: nothing to write or announce."""
+    return (row is not None and row.skip_reason == action.reason and f is not None
+            and (row.size, row.mtime_ns, row.inode) == (f.size, f.mtime_ns, f.inode))
+
+
 def _log_outcome(outcome: Outcome) -> None:
     a = outcome.action
     if a.kind is Kind.WAIT:
@@ -259,7 +268,8 @@ def _log_outcome(outcome: Outcome) -> None:
         level = logging.DEBUG if a.kind is Kind.FORGET else logging.INFO
         log.log(level, "%s %s%s", verb, where, f" (document {doc})" if doc else "")
     elif outcome.result == "skipped":
-        log.info("skipped %s: %s", a.rel_path, outcome.message)
+        log.log(logging.DEBUG if outcome.repeat else logging.INFO, "skipped %s: %s", a.rel_path,
+                outcome.message)
     elif outcome.result == "gone":
         log.info("gone    %s: %s", a.rel_path, outcome.message)
     elif outcome.result == "waiting":

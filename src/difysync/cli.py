@@ -21,7 +21,7 @@ import click
 
 from . import __version__
 from .config import Settings, find_config_path, load_api_key, load_settings, render_problems
-from .dify import DifyClient, RetryPolicy
+from .dify import DifyClient
 from .errors import (AuthError, ConfigError, DifyError, DifySyncError, FatalError, ServerUnreachable,
                      StateError, StateWriteError)
 from .logs import add_secret, setup_logging
@@ -72,11 +72,7 @@ def make_client(settings: Settings) -> DifyClient:
 
 
 def client_for(settings: Settings, key: str) -> DifyClient:
-    d = settings.dify
-    retry = RetryPolicy(attempts=d.retries + 1, base_seconds=d.backoff_base_seconds,
-                        max_seconds=d.backoff_max_seconds)
-    return DifyClient(d.base_url, key, timeout=d.timeout_seconds, retry=retry,
-                      requests_per_minute=d.requests_per_minute)
+    return DifyClient.from_settings(settings.dify, key)
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from types import FrameType
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from .config import FolderSettings, Settings, load_api_key, load_settings
-from .dify import DifyClient, RetryPolicy
+from .dify import DifyClient
 from .errors import (AuthError, ConfigError, DatasetMissing, DifyError, DifySyncError, FatalError,
                      QuotaError, StateError, StateWriteError, TransientError)
 from .logs import add_secret
@@ -41,11 +41,7 @@ BACKOFF_MAX = 300.0
 def client_for(settings: Settings) -> DifyClient:
     key = load_api_key(settings).get_secret_value()
     add_secret(key)
-    d = settings.dify
-    return DifyClient(d.base_url, key, timeout=d.timeout_seconds,
-                      retry=RetryPolicy(attempts=d.retries + 1, base_seconds=d.backoff_base_seconds,
-                                        max_seconds=d.backoff_max_seconds),
-                      requests_per_minute=d.requests_per_minute)
+    return DifyClient.from_settings(settings.dify, key)
 
 
 @dataclass

@@ -13,9 +13,10 @@ import logging
 import random
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 
@@ -23,6 +24,9 @@ from . import __version__
 from .errors import (DatasetMissing, DifyError, FatalError, NotFoundError, ServerUnreachable,
                      TransientError, error_from_response)
 from .models import RemoteDocument
+
+if TYPE_CHECKING:
+    from .config import DifySettings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,13 @@ class RateLimiter:
 
 
 @dataclass(frozen=True, slots=True)
+class _Page:
+    items: list[dict[str, Any]]
+    more: bool  # worth asking for the next page: this one was full and said has_more
+    total: int | None
+
+
+@dataclass(frozen=True, slots=True)
 class Upload:
     """What the server answered to a create or update."""
 
@@ -88,12 +99,23 @@ class DifyClient:
         self.retry = retry or RetryPolicy()
         self.limiter = RateLimiter(requests_per_minute)
         self.on_retry = on_retry
+        self.list_workers = 4
         self.stats = {"requests": 0, "mutating": 0, "retries": 0}
         self._stats_lock = threading.Lock()
         self._http = httpx.Client(
             base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"difysync/{__version__}"},
             transport=transport, follow_redirects=False, verify=True)
+
+    @classmethod
+    def from_settings(cls, dify: DifySettings, api_key: str) -> DifyClient:
+        """The client the ``[dify]`` section describes."""
+        client = cls(dify.base_url, api_key, timeout=dify.timeout_seconds,
+                     retry=RetryPolicy(attempts=dify.retries + 1, base_seconds=dify.backoff_base_seconds,
+                                       max_seconds=dify.backoff_max_seconds),
+                     requests_per_minute=dify.requests_per_minute)
+        client.list_workers = dify.concurrency
+        return client
 
     def __repr__(self) -> str:
         return f"DifyClient(base_url={self.base_url!r})"
@@ -212,12 +234,56 @@ class DifyClient:
     # --- documents ----------------------------------------------------------------------
 
     def list_documents(self, dataset_id: str, keyword: str | None = None) -> list[RemoteDocument]:
+        """Every document of the dataset. After the first page, the pages that ``total``
+        announces are fetched ``list_workers`` at a time (a big dataset is hundreds of
+        round trips); pages past that are followed one by one as usual."""
         params: dict[str, Any] = {"limit": PAGE_LIMIT}
         if keyword:
             params["keyword"] = keyword
-        return [remote_document(d) for d in
-                self._pages(f"/datasets/{dataset_id}/documents", params,
-                            about=f"list documents of dataset {dataset_id}")]
+        path = f"/datasets/{dataset_id}/documents"
+        about = f"list documents of dataset {dataset_id}"
+        first = self._page(path, params, 1, about)
+        docs: dict[str, RemoteDocument] = {}
+        for item in first.items:
+            docs.setdefault(str(item.get("id")), remote_document(item))
+        if not first.more:
+            return list(docs.values())
+        page = 2
+        total = first.total
+        if total is not None and self.list_workers > 1:
+            last = -(-total // PAGE_LIMIT)
+            if last >= page:
+                def fetch(number: int) -> tuple[list[RemoteDocument], bool]:
+                    result = self._page(path, params, number, about)
+                    return [remote_document(i) for i in result.items], result.more
+
+                more = True
+                with ThreadPoolExecutor(max_workers=self.list_workers,
+                                        thread_name_prefix="difysync-list") as pool:
+                    for batch, more in pool.map(fetch, range(page, last + 1)):
+                        for doc in batch:
+                            docs.setdefault(doc.id, doc)
+                if not more:
+                    return list(docs.values())
+                page = last + 1
+        while True:
+            result = self._page(path, params, page, about)
+            for item in result.items:
+                docs.setdefault(str(item.get("id")), remote_document(item))
+            if not result.more:
+                return list(docs.values())
+            page += 1
+
+    def _page(self, path: str, params: dict[str, Any], page: int, about: str) -> _Page:
+        response = self._request("GET", path, params={**params, "page": page}, about=about)
+        body = self._json(response, about)
+        items = body.get("data") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise FatalError(f"{about}: unexpected answer from the server (no 'data' list)")
+        limit = int(body.get("limit") or params.get("limit") or PAGE_LIMIT)
+        more = bool(items) and bool(body.get("has_more")) and len(items) >= min(limit, PAGE_LIMIT)
+        total = body.get("total")
+        return _Page(items, more, total if isinstance(total, int) else None)
 
     def find_documents(self, dataset_id: str, name: str) -> list[RemoteDocument]:
         """Documents with exactly this name (keyword search is a substring match)."""
@@ -315,13 +381,20 @@ def remote_document(raw: Mapping[str, Any]) -> RemoteDocument:
         if isinstance(upload, dict) and isinstance(upload.get("size"), int):
             size = upload["size"]
     created = raw.get("created_at")
+    status = str(raw.get("indexing_status") or "completed")
+    display = raw.get("display_status")
     return RemoteDocument(
         id=str(raw["id"]), name=str(raw.get("name") or ""),
-        indexing_status=str(raw.get("indexing_status") or "completed"),
-        display_status=raw.get("display_status"),
+        indexing_status=_SHARED.get(status, status),
+        display_status=_SHARED.get(display, display) if isinstance(display, str) else display,
         enabled=bool(raw.get("enabled", True)), archived=bool(raw.get("archived", False)),
         error=raw.get("error") or None, size=size,
         created_at=int(created) if isinstance(created, (int, float)) else 0)
+
+
+# One string object per status value, shared by every document of a 100k listing.
+_SHARED = {s: s for s in ("waiting", "parsing", "cleaning", "splitting", "indexing", "completed", "error",
+                          "paused", "queuing", "available", "disabled", "archived")}
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:

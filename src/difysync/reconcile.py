@@ -139,7 +139,7 @@ def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root:
         row = rows.get(f.rel_path)
         if row is not None and row.sha256 and row.size == f.size and row.mtime_ns == f.mtime_ns \
                 and row.inode == f.inode:
-            out.append(replace(f, sha256=row.sha256))
+            out.append(LocalFile(f.rel_path, f.size, f.mtime_ns, f.inode, row.sha256))
             continue
         try:
             digest, _ = sha256_file(root / f.rel_path)
@@ -147,7 +147,7 @@ def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root:
             problems.append(ScanProblem(f.rel_path, f"cannot read file: {exc.strerror or exc}"))
             continue
         hashed += 1
-        fresh = replace(f, sha256=digest)
+        fresh = LocalFile(f.rel_path, f.size, f.mtime_ns, f.inode, digest)
         out.append(fresh)
         if row is not None and row.sha256 == digest and row.document_id:
             restat.append(fresh)
@@ -179,6 +179,7 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         if paths is None:
             scan = scan_tree(root, folder.include, folder.exclude)
             files, problems, root_error = scan.files, list(scan.problems), scan.root_error
+            del scan  # with_hashes makes the list that lives on; keep one copy in memory
             rows = store.load_folder(key)
         else:
             wanted = sorted(set(paths))
@@ -220,7 +221,11 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
             return report
 
         tracked = {row.document_id: row for row in rows.values() if row.document_id}
-        store.refresh_statuses(key, {d.id: (d.indexing_status, d.error) for d in remote if d.id in tracked})
+        store.refresh_statuses(key, {
+            d.id: (d.indexing_status, d.error) for d in remote
+            if d.id in tracked and (tracked[d.id].indexing_status != d.indexing_status
+                                    or (d.indexing_status == "error" and not tracked[d.id].last_error))})
+        del tracked
         store.update_stats(key, restat)
         store.record_skips(key, dataset_id, [(None, p.rel_path, p.reason) for p in problems])
 

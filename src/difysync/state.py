@@ -190,7 +190,11 @@ class StateStore:
             "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
             "indexing_status, last_error, skip_reason, refused_sha256, attempts "
             "FROM files WHERE folder = ?", [folder])
-        return {decode_path(r[0]): _file_state(r) for r in cursor}
+        out = {}
+        for r in cursor:
+            state = _file_state(r)
+            out[state.rel_path] = state
+        return out
 
     def load_paths(self, folder: str, rel_paths: Iterable[str]) -> dict[str, FileState]:
         """Rows of these paths and of everything below them (a path may be a directory
@@ -205,7 +209,8 @@ class StateStore:
                                      "(rel_path >= ? AND rel_path < ?))",
                                      [folder, key, key + "/", key + "0"])
             for r in cursor:
-                out[decode_path(r[0])] = _file_state(r)
+                state = _file_state(r)
+                out[state.rel_path] = state
         return out
 
     def count_tracked(self, folder: str) -> int:
@@ -461,7 +466,15 @@ def _write_error(path: Path, exc: sqlite3.Error) -> StateWriteError:
     return StateWriteError(f"cannot write the state DB {path}: {text}")
 
 
+_STATUSES = {s: s for s in ("waiting", "parsing", "cleaning", "splitting", "indexing", "completed",
+                            "error", "paused")}
+
+
 def _file_state(r: tuple[Any, ...]) -> FileState:
-    return FileState(rel_path=decode_path(r[0]), size=r[1], mtime_ns=r[2], inode=r[3], sha256=r[4],
-                     document_id=r[5], document_name=r[6], batch=r[7], indexing_status=r[8],
-                     last_error=r[9], skip_reason=r[10], refused_sha256=r[11], attempts=r[12] or 0)
+    # Statuses are shared strings: one copy per status, not one per row of a 100k folder.
+    status = _STATUSES.get(r[8], r[8])
+    rel = r[0]
+    return FileState(rel_path=decode_path(rel) if rel.startswith("//") else rel, size=r[1],
+                     mtime_ns=r[2], inode=r[3], sha256=r[4], document_id=r[5], document_name=r[6],
+                     batch=r[7], indexing_status=status, last_error=r[9], skip_reason=r[10],
+                     refused_sha256=r[11], attempts=r[12] or 0)
