@@ -238,11 +238,6 @@ def test_file_name_that_is_not_utf8_round_trips(box):
     assert problems(box) == {}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "reconcile --json prints the raw rel_path (a lone surrogate '\\udce9' from os.fsdecode) "
-    "with ensure_ascii=False: stdout gets the byte 0xE9, which is not UTF-8, so the JSON "
-    "cannot be decoded by a consumer; under a strict UTF-8 stdout (click's runner) click.echo "
-    "raises UnicodeEncodeError instead"))
 def test_json_output_with_a_non_utf8_file_name_is_valid_utf8_json(box):
     _latin1_file(box)
     proc = subprocess.run([sys.executable, "-m", "difysync", "reconcile", "-c", str(box.config), "--json"],
@@ -431,11 +426,6 @@ def test_html_answer_instead_of_json_names_base_url(box):
     assert any("dify.base_url" in e for e in result.json["errors"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "base_url with a wrong path (root_url + '/nothing/v1'): the server answers its generic JSON "
-    "404 ('The requested URL was not found on the server...', not Dify's 'Dataset not found.'), "
-    "which error_from_response maps to DatasetMissing: exit 1 and 'the dataset does not exist "
-    "for this API key' instead of exit 69 naming dify.base_url"))
 def test_wrong_base_url_path_names_base_url(tmp_path, emulator):
     box = Sandbox(tmp_path, emulator)
     box.config.write_text(box.config.read_text().replace(emulator.base_url, emulator.root_url + "/nothing/v1"))
@@ -446,10 +436,6 @@ def test_wrong_base_url_path_names_base_url(tmp_path, emulator):
     assert any("dify.base_url" in e for e in result.json["errors"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a proxy answering HTML 404 to every request (wrong base_url behind nginx): the message "
-    "names dify.base_url, but exit_code_for maps the TransientError ('without a Dify JSON "
-    "body') to exit 1, not 69 ('not a Dify API' in the README's exit codes)"))
 def test_html_404_from_a_proxy_exits_69(box):
     box.write("a.md", "a")
     for _ in range(20):

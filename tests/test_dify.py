@@ -25,7 +25,7 @@ import pytest
 from difysync.dify import PAGE_LIMIT, DifyClient, RateLimiter, RetryPolicy, remote_document
 from difysync.emulator import EmulatorServer, FaultRule
 from difysync.emulator.faults import nginx_html
-from difysync.errors import (AuthError, DatasetMissing, DifyError, FatalError, NotFoundError,
+from difysync.errors import (AuthError, DatasetMissing, DifyError, FatalError, NotDifyAPI, NotFoundError,
                              NotReadyError, QuotaError, RefusedError, ServerUnreachable,
                              TransientError)
 from difysync.models import RemoteDocument
@@ -534,14 +534,14 @@ def test_delete_into_a_vanished_dataset_is_dataset_missing_not_done(emu, emu_cli
 # ------------------------------------------------------------------- wrong server answers
 def test_html_200_on_a_listing_says_to_check_the_base_url(emu, emu_client, ds):
     emu.faults.fail_next.append(FaultRule(status=200, body=HTML_PAGE, method="GET"))
-    error = expect(FatalError, emu_client.list_documents, ds)
+    error = expect(NotDifyAPI, emu_client.list_documents, ds)
     assert "dify.base_url" in str(error)
     assert error.__cause__ is None and error.__suppress_context__
 
 
 def test_html_200_on_a_create_says_to_check_the_base_url(emu, emu_client, ds):
     emu.faults.fail_next.append(FaultRule(status=200, body=HTML_PAGE, method="POST"))
-    error = expect(FatalError, emu_client.create_by_file, ds, "a.md", b"a", DATA)
+    error = expect(NotDifyAPI, emu_client.create_by_file, ds, "a.md", b"a", DATA)
     assert "dify.base_url" in str(error)
 
 
@@ -570,7 +570,7 @@ def test_the_key_appears_in_no_log_record_or_retry_notice(emu, ds, caplog):
         c.list_documents(ds)
         c.create_by_file(ds, "a.md", b"a", DATA)
         expect(NotFoundError, c.update_by_file, ds, "nope", "a.md", b"a", DATA)
-        emu.faults.error_rate = 1.0
+        emu.faults.error_rate, emu.faults.error_statuses = 1.0, [500]
         expect(TransientError, c.check_key)
     emu.faults.error_rate = 0.0
     with DifyClient(emu.base_url, WRONG_KEY, retry=FAST) as c:

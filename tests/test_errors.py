@@ -8,7 +8,7 @@ import json
 import pytest
 
 from difysync.errors import (AuthError, DatasetMissing, DifyError, DifySyncError, FatalError,
-                             NotFoundError, NotReadyError, QuotaError, RateLimited, RefusedError,
+                             NotDifyAPI, NotFoundError, NotReadyError, QuotaError, RateLimited, RefusedError,
                              ServerUnreachable, TransientError, error_from_response)
 
 RATE_LIMIT = ("Sorry, you have reached the knowledge base request rate limit of your "
@@ -144,13 +144,17 @@ ROWS = [
      TransientError, None),
     ("500_html_is_transient", 500, nginx(500, "Internal Server Error"), {},
      TransientError, None),
-    ("502_html_from_nginx_is_transient", 502, nginx(502, "Bad Gateway"), {},
-     TransientError, None),
-    ("503_html_from_nginx_is_transient_and_keeps_retry_after", 503,
-     nginx(503, "Service Temporarily Unavailable"), {"retry_after": "2"}, TransientError, 2.0),
-    ("504_html_from_nginx_is_transient", 504, nginx(504, "Gateway Time-out"), {},
-     TransientError, None),
-    ("empty_502_body_is_transient", 502, b"", {}, TransientError, None),
+    ("502_html_from_nginx_means_dify_is_unreachable_behind_it", 502, nginx(502, "Bad Gateway"), {},
+     ServerUnreachable, None),
+    ("503_html_from_nginx_is_unreachable_and_keeps_retry_after", 503,
+     nginx(503, "Service Temporarily Unavailable"), {"retry_after": "2"}, ServerUnreachable, 2.0),
+    ("504_html_from_nginx_is_unreachable", 504, nginx(504, "Gateway Time-out"), {},
+     ServerUnreachable, None),
+    ("empty_502_body_is_unreachable", 502, b"", {}, ServerUnreachable, None),
+    ("html_404_is_not_the_dify_api", 404, nginx(404, "Not Found"), {}, NotDifyAPI, None),
+    ("generic_json_404_of_an_unknown_route_is_not_the_dify_api", 404,
+     dify(404, "not_found", "The requested URL was not found on the server. If you entered the URL "
+                            "manually please check your spelling and try again."), {}, NotDifyAPI, None),
 ]
 
 
@@ -201,11 +205,15 @@ def test_dataset_name_duplicate_keeps_its_code_so_the_caller_can_adopt_the_datas
 
 
 def test_html_body_message_points_at_the_base_url_and_quotes_a_short_snippet():
-    error = error_from_response(502, nginx(502, "Bad Gateway"), about="list documents")
+    error = error_from_response(500, nginx(500, "Internal Server Error"), about="list documents")
     text = str(error)
     assert "dify.base_url" in text
-    assert "502 Bad Gateway" in text
+    assert "500 Internal Server Error" in text
     assert len(text) < 300
+
+
+def test_a_proxy_gateway_error_says_dify_is_down_behind_it():
+    assert "proxy in front of Dify answered 502" in str(error_from_response(502, nginx(502, "Bad Gateway")))
 
 
 def test_auth_error_message_names_the_fix():

@@ -62,6 +62,13 @@ class _Sent:
     stat: os.stat_result | None  # None when the file moved under us during the read
 
 
+class _Unreachable:
+    """A request that ran out of retries for lack of any answer (not fatal by itself)."""
+
+    def __init__(self, error: ServerUnreachable) -> None:
+        self.error = error
+
+
 class Stopped(Exception):
     """Raised by apply_actions after a fatal error, once in-flight work has settled."""
 
@@ -136,6 +143,10 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
     pending: dict[Future[_Sent], tuple[Action, int]] = {}
     queue = deque(actions)
     fatal: DifyError | None = None
+    # Requests that ran out of retries in a row before the server is taken to be down:
+    # one unlucky request under a flaky link fails alone, a real outage stops the pass.
+    outage_after = max(3, concurrency)
+    streak = 0
     with ThreadPoolExecutor(max_workers=max(1, concurrency), thread_name_prefix="difysync-io") as pool:
         while queue or pending:
             while queue and len(pending) < concurrency and fatal is None and not should_stop():
@@ -149,6 +160,12 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
             for future in finished:
                 action, journal_id = pending.pop(future)
                 error = _settle(future, action, journal_id, ctx, store, rows, done)
+                if isinstance(error, _Unreachable):
+                    streak += 1
+                    if streak >= outage_after and fatal is None:
+                        fatal = error.error
+                    continue
+                streak = 0
                 if error is not None and fatal is None:
                     fatal = error
         for action in queue:
@@ -185,7 +202,7 @@ def _send(action: Action, ctx: FolderContext, client: DifyClient) -> _Sent:
 
 def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderContext,
             store: StateStore, rows: Mapping[str, FileState],
-            done: Callable[[Outcome], None]) -> DifyError | None:
+            done: Callable[[Outcome], None]) -> DifyError | _Unreachable | None:
     """Record one finished request; returns an error that must stop the pass, if any."""
     row = rows.get(action.rel_path)
     old_row = rows.get(action.old_rel_path) if action.old_rel_path else None
@@ -218,10 +235,15 @@ def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderC
                              f"waiting: {exc.message}")
         done(Outcome(action, "waiting", exc.message))
         return None
-    except (FatalError, ServerUnreachable) as exc:
+    except FatalError as exc:
         store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, exc.describe())
         done(Outcome(action, "failed", exc.describe()))
         return exc
+    except ServerUnreachable as exc:
+        # One request out of retries is not yet an outage: the pool decides (see _run_pool).
+        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, exc.describe())
+        done(Outcome(action, "failed", exc.describe()))
+        return _Unreachable(exc)
     except (TransientError, DifyError) as exc:
         store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, exc.describe())
         done(Outcome(action, "failed", exc.describe()))

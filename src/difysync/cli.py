@@ -22,8 +22,8 @@ import click
 from . import __version__
 from .config import Settings, find_config_path, load_api_key, load_settings, render_problems
 from .dify import DifyClient
-from .errors import (AuthError, ConfigError, DifyError, DifySyncError, FatalError, ServerUnreachable,
-                     StateError, StateWriteError)
+from .errors import (AuthError, ConfigError, DifyError, DifySyncError, FatalError, NotDifyAPI,
+                     ServerUnreachable, StateError, StateWriteError)
 from .logs import add_secret, setup_logging
 from .plan import MaxDelete
 from .state import StateStore
@@ -32,6 +32,26 @@ EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
 EX_UNAVAILABLE, EX_NOPERM, EX_CONFIG = 69, 77, 78
 
 log = logging.getLogger("difysync")
+
+
+def printable(value: Any) -> Any:
+    """Strings (recursively) safe to print as UTF-8: a file name that is not UTF-8 keeps
+    its odd bytes as ``\\xNN`` instead of breaking the JSON or the terminal."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {k: printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    return value
+
+
+def echo_json(value: Any) -> None:
+    click.echo(json.dumps(printable(value), ensure_ascii=False))
 
 
 def _die(message: str, code: int) -> NoReturn:
@@ -46,7 +66,7 @@ def exit_code_for(error: BaseException | None) -> int:
         return EX_FAILED
     if isinstance(error, AuthError):
         return EX_NOPERM
-    if isinstance(error, ServerUnreachable) or (isinstance(error, DifyError) and "not JSON" in str(error)):
+    if isinstance(error, (ServerUnreachable, NotDifyAPI)):
         return EX_UNAVAILABLE
     if isinstance(error, (ConfigError, StateError)):
         return EX_CONFIG
@@ -153,13 +173,13 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
         out["actions"] = _actions_json(report)
         if waited is not None:
             out["indexing"] = waited
-        click.echo(json.dumps(out, ensure_ascii=False))
+        echo_json(out)
     else:
         if dry_run:
             for f in report.folders:
                 if f.plan:
                     for a in f.plan.actions:
-                        click.echo(f"{f.folder}: {a.describe()}")
+                        click.echo(printable(f"{f.folder}: {a.describe()}"))
         for e in errors:
             click.echo(f"difysync: error: {e}", err=True)
         summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("created", "failed"))
@@ -200,11 +220,11 @@ def status(config: str | None, as_json: bool) -> None:
         problems = store.problems()
         in_flight = store.in_flight()
     if as_json:
-        click.echo(json.dumps({
+        echo_json({
             "folders": [dataclasses.asdict(s) for s in summaries],
             "problems": [dataclasses.asdict(p) for p in problems],
             "in_flight": [{"folder": f, "path": p, "document_id": d} for f, p, d, _ in in_flight],
-        }, ensure_ascii=False))
+        })
         return
     print_status(summaries, problems)
 
@@ -229,7 +249,7 @@ def print_status(summaries: list[Any], problems: list[Any]) -> None:
         for col in ("folder", "file", "state", "reason"):
             ptable.add_column(col, overflow="fold")
         for p in problems:
-            ptable.add_row(p.folder, p.rel_path.encode("utf-8", "backslashreplace").decode(), p.kind, p.reason)
+            ptable.add_row(p.folder, printable(p.rel_path), p.kind, printable(p.reason))
         console.print(ptable)
 
 

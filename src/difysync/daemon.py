@@ -299,8 +299,9 @@ class Daemon:
             worker.start()
         self._start_watcher()
         self._start_scheduler()
-        log.info("difysync %s running: %d folder(s), full pass every %.0f min, config %s",
-                 _version(), len(s.folders), s.schedule.full_reconcile_minutes, self.config_path)
+        log.info("difysync %s running: %d folder(s), full pass every %s, config %s",
+                 _version(), len(s.folders), _duration(s.schedule.full_reconcile_minutes * 60),
+                 self.config_path)
 
     def _start_watcher(self) -> None:
         s = self.settings
@@ -516,6 +517,12 @@ class Daemon:
             log.warning("stopped with requests still in flight; the journal resolves them at next start")
         self.client.close()
         log.info("stopped")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:g} s"
+    return f"{seconds / 60:g} min"
 
 
 def _version() -> str:

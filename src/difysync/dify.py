@@ -21,8 +21,8 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from . import __version__
-from .errors import (DatasetMissing, DifyError, FatalError, NotFoundError, ServerUnreachable,
-                     TransientError, error_from_response)
+from .errors import (DatasetMissing, DifyError, FatalError, NotDifyAPI, NotFoundError,
+                     ServerUnreachable, TransientError, error_from_response)
 from .models import RemoteDocument
 
 if TYPE_CHECKING:
@@ -183,7 +183,7 @@ class DifyClient:
         try:
             return response.json()
         except ValueError:
-            raise FatalError(f"{about}: the server at {self._host()} answered {response.status_code} "
+            raise NotDifyAPI(f"{about}: the server at {self._host()} answered {response.status_code} "
                              f"with something that is not JSON: check that dify.base_url points at the "
                              f"Dify API (it ends in /v1)") from None
 

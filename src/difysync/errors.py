@@ -8,12 +8,14 @@ Errors are classed by what the caller does next, not by where they came from::
     │   └── StateWriteError        disk full, I/O error: back off, try again
     └── DifyError                  the server (or the road to it) said no
         ├── TransientError         retry with backoff
-        │   ├── ServerUnreachable  connection refused, DNS, timeout     -> exit 69
+        │   ├── ServerUnreachable  connection refused, DNS, timeout, a
+        │   │                      proxy's 502/503/504 page             -> exit 69
         │   └── RateLimited        429, or Dify Cloud's 403 rate-limit message
         ├── NotReadyError          wait: document queued/indexing, "not available"
         ├── RefusedError           skip and record: type, size, name, archived
         ├── NotFoundError          the document is gone (a 404 on a document)
         └── FatalError             stop this folder (or the run) with a message naming the fix
+            ├── NotDifyAPI         base_url answers, but not as Dify does -> exit 69
             ├── AuthError          the API key was rejected               -> exit 77
             ├── DatasetMissing     the configured dataset does not exist
             └── QuotaError         quota, plan limit, embedding provider not set up
@@ -100,6 +102,10 @@ class FatalError(DifyError):
     """Nothing will work until a human changes something; the message says what."""
 
 
+class NotDifyAPI(FatalError):
+    """Something answers at dify.base_url, but not the Dify API (wrong path, a web page)."""
+
+
 class AuthError(FatalError):
     """The API key was rejected."""
 
@@ -160,6 +166,14 @@ def error_from_response(status: int, body: bytes | str | None, *, retry_after: s
         if status == 429:
             return RateLimited(f"{about}: the server asked us to slow down (429)", status=status,
                                retry_after=_parse_retry_after(retry_after))
+        if status in (502, 503, 504):
+            return ServerUnreachable(f"{about}: the proxy in front of Dify answered {status} "
+                                     f"(Dify itself is down or restarting)", status=status,
+                                     retry_after=_parse_retry_after(retry_after))
+        if status in (404, 405):
+            return NotDifyAPI(f"{about}: the server answered {status} with a web page, not the Dify API"
+                              + (f" ({snippet})" if snippet else "")
+                              + " - check dify.base_url (it must end in /v1)", status=status)
         return TransientError(
             f"{about}: the server answered {status} without a Dify JSON body"
             + (f" ({snippet})" if snippet else "")
@@ -184,6 +198,9 @@ def error_from_response(status: int, body: bytes | str | None, *, retry_after: s
         if "number of documents" in lowered or "vector space" in lowered or "limit" in lowered:
             return QuotaError(text, status=status, code=code)
         return RefusedError(text, status=status, code=code)
+    if status == 404 and "requested url was not found" in lowered:
+        return NotDifyAPI(f"{about}: the server has no such API route - check dify.base_url "
+                          f"(it must end in /v1)", status=status, code=code)
     if status == 404:
         if on_document and "dataset not found" not in lowered:
             return NotFoundError(text, status=status, code=code)

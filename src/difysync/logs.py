@@ -36,6 +36,14 @@ def add_secret(secret: str) -> None:
         _redactor.secrets.append(secret)
 
 
+class _WatchdogStopNoise(logging.Filter):
+    """watchdog logs an ERROR when its inotify thread is stopped mid-read; on a clean
+    shutdown that is noise that would page someone at 3 a.m."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "called when the thread is inactive" not in record.getMessage()
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {"ts": round(record.created, 3), "level": record.levelname.lower(),
@@ -67,3 +75,4 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
     for noisy in ("httpx", "httpcore", "watchdog", "apscheduler", "tzlocal", "uvicorn", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    handler.addFilter(_WatchdogStopNoise())
