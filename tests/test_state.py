@@ -47,8 +47,9 @@ def test_upload_settles_the_journal_row_with_the_file_row(store):
     store.settle_upload(jid, "/f", "ds", "a.md", document_id="d1", document_name="a.md", batch="b1",
                         sha256="abc", size=3, mtime_ns=5, inode=7, indexing_status="waiting")
     assert store.pending_journal("/f") == []
-    row = store.load_folder("/f")["a.md"]
+    row = store.load_paths("/f", ["a.md"])["a.md"]
     assert (row.document_id, row.sha256, row.size, row.batch) == ("d1", "abc", 3, "b1")
+    assert store.load_folder("/f")["a.md"].document_id == "d1"
 
 
 def test_removal_drops_the_row_and_the_intent(store):

@@ -148,22 +148,16 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
     warnings: list[str] = []
 
     remote_by_id = {doc.id: doc for doc in remote}
-    remote_by_name: dict[str, list[RemoteDocument]] = defaultdict(list)
-    for doc in remote:
-        remote_by_name[doc.name].append(doc)
-    for docs in remote_by_name.values():
-        docs.sort(key=_adoption_rank)
+    by_name = _NameIndex(remote)
 
     claimed: set[str] = set()  # remote document ids already spoken for in this plan
     local_by_path = {f.rel_path: f for f in local}
     refused: dict[str, str] = {}
-    eligible: dict[str, LocalFile] = {}
     for f in local:
         reason = refusal_reason(f.rel_path, f.size, policy)
         if reason:
             refused[f.rel_path] = reason
-        else:
-            eligible[f.rel_path] = f
+    any_eligible = len(refused) < len(local_by_path)
 
     def live_doc(row: FileState | None) -> RemoteDocument | None:
         if row is None or not row.document_id:
@@ -187,12 +181,14 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
                 and doc.enabled and not doc.archived:
             vanished_by_sha[row.sha256].append(rel)
     renamed_from: dict[str, str] = {}  # new rel -> old rel
-    for rel in sorted(eligible):
-        f = eligible[rel]
+    for rel in sorted(local_by_path) if vanished_by_sha else ():
+        if rel in refused:
+            continue
+        f = local_by_path[rel]
         row = state.get(rel)
         if row is not None and live_doc(row) is not None:
             continue
-        if remote_by_name.get(document_name(rel)):
+        if by_name.get(document_name(rel)):
             continue  # a document of that name exists: adoption wins over rename
         candidates = vanished_by_sha.get(f.sha256 or "")
         if candidates:
@@ -230,7 +226,7 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
             actions.append(Action(Kind.SKIP, rel, name, size=f.size,
                                   reason=row.skip_reason or "refused by the server"))
             continue
-        candidates = [d for d in remote_by_name.get(name, ()) if d.id not in claimed]
+        candidates = [d for d in by_name.get(name) if d.id not in claimed]
         if candidates:
             chosen = candidates[0]
             claimed.add(chosen.id)
@@ -253,19 +249,19 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
             actions.append(Action(Kind.FORGET, rel, row.document_name, row.document_id,
                                   reason="file and document both gone" if row.document_id else ""))
         elif doc.id in claimed:
-            actions.append(Action(Kind.FORGET, rel, row.document_name, doc.id,
+            actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
                                   reason="document now belongs to another path"))
         elif not policy.delete:
             claimed.add(doc.id)
-            actions.append(Action(Kind.FORGET, rel, row.document_name, doc.id,
+            actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
                                   reason="deletion disabled for this folder; document left in Dify"))
         elif doc.archived:
             claimed.add(doc.id)
-            actions.append(Action(Kind.FORGET, rel, row.document_name, doc.id,
+            actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
                                   reason="document archived in Dify; left in place"))
         else:
             claimed.add(doc.id)
-            deletes.append(Action(Kind.DELETE, rel, row.document_name, doc.id))
+            deletes.append(Action(Kind.DELETE, rel, doc.name, doc.id))
 
     # A create that was sent but never settled may have produced a document whose file has
     # since vanished: the journal says it is ours, so it goes too (outside the mass-delete
@@ -274,7 +270,7 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
     for entry in journal:
         if entry.op not in ("create", "recreate") or entry.rel_path in local_by_path:
             continue
-        for doc in remote_by_name.get(entry.document_name, ()):
+        for doc in by_name.get(entry.document_name):
             if doc.id in claimed:
                 continue
             claimed.add(doc.id)
@@ -284,7 +280,7 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
 
     tracked = sum(1 for row in state.values() if live_doc(row) is not None)
     if deletes and policy.whole_folder:
-        if not eligible and not refused and tracked and not policy.allow_empty:
+        if not any_eligible and not refused and tracked and not policy.allow_empty:
             errors.append(f"the folder is empty but {tracked} documents are tracked "
                           f"(unmounted share?): refusing to delete them")
             deletes = []
@@ -349,6 +345,30 @@ def _plan_adoption(f: LocalFile, doc: RemoteDocument, name: str) -> Action:
                       reason="matched by name; content checked once indexing settles")
     return Action(Kind.UPDATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
                   reason="matched by name; size differs")
+
+
+class _NameIndex:
+    """Remote documents by name, best adoption candidate first. One entry per name, and a
+    list only where a name is held more than once (old servers), so a 100k listing costs
+    one dict, not a hundred thousand lists."""
+
+    def __init__(self, docs: Sequence[RemoteDocument]) -> None:
+        self._first: dict[str, RemoteDocument] = {}
+        self._more: dict[str, list[RemoteDocument]] = {}
+        for doc in docs:
+            seen = self._first.setdefault(doc.name, doc)
+            if seen is not doc:
+                self._more.setdefault(doc.name, [seen]).append(doc)
+        for name, group in self._more.items():
+            group.sort(key=_adoption_rank)
+            self._first[name] = group[0]
+
+    def get(self, name: str) -> Sequence[RemoteDocument]:
+        group = self._more.get(name)
+        if group is not None:
+            return group
+        doc = self._first.get(name)
+        return (doc,) if doc is not None else ()
 
 
 def _adoption_rank(doc: RemoteDocument) -> tuple[int, int, str]:

@@ -128,29 +128,33 @@ def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root:
     """Attach sha256 to each eligible file: the stored one when size, mtime and inode are
     unchanged, else a fresh streamed hash. Returns (files, restat, problems, hashed) where
     ``restat`` are files whose hash matched the store but whose stat moved."""
-    out: list[LocalFile] = []
+    # Entries are replaced in place, so a big tree never holds two copies of its records.
+    out = files if isinstance(files, list) else list(files)
     restat: list[LocalFile] = []
     problems: list[ScanProblem] = []
     hashed = 0
-    for f in files:
+    unreadable: list[int] = []
+    for i, f in enumerate(out):
         if refusal_reason(f.rel_path, f.size, policy):
-            out.append(f)
             continue
         row = rows.get(f.rel_path)
         if row is not None and row.sha256 and row.size == f.size and row.mtime_ns == f.mtime_ns \
                 and row.inode == f.inode:
-            out.append(LocalFile(f.rel_path, f.size, f.mtime_ns, f.inode, row.sha256))
+            out[i] = LocalFile(f.rel_path, f.size, f.mtime_ns, f.inode, row.sha256)
             continue
         try:
             digest, _ = sha256_file(root / f.rel_path)
         except OSError as exc:
             problems.append(ScanProblem(f.rel_path, f"cannot read file: {exc.strerror or exc}"))
+            unreadable.append(i)
             continue
         hashed += 1
         fresh = LocalFile(f.rel_path, f.size, f.mtime_ns, f.inode, digest)
-        out.append(fresh)
+        out[i] = fresh
         if row is not None and row.sha256 == digest and row.document_id:
             restat.append(fresh)
+    for i in reversed(unreadable):
+        del out[i]
     return out, restat, problems, hashed
 
 

@@ -186,8 +186,10 @@ class StateStore:
 
     def load_folder(self, folder: str) -> dict[str, FileState]:
         """Every row of a folder, loaded in one query (a pass compares against it in memory)."""
+        # The name and batch are left out: a pass derives names from paths and never needs
+        # the batch, and on a 100k folder the two would cost ~20 MB of strings.
         cursor = self.db.execute(
-            "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
+            "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, NULL, NULL, "
             "indexing_status, last_error, skip_reason, refused_sha256, attempts "
             "FROM files WHERE folder = ?", [folder])
         out = {}
