@@ -330,41 +330,6 @@ def fmt_s(x: float) -> str:
     return f"{x:.3f} s" if x < 10 else f"{x:.1f} s"
 
 
-def fast_listing(emu: Any) -> None:
-    """Make the emulator's document listing O(page) instead of O(n log n) per page.
-
-    The stock emulator sorts every document of the dataset on each page request (~37 ms
-    per page at 100k documents, i.e. ~37 s of *server* time for one no-op pass over
-    1,000 pages), which would swamp the client-side cost being measured. A real Dify
-    pages from an indexed query. This wraps only this bench's Store instance: the sorted
-    order is cached and rebuilt when the dataset's membership or the sequence moves.
-    """
-    store = emu.store
-    original = store.list_documents
-    cache: dict[str, tuple[tuple[int, int], list[Any]]] = {}
-
-    def list_documents(dataset_id: str, page: int, limit: int, keyword: str | None,
-                       status: str | None = None) -> dict[str, Any]:
-        if keyword or status:
-            return original(dataset_id, page, limit, keyword, status)
-        with store.lock:
-            docs = store._docs_of(dataset_id)
-            key = (len(docs), store._seq)
-            hit = cache.get(dataset_id)
-            if hit is None or hit[0] != key:
-                items = sorted(docs.values(), key=lambda d: (d.created_at, d.seq), reverse=True)
-                cache[dataset_id] = (key, items)
-            else:
-                items = hit[1]
-            per_page = min(limit, 100)
-            chunk = items[(page - 1) * per_page:(page - 1) * per_page + per_page]
-            return {"data": [store.document_dict(d) for d in chunk],
-                    "has_more": len(chunk) == limit, "limit": limit, "total": len(items),
-                    "page": page}
-
-    store.list_documents = list_documents
-
-
 def preload_documents(emu: Any, dataset_id: str, root: Path) -> int:
     """Put every supported file of ``root`` into the emulator directly (no HTTP), named as
     difysync names them, with identical content: a following reconcile adopts them (no
@@ -421,7 +386,6 @@ def synced_tree(ctx: Context, n_files: int) -> SyncedTree:
     counts = make_small_tree(root, n_files)
     ctx.log(f"generated {n_files} files in {time.perf_counter() - t:.1f} s")
     emu = start_emulator()
-    fast_listing(emu)
     dataset_id = emu.store.create_dataset(f"bench-{n_files}", "high_quality")
     config = write_config(where, emu, root, dataset_id, concurrency=8)
     if n_files <= HTTP_IMPORT_MAX and not ctx.quick:

@@ -233,10 +233,18 @@ class DifyClient:
 
     # --- documents ----------------------------------------------------------------------
 
-    def list_documents(self, dataset_id: str, keyword: str | None = None) -> list[RemoteDocument]:
+    def list_documents(self, dataset_id: str, keyword: str | None = None, *,
+                       shared: Mapping[str, str] | None = None) -> list[RemoteDocument]:
         """Every document of the dataset. After the first page, the pages that ``total``
         announces are fetched ``list_workers`` at a time (a big dataset is hundreds of
-        round trips); pages past that are followed one by one as usual."""
+        round trips); pages past that are followed one by one as usual. ``shared`` maps
+        ids the caller already holds to its own string objects, so a 100k listing does not
+        keep a second copy of each id."""
+        def convert(raw: Mapping[str, Any]) -> RemoteDocument:
+            doc = remote_document(raw)
+            same = shared.get(doc.id) if shared else None
+            return doc if same is None else _with_id(doc, same)
+
         params: dict[str, Any] = {"limit": PAGE_LIMIT}
         if keyword:
             params["keyword"] = keyword
@@ -245,7 +253,8 @@ class DifyClient:
         first = self._page(path, params, 1, about)
         docs: dict[str, RemoteDocument] = {}
         for item in first.items:
-            docs.setdefault(str(item.get("id")), remote_document(item))
+            doc = convert(item)
+            docs.setdefault(doc.id, doc)
         if not first.more:
             return list(docs.values())
         page = 2
@@ -255,7 +264,7 @@ class DifyClient:
             if last >= page:
                 def fetch(number: int) -> tuple[list[RemoteDocument], bool]:
                     result = self._page(path, params, number, about)
-                    return [remote_document(i) for i in result.items], result.more
+                    return [convert(i) for i in result.items], result.more
 
                 more = True
                 with ThreadPoolExecutor(max_workers=self.list_workers,
@@ -269,7 +278,8 @@ class DifyClient:
         while True:
             result = self._page(path, params, page, about)
             for item in result.items:
-                docs.setdefault(str(item.get("id")), remote_document(item))
+                doc = convert(item)
+                docs.setdefault(doc.id, doc)
             if not result.more:
                 return list(docs.values())
             page += 1
@@ -370,6 +380,11 @@ class DifyClient:
             raise FatalError(f"{about}: the server's answer holds no document")
         batch = body.get("batch")
         return Upload(remote_document(doc), str(batch) if batch else None)
+
+
+def _with_id(doc: RemoteDocument, doc_id: str) -> RemoteDocument:
+    return RemoteDocument(doc_id, doc.name, doc.indexing_status, doc.display_status, doc.enabled,
+                          doc.archived, doc.error, doc.size, doc.created_at)
 
 
 def remote_document(raw: Mapping[str, Any]) -> RemoteDocument:

@@ -140,7 +140,8 @@ def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root:
         row = rows.get(f.rel_path)
         if row is not None and row.sha256 and row.size == f.size and row.mtime_ns == f.mtime_ns \
                 and row.inode == f.inode:
-            out[i] = LocalFile(f.rel_path, f.size, f.mtime_ns, f.inode, row.sha256)
+            # Built from the row's own objects (equal values), so the scan's copies go.
+            out[i] = LocalFile(row.rel_path, row.size, row.mtime_ns, row.inode, row.sha256)
             continue
         try:
             digest, _ = sha256_file(root / f.rel_path)
@@ -203,13 +204,16 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         remote: list[RemoteDocument] = []
         if dataset_id:
             if paths is None or root_error:
-                remote = client.list_documents(dataset_id)
+                known_ids = {row.document_id: row.document_id for row in rows.values() if row.document_id}
+                remote = client.list_documents(dataset_id, shared=known_ids)
+                del known_ids
             else:
                 remote = _remote_for_paths(client, dataset_id, rows, files)
         journal = store.pending_journal(key)
         # A problem on a folder (unreadable, say) means its contents are unknown, not
         # deleted: rows under it are kept out of the plan, so nothing there is deleted.
-        plan_rows = {rel: row for rel, row in rows.items() if not _under_any(rel, problem_paths)}
+        plan_rows = rows if not problem_paths else \
+            {rel: row for rel, row in rows.items() if not _under_any(rel, problem_paths)}
         plan = plan_folder(files, plan_rows, remote, journal, policy)
         if paths is not None:
             plan = _guard_targeted(plan, root, store.count_tracked(key), policy)
