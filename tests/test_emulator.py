@@ -338,7 +338,14 @@ def test_indexing_progression_and_fail_patterns() -> None:
             time.sleep(0.03)
         assert {"parsing", "indexing", "completed"} <= seen
         assert s["completed_at"] is not None and s["error"] is None
-        detail = c.get(f"/datasets/{ds}/documents/{bad['document']['id']}").json()
+        # The bad file was uploaded after the good one: give it its own indexing_delay.
+        deadline = time.monotonic() + 3
+        while True:
+            detail = c.get(f"/datasets/{ds}/documents/{bad['document']['id']}").json()
+            if detail["indexing_status"] not in ("waiting", "parsing", "splitting", "indexing") \
+                    or time.monotonic() > deadline:
+                break
+            time.sleep(0.03)
         assert detail["indexing_status"] == "error" and detail["display_status"] == "error"
         assert detail["error"]
         assert err(c.get(f"/datasets/{ds}/documents/nobatch/indexing-status")) == (
