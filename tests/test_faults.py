@@ -19,7 +19,6 @@ import re
 import threading
 import time
 from collections import Counter
-from contextlib import contextmanager
 
 import httpx
 import pytest

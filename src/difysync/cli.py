@@ -22,7 +22,7 @@ import click
 from . import __version__
 from .config import Settings, find_config_path, load_api_key, load_settings, render_problems
 from .dify import DifyClient
-from .errors import (AuthError, ConfigError, DifyError, DifySyncError, FatalError, NotDifyAPI,
+from .errors import (AuthError, ConfigError, DifyError, FatalError, NotDifyAPI,
                      ServerUnreachable, StateError, StateWriteError)
 from .logs import add_secret, setup_logging
 from .plan import MaxDelete

@@ -21,7 +21,8 @@ from .config import FolderSettings, Settings
 from .dify import DifyClient
 from .errors import AuthError, DifyError, DifySyncError, StateWriteError
 from .models import FileState, LocalFile, RemoteDocument, ScanProblem
-from .plan import Action, Kind, MaxDelete, Plan, Policy, plan_folder, refusal_reason
+from .naming import document_name
+from .plan import Kind, MaxDelete, Plan, Policy, plan_folder, refusal_reason
 from .scanner import scan_tree, sha256_file, stat_paths
 from .state import StateStore
 
@@ -310,8 +311,6 @@ def _remote_for_paths(client: DifyClient, dataset_id: str, rows: Mapping[str, Fi
                       files: Sequence[LocalFile]) -> list[RemoteDocument]:
     """The remote documents a targeted pass can touch: listing the whole dataset for a
     handful of paths would defeat the point on big datasets, so look up by name."""
-    from .naming import document_name
-
     names = {row.document_name for row in rows.values() if row.document_name}
     names.update(document_name(f.rel_path) for f in files)
     out: dict[str, RemoteDocument] = {}
@@ -424,5 +423,5 @@ def rebuild_state(settings: Settings, client: DifyClient, store: StateStore) -> 
     return out
 
 
-__all__ = ["FolderReport", "RunReport", "reconcile", "reconcile_folder", "wait_for_indexing",
-           "folder_key", "Action"]
+__all__ = ["FolderReport", "RebuildReport", "RunReport", "folder_key", "rebuild_state", "reconcile",
+           "reconcile_folder", "wait_for_indexing"]
