@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from difysync.models import FileState, JournalEntry, LocalFile, RemoteDocument
 from difysync.naming import document_name
-from difysync.plan import Action, Kind, MaxDelete, Plan, Policy, plan_folder, refusal_reason
+from difysync.plan import (Action, Kind, MaxDelete, Plan, Policy, is_settled, plan_folder, refusal_reason,
+                           without_settled)
 
 
 def sha(text: str) -> str:
@@ -320,3 +321,28 @@ def _simulate(plan: Plan, files, state, docs):
 def _settled(a: Action, f: LocalFile, doc_id: str) -> FileState:
     return FileState(a.rel_path, f.size, f.mtime_ns, f.inode, f.sha256, doc_id, a.document_name,
                      indexing_status="completed")
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_leaving_settled_files_out_changes_no_decision(world):
+    """A full pass drops settled files (and their rows and documents) before planning, to
+    stay small in memory on big folders; the plan must be the same as with them in."""
+    files, state, docs, journal, policy = world
+    full = plan_folder(files, state, docs, journal, policy)
+    local = {f.rel_path: f for f in files}
+    by_doc = {row.document_id: row for row in state.values() if row.document_id}
+    settled: set[str] = set()
+    kept = []
+    for doc in docs:
+        row = by_doc.get(doc.id)
+        if row is not None and is_settled(local.get(row.rel_path), row, doc, policy):
+            settled.add(row.rel_path)
+        else:
+            kept.append(doc)
+    rest_files, rest_state, rest_journal = without_settled(files, state, journal, settled)
+    from dataclasses import replace
+    slim = plan_folder(rest_files, rest_state, kept, rest_journal,
+                       replace(policy, settled_elsewhere=len(settled)))
+    assert sorted(slim.actions, key=repr) == sorted(full.actions, key=repr)
+    assert (slim.unchanged, slim.errors) == (full.unchanged, full.errors)

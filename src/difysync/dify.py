@@ -234,16 +234,19 @@ class DifyClient:
     # --- documents ----------------------------------------------------------------------
 
     def list_documents(self, dataset_id: str, keyword: str | None = None, *,
-                       shared: Mapping[str, str] | None = None) -> list[RemoteDocument]:
+                       shared: Mapping[str, str] | None = None,
+                       keep: Callable[[RemoteDocument], bool] | None = None) -> list[RemoteDocument]:
         """Every document of the dataset. After the first page, the pages that ``total``
         announces are fetched ``list_workers`` at a time (a big dataset is hundreds of
         round trips); pages past that are followed one by one as usual. ``shared`` maps
         ids the caller already holds to its own string objects, so a 100k listing does not
-        keep a second copy of each id."""
-        def convert(raw: Mapping[str, Any]) -> RemoteDocument:
+        keep a second copy of each id; documents for which ``keep`` says False are seen
+        (and counted by the caller) but not kept. ``keep`` may run on several threads."""
+        def convert(raw: Mapping[str, Any]) -> RemoteDocument | None:
             doc = remote_document(raw)
             same = shared.get(doc.id) if shared else None
-            return doc if same is None else _with_id(doc, same)
+            doc = doc if same is None else _with_id(doc, same)
+            return doc if keep is None or keep(doc) else None
 
         params: dict[str, Any] = {"limit": PAGE_LIMIT}
         if keyword:
@@ -254,7 +257,8 @@ class DifyClient:
         docs: dict[str, RemoteDocument] = {}
         for item in first.items:
             doc = convert(item)
-            docs.setdefault(doc.id, doc)
+            if doc is not None:
+                docs.setdefault(doc.id, doc)
         if not first.more:
             return list(docs.values())
         page = 2
@@ -264,7 +268,8 @@ class DifyClient:
             if last >= page:
                 def fetch(number: int) -> tuple[list[RemoteDocument], bool]:
                     result = self._page(path, params, number, about)
-                    return [convert(i) for i in result.items], result.more
+                    kept = (convert(i) for i in result.items)
+                    return [d for d in kept if d is not None], result.more
 
                 more = True
                 with ThreadPoolExecutor(max_workers=self.list_workers,
@@ -279,7 +284,8 @@ class DifyClient:
             result = self._page(path, params, page, about)
             for item in result.items:
                 doc = convert(item)
-                docs.setdefault(doc.id, doc)
+                if doc is not None:
+                    docs.setdefault(doc.id, doc)
             if not result.more:
                 return list(docs.values())
             page += 1

@@ -99,6 +99,9 @@ class Policy:
     # False for a targeted pass (a few paths): the whole-folder guards cannot judge it,
     # the caller judges its deletes against the folder instead.
     whole_folder: bool = True
+    # Tracked files already proven settled and left out of the inputs (see is_settled):
+    # they count as unchanged, as present and as tracked for the guards.
+    settled_elsewhere: int = 0
     root_error: str | None = None
 
 
@@ -143,7 +146,7 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
         return Plan(actions=(), errors=(f"{policy.root_error}: nothing synced, nothing deleted",))
 
     actions: list[Action] = []
-    unchanged = 0
+    unchanged = policy.settled_elsewhere
     errors: list[str] = []
     warnings: list[str] = []
 
@@ -278,9 +281,10 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
                 leftovers.append(Action(Kind.DELETE, entry.rel_path, doc.name, doc.id,
                                         reason="left over from an interrupted create"))
 
-    tracked = sum(1 for row in state.values() if live_doc(row) is not None)
+    tracked = sum(1 for row in state.values() if live_doc(row) is not None) + policy.settled_elsewhere
     if deletes and policy.whole_folder:
-        if not any_eligible and not refused and tracked and not policy.allow_empty:
+        folder_empty = not any_eligible and not refused and not policy.settled_elsewhere
+        if folder_empty and tracked and not policy.allow_empty:
             errors.append(f"the folder is empty but {tracked} documents are tracked "
                           f"(unmounted share?): refusing to delete them")
             deletes = []
@@ -295,6 +299,30 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
     actions.extend(leftovers)
     return Plan(actions=tuple(actions), unchanged=unchanged, errors=tuple(errors),
                 warnings=tuple(warnings))
+
+
+def is_settled(f: LocalFile | None, row: FileState, doc: RemoteDocument, policy: Policy) -> bool:
+    """A tracked file whose content, name and healthy document all agree with the state:
+    nothing to do for it, and nothing else in a plan can involve it (its name is its own,
+    its document is claimed by it). A full pass over a big folder drops such files, rows
+    and documents before planning, which is what keeps a no-op pass small in memory;
+    ``Policy.settled_elsewhere`` carries their count. The planner's tests prove that
+    leaving them out changes no decision."""
+    return (f is not None and f.rel_path == row.rel_path and row.sha256 is not None
+            and f.sha256 == row.sha256 and doc.indexing_status == "completed"
+            and doc.enabled and not doc.archived and not doc.failed
+            and doc.name == document_name(row.rel_path)
+            and refusal_reason(f.rel_path, f.size, policy) is None)
+
+
+def without_settled(local: Sequence[LocalFile], state: Mapping[str, FileState],
+                    journal: Sequence[JournalEntry], settled: set[str],
+                    ) -> tuple[list[LocalFile], dict[str, FileState], list[JournalEntry]]:
+    """The planner's inputs minus the settled paths (their documents are left out of the
+    listing by the caller, see is_settled)."""
+    return ([f for f in local if f.rel_path not in settled],
+            {rel: row for rel, row in state.items() if rel not in settled},
+            [e for e in journal if e.rel_path not in settled])
 
 
 def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,

@@ -22,7 +22,8 @@ from .dify import DifyClient
 from .errors import AuthError, DifyError, DifySyncError, StateWriteError
 from .models import FileState, LocalFile, RemoteDocument, ScanProblem
 from .naming import document_name
-from .plan import Kind, MaxDelete, Plan, Policy, plan_folder, refusal_reason
+from .plan import (Kind, MaxDelete, Plan, Policy, is_settled, plan_folder, refusal_reason,
+                   without_settled)
 from .scanner import scan_tree, sha256_file, stat_paths
 from .state import StateStore
 
@@ -203,19 +204,28 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         report.problems = problems
 
         remote: list[RemoteDocument] = []
+        settled: set[str] = set()
+        status_changes: dict[str, tuple[str, str | None]] = {}
         if dataset_id:
-            if paths is None or root_error:
-                known_ids = {row.document_id: row.document_id for row in rows.values() if row.document_id}
-                remote = client.list_documents(dataset_id, shared=known_ids)
-                del known_ids
+            if paths is None and not root_error:
+                remote = _list_unsettled(client, dataset_id, files, rows, policy, settled, status_changes)
+            elif paths is None:
+                remote = client.list_documents(dataset_id)
             else:
                 remote = _remote_for_paths(client, dataset_id, rows, files)
         journal = store.pending_journal(key)
+        if settled:
+            # Settled files cannot change any decision (tests/test_plan.py proves it); leaving
+            # them out keeps a no-op pass over a big folder small in memory.
+            files, rows, journal_rest = without_settled(files, rows, journal, settled)
+            policy = replace(policy, settled_elsewhere=len(settled))
+        else:
+            journal_rest = journal
         # A problem on a folder (unreadable, say) means its contents are unknown, not
         # deleted: rows under it are kept out of the plan, so nothing there is deleted.
         plan_rows = rows if not problem_paths else \
             {rel: row for rel, row in rows.items() if not _under_any(rel, problem_paths)}
-        plan = plan_folder(files, plan_rows, remote, journal, policy)
+        plan = plan_folder(files, plan_rows, remote, journal_rest, policy)
         if paths is not None:
             plan = _guard_targeted(plan, root, store.count_tracked(key), policy)
         report.plan = plan
@@ -230,10 +240,11 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
             return report
 
         tracked = {row.document_id: row for row in rows.values() if row.document_id}
-        store.refresh_statuses(key, {
+        status_changes.update({
             d.id: (d.indexing_status, d.error) for d in remote
             if d.id in tracked and (tracked[d.id].indexing_status != d.indexing_status
                                     or (d.indexing_status == "error" and not tracked[d.id].last_error))})
+        store.refresh_statuses(key, status_changes)
         del tracked
         store.update_stats(key, restat)
         store.record_skips(key, dataset_id, [(None, p.rel_path, p.reason) for p in problems])
@@ -265,6 +276,28 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
             except Exception:  # noqa: BLE001 - the run record is a nicety; never mask the pass
                 log.debug("could not record the run", exc_info=True)
     return report
+
+
+def _list_unsettled(client: DifyClient, dataset_id: str, files: Sequence[LocalFile],
+                    rows: Mapping[str, FileState], policy: Policy, settled: set[str],
+                    status_changes: dict[str, tuple[str, str | None]]) -> list[RemoteDocument]:
+    """The listing minus the documents of settled files (whose paths go into ``settled``):
+    on a folder where nothing changed that is every document, so the pass never holds a
+    second copy of the whole dataset. Status changes of settled documents (queued last
+    time, completed now) are collected for the state store."""
+    local = {f.rel_path: f for f in files}
+    by_doc = {row.document_id: row for row in rows.values() if row.document_id}
+
+    def keep(doc: RemoteDocument) -> bool:
+        row = by_doc.get(doc.id)
+        if row is None or not is_settled(local.get(row.rel_path), row, doc, policy):
+            return True
+        settled.add(row.rel_path)
+        if row.indexing_status != doc.indexing_status:
+            status_changes[doc.id] = (doc.indexing_status, doc.error)
+        return False
+
+    return client.list_documents(dataset_id, shared={i: i for i in by_doc}, keep=keep)
 
 
 def _under_any(rel: str, roots: set[str]) -> bool:
