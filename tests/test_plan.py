@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 
 from difysync.models import FileState, JournalEntry, LocalFile, RemoteDocument
 from difysync.naming import document_name
-from difysync.plan import (Action, Kind, MaxDelete, Plan, Policy, is_settled, plan_folder, refusal_reason,
-                           without_settled)
+from difysync.plan import Action, Kind, MaxDelete, Plan, Policy, is_settled, plan_folder, refusal_reason
 
 
 def sha(text: str) -> str:
@@ -340,7 +339,9 @@ def test_leaving_settled_files_out_changes_no_decision(world):
             settled.add(row.rel_path)
         else:
             kept.append(doc)
-    rest_files, rest_state, rest_journal = without_settled(files, state, journal, settled)
+    rest_files = [f for f in files if f.rel_path not in settled]
+    rest_state = {rel: row for rel, row in state.items() if rel not in settled}
+    rest_journal = [e for e in journal if e.rel_path not in settled]
     from dataclasses import replace
     slim = plan_folder(rest_files, rest_state, kept, rest_journal,
                        replace(policy, settled_elsewhere=len(settled)))

@@ -234,18 +234,14 @@ class DifyClient:
     # --- documents ----------------------------------------------------------------------
 
     def list_documents(self, dataset_id: str, keyword: str | None = None, *,
-                       shared: Mapping[str, str] | None = None,
                        keep: Callable[[RemoteDocument], bool] | None = None) -> list[RemoteDocument]:
         """Every document of the dataset. After the first page, the pages that ``total``
         announces are fetched ``list_workers`` at a time (a big dataset is hundreds of
-        round trips); pages past that are followed one by one as usual. ``shared`` maps
-        ids the caller already holds to its own string objects, so a 100k listing does not
-        keep a second copy of each id; documents for which ``keep`` says False are seen
-        (and counted by the caller) but not kept. ``keep`` may run on several threads."""
+        round trips); pages past that are followed one by one as usual. Documents for
+        which ``keep`` says False are seen by it but not kept (a big listing is filtered as
+        it arrives); ``keep`` may run on several threads at once."""
         def convert(raw: Mapping[str, Any]) -> RemoteDocument | None:
             doc = remote_document(raw)
-            same = shared.get(doc.id) if shared else None
-            doc = doc if same is None else _with_id(doc, same)
             return doc if keep is None or keep(doc) else None
 
         params: dict[str, Any] = {"limit": PAGE_LIMIT}
@@ -386,11 +382,6 @@ class DifyClient:
             raise FatalError(f"{about}: the server's answer holds no document")
         batch = body.get("batch")
         return Upload(remote_document(doc), str(batch) if batch else None)
-
-
-def _with_id(doc: RemoteDocument, doc_id: str) -> RemoteDocument:
-    return RemoteDocument(doc_id, doc.name, doc.indexing_status, doc.display_status, doc.enabled,
-                          doc.archived, doc.error, doc.size, doc.created_at)
 
 
 def remote_document(raw: Mapping[str, Any]) -> RemoteDocument:

@@ -315,16 +315,6 @@ def is_settled(f: LocalFile | None, row: FileState, doc: RemoteDocument, policy:
             and refusal_reason(f.rel_path, f.size, policy) is None)
 
 
-def without_settled(local: Sequence[LocalFile], state: Mapping[str, FileState],
-                    journal: Sequence[JournalEntry], settled: set[str],
-                    ) -> tuple[list[LocalFile], dict[str, FileState], list[JournalEntry]]:
-    """The planner's inputs minus the settled paths (their documents are left out of the
-    listing by the caller, see is_settled)."""
-    return ([f for f in local if f.rel_path not in settled],
-            {rel: row for rel, row in state.items() if rel not in settled},
-            [e for e in journal if e.rel_path not in settled])
-
-
 def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
                   policy: Policy) -> Action | None:
     """The file is tracked and its document exists: None when nothing needs doing."""

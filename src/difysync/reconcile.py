@@ -20,10 +20,9 @@ from .apply import FolderContext, Outcome, Stopped, apply_actions, count_outcome
 from .config import FolderSettings, Settings
 from .dify import DifyClient
 from .errors import AuthError, DifyError, DifySyncError, StateWriteError
-from .models import FileState, LocalFile, RemoteDocument, ScanProblem
+from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
 from .naming import document_name
-from .plan import (Kind, MaxDelete, Plan, Policy, is_settled, plan_folder, refusal_reason,
-                   without_settled)
+from .plan import Kind, MaxDelete, Plan, Policy, is_settled, plan_folder, refusal_reason
 from .scanner import scan_tree, sha256_file, stat_paths
 from .state import StateStore
 
@@ -187,7 +186,7 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
             scan = scan_tree(root, folder.include, folder.exclude)
             files, problems, root_error = scan.files, list(scan.problems), scan.root_error
             del scan  # with_hashes makes the list that lives on; keep one copy in memory
-            rows = store.load_folder(key)
+            rows = store.load_folder(key, seen={f.rel_path: f for f in files})
         else:
             wanted = sorted(set(paths))
             files, problems, _gone = stat_paths(root, wanted, folder.include, folder.exclude)
@@ -204,23 +203,21 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         report.problems = problems
 
         remote: list[RemoteDocument] = []
-        settled: set[str] = set()
+        journal = store.pending_journal(key)
+        journal_rest = journal
         status_changes: dict[str, tuple[str, str | None]] = {}
         if dataset_id:
             if paths is None and not root_error:
-                remote = _list_unsettled(client, dataset_id, files, rows, policy, settled, status_changes)
+                # Settled files cannot change any decision (tests/test_plan.py proves it);
+                # leaving them out keeps a no-op pass over a big folder small in memory.
+                remote, files, rows, settled = _list_unsettled(client, dataset_id, files, rows, journal,
+                                                               policy, status_changes)
+                journal_rest = [e for e in journal if e.rel_path not in settled.journaled]
+                policy = replace(policy, settled_elsewhere=settled.count)
             elif paths is None:
                 remote = client.list_documents(dataset_id)
             else:
                 remote = _remote_for_paths(client, dataset_id, rows, files)
-        journal = store.pending_journal(key)
-        if settled:
-            # Settled files cannot change any decision (tests/test_plan.py proves it); leaving
-            # them out keeps a no-op pass over a big folder small in memory.
-            files, rows, journal_rest = without_settled(files, rows, journal, settled)
-            policy = replace(policy, settled_elsewhere=len(settled))
-        else:
-            journal_rest = journal
         # A problem on a folder (unreadable, say) means its contents are unknown, not
         # deleted: rows under it are kept out of the plan, so nothing there is deleted.
         plan_rows = rows if not problem_paths else \
@@ -278,26 +275,42 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
     return report
 
 
-def _list_unsettled(client: DifyClient, dataset_id: str, files: Sequence[LocalFile],
-                    rows: Mapping[str, FileState], policy: Policy, settled: set[str],
-                    status_changes: dict[str, tuple[str, str | None]]) -> list[RemoteDocument]:
-    """The listing minus the documents of settled files (whose paths go into ``settled``):
-    on a folder where nothing changed that is every document, so the pass never holds a
-    second copy of the whole dataset. Status changes of settled documents (queued last
-    time, completed now) are collected for the state store."""
+@dataclass
+class _Settled:
+    count: int = 0
+    journaled: set[str] = field(default_factory=set)  # settled paths that have journal rows
+
+
+def _list_unsettled(client: DifyClient, dataset_id: str, files: list[LocalFile],
+                    rows: dict[str, FileState], journal: Sequence[JournalEntry], policy: Policy,
+                    status_changes: dict[str, tuple[str, str | None]],
+                    ) -> tuple[list[RemoteDocument], list[LocalFile], dict[str, FileState], _Settled]:
+    """The listing minus the documents of settled files, and the files and rows minus the
+    settled ones: on a folder where nothing changed that is everything, and it is let go
+    page by page as the listing arrives, so a no-op pass never holds the dataset twice.
+    Status changes of settled documents (queued last time, completed now) are collected
+    for the state store. ``rows`` is consumed."""
     local = {f.rel_path: f for f in files}
     by_doc = {row.document_id: row for row in rows.values() if row.document_id}
+    journaled = {e.rel_path for e in journal}
+    settled = _Settled()
 
-    def keep(doc: RemoteDocument) -> bool:
+    def keep(doc: RemoteDocument) -> bool:  # runs on the listing's threads: pops are atomic
         row = by_doc.get(doc.id)
         if row is None or not is_settled(local.get(row.rel_path), row, doc, policy):
             return True
-        settled.add(row.rel_path)
         if row.indexing_status != doc.indexing_status:
             status_changes[doc.id] = (doc.indexing_status, doc.error)
+        by_doc.pop(doc.id, None)
+        rows.pop(row.rel_path, None)
+        local.pop(row.rel_path, None)
+        settled.count += 1
+        if row.rel_path in journaled:
+            settled.journaled.add(row.rel_path)
         return False
 
-    return client.list_documents(dataset_id, shared={i: i for i in by_doc}, keep=keep)
+    remote = client.list_documents(dataset_id, keep=keep)
+    return remote, list(local.values()), rows, settled
 
 
 def _under_any(rel: str, roots: set[str]) -> bool:

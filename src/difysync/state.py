@@ -184,8 +184,12 @@ class StateStore:
 
     # --- reads ------------------------------------------------------------------------
 
-    def load_folder(self, folder: str) -> dict[str, FileState]:
-        """Every row of a folder, loaded in one query (a pass compares against it in memory)."""
+    def load_folder(self, folder: str, seen: Mapping[str, LocalFile] | None = None) -> dict[str, FileState]:
+        """Every row of a folder, loaded in one query (a pass compares against it in memory).
+
+        ``seen`` (the scan, by path) lets a row share the path, size, mtime and inode
+        objects of its file where they are equal: on a 100k folder that is one copy of
+        each instead of two."""
         # The name and batch are left out: a pass derives names from paths and never needs
         # the batch, and on a 100k folder the two would cost ~20 MB of strings.
         cursor = self.db.execute(
@@ -195,6 +199,14 @@ class StateStore:
         out = {}
         for r in cursor:
             state = _file_state(r)
+            f = seen.get(state.rel_path) if seen else None
+            if f is not None:
+                state = FileState(f.rel_path, f.size if f.size == state.size else state.size,
+                                  f.mtime_ns if f.mtime_ns == state.mtime_ns else state.mtime_ns,
+                                  f.inode if f.inode == state.inode else state.inode, state.sha256,
+                                  state.document_id, None, None, state.indexing_status,
+                                  state.last_error, state.skip_reason, state.refused_sha256,
+                                  state.attempts)
             out[state.rel_path] = state
         return out
 
