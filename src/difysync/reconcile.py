@@ -289,8 +289,9 @@ def _list_unsettled(client: DifyClient, dataset_id: str, files: list[LocalFile],
     settled ones: on a folder where nothing changed that is everything, and it is let go
     page by page as the listing arrives, so a no-op pass never holds the dataset twice.
     Status changes of settled documents (queued last time, completed now) are collected
-    for the state store. ``rows`` is consumed."""
+    for the state store. ``files`` and ``rows`` are consumed."""
     local = {f.rel_path: f for f in files}
+    files.clear()  # from here on each record lives in ``local`` alone, and goes when settled
     by_doc = {row.document_id: row for row in rows.values() if row.document_id}
     journaled = {e.rel_path for e in journal}
     settled = _Settled()
