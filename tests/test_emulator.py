@@ -1,4 +1,4 @@
-"""The Dify emulator answers like the contract in /work/shared/dify-knowledge-api.md says,
+"""The Dify emulator answers like the contract in shared/dify-knowledge-api.md (beside the repository) says,
 over real HTTP, and its fault switches fail the way they promise."""
 
 from __future__ import annotations
