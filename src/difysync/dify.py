@@ -249,42 +249,31 @@ class DifyClient:
             params["keyword"] = keyword
         path = f"/datasets/{dataset_id}/documents"
         about = f"list documents of dataset {dataset_id}"
-        first = self._page(path, params, 1, about)
         docs: dict[str, RemoteDocument] = {}
-        for item in first.items:
-            doc = convert(item)
-            if doc is not None:
-                docs.setdefault(doc.id, doc)
-        if not first.more:
-            return list(docs.values())
-        page = 2
-        total = first.total
-        if total is not None and self.list_workers > 1:
-            last = -(-total // PAGE_LIMIT)
-            if last >= page:
-                def fetch(number: int) -> tuple[list[RemoteDocument], bool]:
-                    result = self._page(path, params, number, about)
-                    kept = (convert(i) for i in result.items)
-                    return [d for d in kept if d is not None], result.more
 
-                more = True
-                with ThreadPoolExecutor(max_workers=self.list_workers,
-                                        thread_name_prefix="difysync-list") as pool:
-                    for batch, more in pool.map(fetch, range(page, last + 1)):
-                        for doc in batch:
-                            docs.setdefault(doc.id, doc)
-                if not more:
-                    return list(docs.values())
-                page = last + 1
-        while True:
-            result = self._page(path, params, page, about)
-            for item in result.items:
-                doc = convert(item)
-                if doc is not None:
-                    docs.setdefault(doc.id, doc)
-            if not result.more:
-                return list(docs.values())
+        def fetch(number: int) -> tuple[list[RemoteDocument], bool, int | None]:
+            result = self._page(path, params, number, about)
+            kept = (convert(i) for i in result.items)
+            return [d for d in kept if d is not None], result.more, result.total
+
+        def absorb(batch: list[RemoteDocument]) -> None:
+            for doc in batch:
+                docs.setdefault(doc.id, doc)  # the list shifts when documents are added meanwhile
+
+        batch, more, total = fetch(1)
+        absorb(batch)
+        page = 2
+        if more and total is not None and self.list_workers > 1 and -(-total // PAGE_LIMIT) >= page:
+            last = -(-total // PAGE_LIMIT)
+            with ThreadPoolExecutor(max_workers=self.list_workers, thread_name_prefix="difysync-list") as pool:
+                for batch, more, _ in pool.map(fetch, range(page, last + 1)):
+                    absorb(batch)
+            page = last + 1
+        while more:
+            batch, more, _ = fetch(page)
+            absorb(batch)
             page += 1
+        return list(docs.values())
 
     def _page(self, path: str, params: dict[str, Any], page: int, about: str) -> _Page:
         response = self._request("GET", path, params={**params, "page": page}, about=about)
