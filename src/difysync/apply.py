@@ -209,8 +209,11 @@ def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderC
     try:
         sent = future.result()
     except FileNotFoundError:
-        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
-                             "file vanished before upload") if row else store.clear_journal([journal_id])
+        if row is not None:
+            store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
+                                 "file vanished before upload")
+        else:
+            store.clear_journal([journal_id])
         done(Outcome(action, "gone", "file vanished before it could be sent"))
         return None
     except FileTooLarge as exc:

@@ -88,10 +88,6 @@ def make_client(settings: Settings) -> DifyClient:
         click.echo(render_problems(exc), err=True)
         sys.exit(EX_CONFIG)
     add_secret(key)
-    return client_for(settings, key)
-
-
-def client_for(settings: Settings, key: str) -> DifyClient:
     return DifyClient.from_settings(settings.dify, key)
 
 
@@ -168,6 +164,7 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
         out: dict[str, Any] = {k: counts.get(k, 0) for k in
                                ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed")}
         out["waiting"] = counts.get("waiting", 0)
+        out["hashed"] = report.hashed
         out["dry_run"] = dry_run
         out["errors"] = errors
         out["actions"] = _actions_json(report)

@@ -362,16 +362,6 @@ class StateStore:
                 conn.executemany("UPDATE files SET size = ?, mtime_ns = ?, inode = ?, skip_reason = NULL "
                                  "WHERE folder = ? AND rel_path = ?", rows)
 
-    def clear_skips(self, folder: str, rel_paths: Iterable[str]) -> None:
-        """Rows that only recorded a skip and whose file is gone or now eligible."""
-        rows = [(folder, encode_path(r)) for r in rel_paths]
-        if rows:
-            with self.transaction() as conn:
-                conn.executemany("DELETE FROM files WHERE folder = ? AND rel_path = ? "
-                                 "AND document_id IS NULL AND refused_sha256 IS NULL", rows)
-                conn.executemany("UPDATE files SET skip_reason = NULL WHERE folder = ? AND rel_path = ?",
-                                 rows)
-
     def refresh_statuses(self, folder: str, statuses: Mapping[str, tuple[str, str | None]]) -> None:
         """Copy indexing status (and error text) from a listing onto the rows that hold the
         documents; a completed document clears its attempt count."""
@@ -451,19 +441,6 @@ class StateStore:
             else:
                 out.append(ProblemFile(folder, decode_path(rel), "error", error))
         return out
-
-    def file_rows(self, folder: str | None = None) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM files"
-        args: list[Any] = []
-        if folder is not None:
-            sql += " WHERE folder = ?"
-            args.append(folder)
-        cur = self.db.execute(sql, args)
-        names = [d[0] for d in cur.description]
-        rows = [dict(zip(names, r)) for r in cur]
-        for row in rows:
-            row["rel_path"] = decode_path(row["rel_path"])
-        return rows
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
