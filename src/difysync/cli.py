@@ -136,8 +136,10 @@ def main(log_level: str, log_format: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the counts and actions.")
 @click.option("--max-delete", metavar="N|PCT%",
               help="Refuse a pass that would delete more than this (default 50% of tracked documents).")
+@click.option("--full-listing", is_flag=True,
+              help="List every document even when a quick check shows nothing changed in Dify.")
 def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: float, as_json: bool,
-              max_delete: str | None) -> None:
+              max_delete: str | None, full_listing: bool) -> None:
     """Make the datasets mirror the folders, once (cron, CI, first import)."""
     from .reconcile import reconcile as run_pass
     from .reconcile import wait_for_indexing
@@ -145,7 +147,7 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
     limit = _max_delete(max_delete)
     settings = load_config(config)
     with make_client(settings) as client, open_store(settings) as store:
-        report = run_pass(settings, client, store, dry_run=dry_run, max_delete=limit)
+        report = run_pass(settings, client, store, dry_run=dry_run, max_delete=limit, full_listing=full_listing)
         waited: dict[str, Any] | None = None
         if wait_ and not dry_run and report.fatal is None:
             try:
@@ -167,6 +169,7 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
         out["hashed"] = report.hashed
         out["dry_run"] = dry_run
         out["errors"] = errors
+        out["remote_checks"] = {f.folder: f.remote_check for f in report.folders}
         out["actions"] = _actions_json(report)
         if waited is not None:
             out["indexing"] = waited

@@ -191,6 +191,7 @@ class ScheduleSettings(_Strict):
     """Timers that run regardless of events."""
 
     full_reconcile_minutes: float = Field(60.0, gt=0)
+    full_listing_minutes: float = Field(360.0, ge=0)
     status_poll_seconds: float = Field(10.0, gt=0)
     status_poll_max_seconds: float = Field(60.0, gt=0)
 

@@ -236,27 +236,33 @@ class DifyClient:
     # --- documents ----------------------------------------------------------------------
 
     def list_documents(self, dataset_id: str, keyword: str | None = None, *,
-                       keep: Callable[[RemoteDocument], bool] | None = None) -> list[RemoteDocument]:
-        """Every document of the dataset. After the first page, the pages that ``total``
-        announces are fetched ``list_workers`` at a time (a big dataset is hundreds of
-        round trips); pages past that are followed one by one as usual. Documents for
-        which ``keep`` says False are seen by it but not kept (a big listing is filtered as
-        it arrives); ``keep`` may run on several threads at once."""
-        def convert(raw: Mapping[str, Any]) -> RemoteDocument | None:
-            doc = remote_document(raw)
-            return doc if keep is None or keep(doc) else None
-
+                       status: str | None = None,
+                       keep: Callable[[RemoteDocument], bool] | None = None,
+                       on_page: Callable[[int, int | None, list[RemoteDocument]], None] | None = None,
+                       ) -> list[RemoteDocument]:
+        """Every document of the dataset (with this display ``status`` only, if given).
+        After the first page, the pages that ``total`` announces are fetched
+        ``list_workers`` at a time (a big dataset is hundreds of round trips); pages past
+        that are followed one by one as usual. ``on_page(number, total, documents)`` sees
+        each page whole; documents for which ``keep`` says False are then dropped (a big
+        listing is filtered as it arrives). Both may run on several threads at once."""
         params: dict[str, Any] = {"limit": PAGE_LIMIT}
         if keyword:
             params["keyword"] = keyword
+        if status:
+            params["status"] = status
         path = f"/datasets/{dataset_id}/documents"
         about = f"list documents of dataset {dataset_id}"
         docs: dict[str, RemoteDocument] = {}
 
         def fetch(number: int) -> tuple[list[RemoteDocument], bool, int | None]:
             result = self._page(path, params, number, about)
-            kept = (convert(i) for i in result.items)
-            return [d for d in kept if d is not None], result.more, result.total
+            page = [remote_document(i) for i in result.items]
+            if on_page is not None:
+                on_page(number, result.total, page)
+            if keep is not None:
+                page = [d for d in page if keep(d)]
+            return page, result.more, result.total
 
         pages = 0
 
@@ -286,6 +292,12 @@ class DifyClient:
             absorb(batch)
             page += 1
         return list(docs.values())
+
+    def document_page(self, dataset_id: str, page: int = 1) -> tuple[list[RemoteDocument], int | None]:
+        """One page of the newest-first listing and the ``total`` it announces."""
+        result = self._page(f"/datasets/{dataset_id}/documents", {"limit": PAGE_LIMIT}, page,
+                            f"list documents of dataset {dataset_id}")
+        return [remote_document(i) for i in result.items], result.total
 
     def _page(self, path: str, params: dict[str, Any], page: int, about: str) -> _Page:
         response = self._request("GET", path, params={**params, "page": page}, about=about)

@@ -1,21 +1,22 @@
 """Plain records that cross module boundaries: what the scanner saw, what the state
 store remembers, what the server lists.
 
-They are frozen and hold no handles, so the planner can be fed generated values and
+They are immutable and hold no handles, so the planner can be fed generated values and
 nothing downstream can mutate what upstream produced.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True, slots=True)
-class LocalFile:
+class LocalFile(NamedTuple):
     """A regular file under a folder root, as the scanner saw it.
 
     ``sha256`` is None when the file was not hashed (refused before hashing, or a
-    targeted stat-only look).
+    targeted stat-only look). A named tuple rather than a frozen dataclass: a scan of
+    100k files makes 100k of these, and a tuple is built in a third of the time.
     """
 
     rel_path: str  # POSIX separators, relative to the folder root; may hold surrogate escapes

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from . import marks
 from .apply import FolderContext, Outcome, Stopped, apply_actions, count_outcomes
 from .config import FolderSettings, Settings
 from .dify import DifyClient
@@ -39,6 +40,9 @@ class FolderReport:
     problems: list[ScanProblem] = field(default_factory=list)
     hashed: int = 0
     fatal: DifySyncError | None = None
+    # How the remote side was seen: "listing" (every document), "probe" (a few requests
+    # proved nothing changed since the last clean pass), "names" (targeted lookups).
+    remote_check: str = ""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -171,8 +175,12 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
                      paths: Iterable[str] | None = None,
                      on_outcome: Callable[[Outcome], None] | None = None,
                      on_plan: Callable[[Plan], None] | None = None,
-                     should_stop: Callable[[], bool] = lambda: False) -> FolderReport:
-    """One folder, whole (``paths`` None) or only the given relative paths (targeted)."""
+                     should_stop: Callable[[], bool] = lambda: False,
+                     full_listing: bool = False) -> FolderReport:
+    """One folder, whole (``paths`` None) or only the given relative paths (targeted).
+
+    A whole pass whose scan equals the last clean pass's, on a dataset a probe shows
+    unchanged, ends right there (see marks.py), unless ``full_listing``."""
     key = folder_key(folder)
     root = Path(folder.path)
     report = FolderReport(folder=key, dataset_id=folder.dataset_id or None)
@@ -182,10 +190,21 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         dataset_id = resolve_dataset(client, folder, create=not dry_run)
         report.dataset_id = dataset_id
 
+        digest = mark_key = None
         if paths is None:
             scan = scan_tree(root, folder.include, folder.exclude)
             files, problems, root_error = scan.files, list(scan.problems), scan.root_error
             del scan  # with_hashes makes the list that lives on; keep one copy in memory
+            if dataset_id and not root_error:
+                digest = marks.scan_digest(files, problems)
+                mark_key = marks.policy_key(policy, dataset_id, folder.include, folder.exclude)
+                max_age = 0.0 if full_listing else settings.schedule.full_listing_minutes * 60
+                quiet = _still_clean(client, store, key, dataset_id, mark_key, digest, max_age)
+                if quiet is not None:
+                    report.remote_check = "probe"
+                    report.plan = Plan(quiet.skips, unchanged=quiet.unchanged)
+                    report.outcomes = [Outcome(a, "skipped", a.reason, repeat=True) for a in quiet.skips]
+                    return report
             rows = store.load_folder(key, seen={f.rel_path: f for f in files})
         else:
             wanted = sorted(set(paths))
@@ -206,18 +225,22 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         journal = store.pending_journal(key)
         journal_rest = journal
         status_changes: dict[str, tuple[str, str | None]] = {}
+        recorder = marks.ListingRecorder()
         if dataset_id:
             if paths is None and not root_error:
                 # Settled files cannot change any decision (tests/test_plan.py proves it);
                 # leaving them out keeps a no-op pass over a big folder small in memory.
                 remote, files, rows, settled = _list_unsettled(client, dataset_id, files, rows, journal,
-                                                               policy, status_changes)
+                                                               policy, status_changes, recorder)
                 journal_rest = [e for e in journal if e.rel_path not in settled.journaled]
                 policy = replace(policy, settled_elsewhere=settled.count)
+                report.remote_check = "listing"
             elif paths is None:
                 remote = client.list_documents(dataset_id)
+                report.remote_check = "listing"
             else:
                 remote = _remote_for_paths(client, dataset_id, rows, files)
+                report.remote_check = "names"
         # A problem on a folder (unreadable, say) means its contents are unknown, not
         # deleted: rows under it are kept out of the plan, so nothing there is deleted.
         plan_rows = rows if not problem_paths else \
@@ -260,6 +283,16 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         # Journal rows from an earlier, interrupted pass were inputs to this plan and are
         # now resolved by it.
         store.clear_journal(e.id for e in journal)
+        adopted = {o.document_id for o in report.outcomes if o.action.kind is Kind.ADOPT and o.result == "ok"}
+        if adopted:  # so that the next pass finds them settled
+            store.refresh_statuses(key, {d.id: (d.indexing_status, d.error) for d in remote if d.id in adopted})
+        if digest is not None and mark_key is not None and not journal and not hash_problems \
+                and report.ok and _changes_nothing(plan):
+            fingerprint = recorder.fingerprint()
+            if fingerprint is not None:
+                mark = marks.Mark(mark_key, digest, fingerprint, plan.unchanged,
+                                  tuple(a for a in plan.actions if a.kind is Kind.SKIP), time.time())
+                store.save_mark(key, dataset_id, mark.to_json())
     except DifyError as exc:
         report.fatal = exc
         report.errors.append(exc.describe())
@@ -275,6 +308,27 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
     return report
 
 
+def _still_clean(client: DifyClient, store: StateStore, key: str, dataset_id: str, mark_key: str,
+                 digest: str, max_age: float) -> marks.Mark | None:
+    """The folder's mark, if this scan and a probe of the dataset both match it."""
+    body = store.load_mark(key, dataset_id)
+    mark = marks.Mark.from_json(body) if body else None
+    if mark is None or not mark.fresh(max_age) or not mark.worth_probing:
+        return None
+    if mark.policy_key != mark_key or mark.scan_digest != digest:
+        return None
+    now = marks.probe(client, dataset_id)
+    if now != mark.remote:
+        log.debug("%s: the dataset changed since the last clean pass (or cannot be probed): listing it", key)
+        return None
+    return mark
+
+
+def _changes_nothing(plan: Plan) -> bool:
+    """Only skips: the same inputs would give the same plan, with nothing to send."""
+    return not plan.errors and not plan.warnings and all(a.kind is Kind.SKIP for a in plan.actions)
+
+
 @dataclass
 class _Settled:
     count: int = 0
@@ -283,7 +337,7 @@ class _Settled:
 
 def _list_unsettled(client: DifyClient, dataset_id: str, files: list[LocalFile],
                     rows: dict[str, FileState], journal: Sequence[JournalEntry], policy: Policy,
-                    status_changes: dict[str, tuple[str, str | None]],
+                    status_changes: dict[str, tuple[str, str | None]], recorder: marks.ListingRecorder,
                     ) -> tuple[list[RemoteDocument], list[LocalFile], dict[str, FileState], _Settled]:
     """The listing minus the documents of settled files, and the files and rows minus the
     settled ones: on a folder where nothing changed that is everything, and it is let go
@@ -310,7 +364,7 @@ def _list_unsettled(client: DifyClient, dataset_id: str, files: list[LocalFile],
             settled.journaled.add(row.rel_path)
         return False
 
-    remote = client.list_documents(dataset_id, keep=keep)
+    remote = client.list_documents(dataset_id, keep=keep, on_page=recorder.on_page)
     return remote, list(local.values()), rows, settled
 
 
@@ -371,14 +425,15 @@ def _remote_for_paths(client: DifyClient, dataset_id: str, rows: Mapping[str, Fi
 
 def reconcile(settings: Settings, client: DifyClient, store: StateStore, *, dry_run: bool = False,
               max_delete: MaxDelete | None = None,
-              on_outcome: Callable[[Outcome], None] | None = None) -> RunReport:
+              on_outcome: Callable[[Outcome], None] | None = None,
+              full_listing: bool = False) -> RunReport:
     """Every configured folder, one after the other. A fatal error for one folder (its
     dataset missing, say) does not stop the others; a rejected key stops them all."""
     started = time.monotonic()
     reports = []
     for folder in settings.folders:
         report = reconcile_folder(settings, folder, client, store, dry_run=dry_run,
-                                  max_delete=max_delete, on_outcome=on_outcome)
+                                  max_delete=max_delete, on_outcome=on_outcome, full_listing=full_listing)
         reports.append(report)
         if isinstance(report.fatal, AuthError):
             break

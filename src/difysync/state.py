@@ -25,7 +25,7 @@ import sqlite_utils
 from .errors import StateError, StateWriteError
 from .models import FileState, JournalEntry, LocalFile
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _FILE_COLUMNS = {
     "folder": str, "rel_path": str, "dataset_id": str, "size": int, "mtime_ns": int,
@@ -153,11 +153,13 @@ class StateStore:
             raise StateError(f"state DB {self.path} was written by a newer difysync (schema {version}, "
                              f"this one knows {SCHEMA_VERSION}): upgrade difysync")
         if self.readonly:
-            if version < SCHEMA_VERSION:
+            if version < 1:  # schema 2 only added marks, which readers do not use
                 raise StateError(f"state DB {self.path} has no current schema yet: run `difysync reconcile` first")
             return
         if version < 1:
             self._migration_1_initial()
+        if version < 2:
+            self._migration_2_marks()
 
     def _schema_version(self) -> int:
         if "meta" not in self.db.table_names():
@@ -179,8 +181,13 @@ class StateStore:
                 "folder": str, "kind": str, "started_at": float, "finished_at": float,
                 "ok": int, "summary": str,
             }, pk=("folder", "kind"), if_not_exists=True)
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
-                            [str(SCHEMA_VERSION)])
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1')")
+
+    def _migration_2_marks(self) -> None:
+        with self.transaction():
+            self.db["marks"].create({"folder": str, "dataset_id": str, "taken_at": float, "body": str},
+                                    pk="folder", if_not_exists=True)
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2')")
 
     # --- reads ------------------------------------------------------------------------
 
@@ -258,6 +265,7 @@ class StateStore:
                       sha256: str | None = None) -> int:
         """Write the intent before the request is sent; returns the row to settle."""
         with self.transaction() as conn:
+            _unmark(conn, folder)
             cur = conn.execute(
                 "INSERT INTO journal (folder, dataset_id, op, rel_path, document_name, document_id, "
                 "sha256, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -281,6 +289,7 @@ class StateStore:
         """The server accepted an upload (create, update, rename, adopt): record what it holds."""
         now = time.time()
         with self.transaction() as conn:
+            _unmark(conn, folder)
             conn.execute(
                 "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, sha256, "
                 "document_id, document_name, batch, indexing_status, last_error, skip_reason, "
@@ -301,6 +310,7 @@ class StateStore:
     def settle_removal(self, journal_id: int | None, folder: str, rel_path: str) -> None:
         """The document is gone (deleted by us, or found gone): drop the row with the intent."""
         with self.transaction() as conn:
+            _unmark(conn, folder)
             conn.execute("DELETE FROM files WHERE folder = ? AND rel_path = ?",
                          [folder, encode_path(rel_path)])
             if journal_id is not None:
@@ -313,6 +323,7 @@ class StateStore:
         """A request did not succeed: keep the file row, note why, close the intent."""
         now = time.time()
         with self.transaction() as conn:
+            _unmark(conn, folder)
             conn.execute(
                 "INSERT INTO files (folder, rel_path, dataset_id, last_error, skip_reason, "
                 "refused_sha256, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
@@ -339,6 +350,7 @@ class StateStore:
         if not rows:
             return
         with self.transaction() as conn:
+            _unmark(conn, folder)
             conn.executemany(
                 "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, skip_reason, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder, rel_path) DO UPDATE "
@@ -351,6 +363,7 @@ class StateStore:
         rows = [(note, folder, encode_path(rel)) for rel, note in notes]
         if rows:
             with self.transaction() as conn:
+                _unmark(conn, folder)
                 conn.executemany("UPDATE files SET last_error = ? WHERE folder = ? AND rel_path = ?", rows)
 
     def update_stats(self, folder: str, files: Iterable[LocalFile]) -> None:
@@ -359,6 +372,7 @@ class StateStore:
         rows = [(f.size, f.mtime_ns, f.inode, folder, encode_path(f.rel_path)) for f in files]
         if rows:
             with self.transaction() as conn:
+                _unmark(conn, folder)
                 conn.executemany("UPDATE files SET size = ?, mtime_ns = ?, inode = ?, skip_reason = NULL "
                                  "WHERE folder = ? AND rel_path = ?", rows)
 
@@ -369,6 +383,7 @@ class StateStore:
                 for document_id, (status, error) in statuses.items()]
         if rows:
             with self.transaction() as conn:
+                _unmark(conn, folder)
                 conn.executemany(
                     "UPDATE files SET indexing_status = ?1, "
                     "last_error = CASE WHEN ?1 = 'error' THEN 'indexing failed in Dify: ' || COALESCE(?2, '') "
@@ -393,6 +408,7 @@ class StateStore:
         if where:
             sql += " WHERE " + " AND ".join(where)
         with self.transaction() as conn:
+            _unmark(conn, folder)
             return conn.execute(sql, args).rowcount
 
     def record_run(self, folder: str, kind: str, started_at: float, ok: bool,
@@ -401,6 +417,24 @@ class StateStore:
             conn.execute("INSERT OR REPLACE INTO runs (folder, kind, started_at, finished_at, ok, summary) "
                          "VALUES (?, ?, ?, ?, ?, ?)",
                          [folder, kind, started_at, time.time(), int(ok), json.dumps(dict(summary))])
+
+    # --- clean-pass marks (see marks.py) ----------------------------------------------
+
+    def load_mark(self, folder: str, dataset_id: str) -> str | None:
+        row = self.db.execute("SELECT body FROM marks WHERE folder = ? AND dataset_id = ?",
+                              [folder, dataset_id]).fetchone()
+        return row[0] if row else None
+
+    def save_mark(self, folder: str, dataset_id: str, body: str) -> None:
+        """Written last by a pass that changed nothing; any later write to the folder's
+        rows or journal drops it (``_unmark``), so a mark always describes the state."""
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO marks (folder, dataset_id, taken_at, body) VALUES (?, ?, ?, ?)",
+                         [folder, dataset_id, time.time(), body])
+
+    def drop_mark(self, folder: str) -> None:
+        with self.transaction() as conn:
+            _unmark(conn, folder)
 
     # --- status -----------------------------------------------------------------------
 
@@ -441,6 +475,14 @@ class StateStore:
             else:
                 out.append(ProblemFile(folder, decode_path(rel), "error", error))
         return out
+
+
+def _unmark(conn: sqlite3.Connection, folder: str | None) -> None:
+    """The folder's state changes: its clean-pass mark no longer describes it."""
+    if folder is None:
+        conn.execute("DELETE FROM marks")
+    else:
+        conn.execute("DELETE FROM marks WHERE folder = ?", [folder])
 
 
 def _rollback(conn: sqlite3.Connection) -> None:

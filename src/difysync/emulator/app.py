@@ -43,6 +43,9 @@ class Options:
     allowed_extensions: tuple[str, ...] = DEFAULT_EXTENSIONS
     bare_400_on_create: bool = False
     refuse_delete_while_indexing: bool = False
+    # False: ignore the listing's ``status`` filter, as a server that predates it would
+    # (the contract marks it optional); a client must notice and not trust the answer.
+    status_filter: bool = True
 
     @property
     def size_limit(self) -> int:
@@ -335,7 +338,7 @@ class _Api:
         page = max(self.int_arg(request, "page", 1), 1)
         limit = max(self.int_arg(request, "limit", 20), 1)
         keyword = request.query_params.get("keyword") or None
-        status = request.query_params.get("status") or None
+        status = (request.query_params.get("status") or None) if self.opt.status_filter else None
         return JSONResponse(self.store.list_documents(ds_id, page, limit, keyword, status))
 
     async def document(self, request: Request) -> Response:

@@ -54,6 +54,7 @@ class EmulatorServer:
                  allowed_extensions: Iterable[str] | None = None,
                  bare_400_on_create: bool = False,
                  refuse_delete_while_indexing: bool | None = None,
+                 status_filter: bool = True,
                  state_path: str | os.PathLike[str] | None = None,
                  faults: Faults | None = None,
                  host: str = "127.0.0.1", port: int = 0) -> None:
@@ -64,7 +65,7 @@ class EmulatorServer:
             allowed_extensions=tuple(e.lower().lstrip(".") for e in allowed_extensions)
             if allowed_extensions is not None else DEFAULT_EXTENSIONS,
             bare_400_on_create=bare_400_on_create,
-            refuse_delete_while_indexing=refuse_delete_while_indexing)
+            refuse_delete_while_indexing=refuse_delete_while_indexing, status_filter=status_filter)
         self.api_key = api_key
         self.host = host
         self.port = port

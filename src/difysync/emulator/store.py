@@ -128,6 +128,11 @@ class Store:
         # dataset id -> name -> doc ids; built on demand, dropped when names change, so
         # name matching on create stays O(1) for imports of 100k documents.
         self._names: dict[str, dict[str, list[str]]] = {}
+        # (dataset id, display status or None) -> (version, valid until, newest-first
+        # records): what an indexed query would give a real server. Every mutation ends
+        # in _save, which bumps the version.
+        self._views: dict[tuple[str, str | None], tuple[int, float, list[DocRecord]]] = {}
+        self._version = 0
         self._seq = 0
         if self.state_path and os.path.exists(self.state_path):
             self._load()
@@ -470,17 +475,38 @@ class Store:
     def list_documents(self, dataset_id: str, page: int, limit: int, keyword: str | None,
                        status: str | None = None) -> dict[str, Any]:
         with self.lock:
-            # Newest first: documents are kept in creation order, so reversing is the sort.
-            items = list(reversed(self._docs_of(dataset_id).values()))
+            items = self._view(dataset_id, status)
             if keyword:
                 items = [d for d in items if keyword in d.name]
-            if status:
-                items = [d for d in items if self.display_status(d) == status]
             per_page = min(limit, 100)
             chunk = items[(page - 1) * per_page:(page - 1) * per_page + per_page]
             return {"data": [self.document_dict(d) for d in chunk],
                     "has_more": len(chunk) == limit, "limit": limit, "total": len(items),
                     "page": page}
+
+    def _view(self, dataset_id: str, status: str | None) -> list[DocRecord]:
+        """The dataset newest first (documents are kept in creation order, so reversing is
+        the sort), with this display status only if given. Reused until the next mutation,
+        or, while a document is still indexing, computed afresh."""
+        docs = self._docs_of(dataset_id)
+        key = (dataset_id, status)
+        now = self.clock()
+        cached = self._views.get(key)
+        if cached is not None and cached[0] == self._version and now < cached[1]:
+            return cached[2]
+        items = list(reversed(docs.values()))
+        valid_until = float("inf")
+        if status:
+            kept = []
+            for d in items:
+                progress = self._progress(d, now)[0]
+                if progress not in ("completed", "error") and d.status_override is None:
+                    valid_until = now  # still moving through its stages
+                if self.display_status(d, progress) == status:
+                    kept.append(d)
+            items = kept
+        self._views[key] = (self._version, valid_until, items)
+        return items
 
     def batch_status(self, dataset_id: str, batch: str) -> list[dict[str, Any]]:
         with self.lock:
@@ -611,6 +637,7 @@ class Store:
 
     # -------------------------------------------------------------- persistence
     def _save(self) -> None:
+        self._version += 1
         if not self.state_path:
             return
         with self.lock:
