@@ -125,3 +125,52 @@ def test_status_reads_through_a_read_only_connection_while_a_writer_is_open(tmp_
 def test_read_only_open_of_a_missing_db_explains(tmp_path):
     with pytest.raises(StateError, match="does not exist yet"):
         StateStore(tmp_path / "nope.db", readonly=True)
+
+
+# --- clean-pass marks ----------------------------------------------------------------------
+
+MARK_DROPPERS = {
+    "journal_begin": lambda s: s.journal_begin("/f", "ds", "create", "a.md", "a.md"),
+    "settle_upload": lambda s: s.settle_upload(None, "/f", "ds", "a.md", document_id="d", document_name="a.md",
+                                               batch=None, sha256="x", size=1, mtime_ns=1, inode=1,
+                                               indexing_status="completed"),
+    "settle_removal": lambda s: s.settle_removal(None, "/f", "a.md"),
+    "settle_failure": lambda s: s.settle_failure(None, "/f", "ds", "a.md", "boom"),
+    "record_skips": lambda s: s.record_skips("/f", "ds", [(None, "b.png", "unsupported")]),
+    "record_notes": lambda s: s.record_notes("/f", [("a.md", "waiting")]),
+    "update_stats": lambda s: s.update_stats("/f", [LocalFile("a.md", 2, 2, 2)]),
+    "refresh_statuses": lambda s: s.refresh_statuses("/f", {"d": ("indexing", None)}),
+    "retry one folder": lambda s: s.retry("/f"),
+    "retry all": lambda s: s.retry(),
+    "drop_mark": lambda s: s.drop_mark("/f"),
+}
+
+
+@pytest.mark.parametrize("write", MARK_DROPPERS.values(), ids=MARK_DROPPERS.keys())
+def test_any_write_to_a_folder_drops_its_mark(store, write):
+    store.save_mark("/f", "ds", "{}")
+    store.save_mark("/other", "ds2", "{}")
+    write(store)
+    assert store.load_mark("/f", "ds") is None
+    if write is not MARK_DROPPERS["retry all"]:
+        assert store.load_mark("/other", "ds2") == "{}"  # other folders keep theirs
+
+
+def test_mark_is_for_one_dataset(store):
+    store.save_mark("/f", "ds", "{}")
+    assert store.load_mark("/f", "other dataset") is None
+
+
+def test_schema_1_db_gains_marks_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "state.db"
+    with StateStore(path) as s:
+        s.settle_upload(None, "/f", "ds", "a.md", document_id="d", document_name="a.md", batch=None,
+                        sha256="x", size=1, mtime_ns=1, inode=1, indexing_status="completed")
+        s.db.execute("DROP TABLE marks")
+        s.db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    with StateStore(path, readonly=True) as ro:  # `status` reads a schema-1 DB as it is
+        assert [x.synced for x in ro.summaries()] == [1]
+    with StateStore(path) as s:
+        assert "a.md" in s.load_folder("/f")
+        s.save_mark("/f", "ds", "{}")
+        assert s.load_mark("/f", "ds") == "{}"

@@ -64,6 +64,7 @@ class RequestRecord:
     mutating: bool
     at: float
     dropped: bool = False
+    query: str = ""
 
 
 class RequestLog:
@@ -521,7 +522,7 @@ class EmulatorApp:
         method: str = scope["method"].upper()
         mutating = method in MUTATING_METHODS
         record = RequestRecord(method=method, path=path, status=0, mutating=mutating,
-                               at=time.time())
+                               at=time.time(), query=scope.get("query_string", b"").decode("latin-1"))
         self.log.add(record)
         decision = self.faults.decide(method, path, mutating)
         if decision.delay > 0:
