@@ -2,8 +2,9 @@
 
 Used alike by the one-shot CLI and by the daemon (which also runs targeted passes over a
 few dirty paths). Hashing happens here, and only for files whose size, mtime or inode
-differ from the state store: a pass where nothing changed costs a walk with stat and
-one listing call per hundred documents.
+differ from the state store. A pass where nothing changed costs a walk with stat and a
+seven-request probe of the dataset (marks.py), or, at least every
+``schedule.full_listing_minutes``, one listing call per hundred documents.
 """
 
 from __future__ import annotations
