@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -193,19 +194,27 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
 
         digest = mark_key = None
         if paths is None:
-            scan = scan_tree(root, folder.include, folder.exclude)
-            files, problems, root_error = scan.files, list(scan.problems), scan.root_error
-            del scan  # with_hashes makes the list that lives on; keep one copy in memory
-            if dataset_id and not root_error:
-                digest = marks.scan_digest(files, problems)
-                mark_key = marks.policy_key(policy, dataset_id, folder.include, folder.exclude)
-                max_age = 0.0 if full_listing else settings.schedule.full_listing_minutes * 60
-                quiet = _still_clean(client, store, key, dataset_id, mark_key, digest, max_age)
-                if quiet is not None:
-                    report.remote_check = "probe"
-                    report.plan = Plan(quiet.skips, unchanged=quiet.unchanged)
-                    report.outcomes = [Outcome(a, "skipped", a.reason, repeat=True) for a in quiet.skips]
-                    return report
+            mark_key = marks.policy_key(policy, dataset_id, folder.include, folder.exclude) if dataset_id else None
+            max_age = 0.0 if full_listing else settings.schedule.full_listing_minutes * 60
+            candidate = _usable_mark(store, key, dataset_id, mark_key, max_age) if dataset_id else None
+            # The probe is a few round trips: let them run while the tree is walked.
+            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
+                probing = pool.submit(marks.probe, client, dataset_id) if candidate and dataset_id else None
+                scan = scan_tree(root, folder.include, folder.exclude)
+                files, problems, root_error = scan.files, list(scan.problems), scan.root_error
+                del scan  # with_hashes makes the list that lives on; keep one copy in memory
+                if dataset_id and not root_error:
+                    digest = marks.scan_digest(files, problems)
+                if candidate is not None and probing is not None and digest == candidate.scan_digest:
+                    if probing.result() == candidate.remote:
+                        report.remote_check = "probe"
+                        report.plan = Plan(candidate.skips, unchanged=candidate.unchanged)
+                        report.outcomes = [Outcome(a, "skipped", a.reason, repeat=True) for a in candidate.skips]
+                        return report
+                    log.debug("%s: the dataset changed since the last clean pass (or cannot be probed): "
+                              "listing it", key)
+                elif probing is not None:
+                    probing.cancel()
             rows = store.load_folder(key, seen={f.rel_path: f for f in files})
         else:
             wanted = sorted(set(paths))
@@ -309,18 +318,13 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
     return report
 
 
-def _still_clean(client: DifyClient, store: StateStore, key: str, dataset_id: str, mark_key: str,
-                 digest: str, max_age: float) -> marks.Mark | None:
-    """The folder's mark, if this scan and a probe of the dataset both match it."""
+def _usable_mark(store: StateStore, key: str, dataset_id: str, mark_key: str | None,
+                 max_age: float) -> marks.Mark | None:
+    """The folder's mark, if it is recent, made under this configuration, and for a
+    dataset big enough that probing beats listing; the scan still has to match it."""
     body = store.load_mark(key, dataset_id)
     mark = marks.Mark.from_json(body) if body else None
-    if mark is None or not mark.fresh(max_age) or not mark.worth_probing:
-        return None
-    if mark.policy_key != mark_key or mark.scan_digest != digest:
-        return None
-    now = marks.probe(client, dataset_id)
-    if now != mark.remote:
-        log.debug("%s: the dataset changed since the last clean pass (or cannot be probed): listing it", key)
+    if mark is None or not mark.fresh(max_age) or not mark.worth_probing or mark.policy_key != mark_key:
         return None
     return mark
 

@@ -287,6 +287,9 @@ def _walk(rules: _Rules, start: str, start_rel: str, start_included: bool,
     big tree, is decided inline from its lstat; everything else goes to _classify_file.
     """
     ignored = rules.ignores.match_exact
+    # The default ignores are affixes: tested inline, without a call per entry.
+    prefixes, suffixes, names = rules.ignores._affixes or ((), (), frozenset())
+    affixes_only = rules.ignores._affixes is not None
     excluded = rules.exclude.match_exact if rules.exclude.patterns else None
     included_exact = rules.include.match_exact
     access, readable, is_dir, is_reg = os.access, os.R_OK, stat.S_ISDIR, stat.S_ISREG
@@ -309,7 +312,12 @@ def _walk(rules: _Rules, start: str, start_rel: str, start_included: bool,
         for entry in entries:
             name = entry.name
             rel = prefix + name
-            if ignored(name) or (excluded is not None and excluded(rel)):
+            if affixes_only:
+                if name.startswith(prefixes) or name.endswith(suffixes) or name in names:
+                    continue
+            elif ignored(name):
+                continue
+            if excluded is not None and excluded(rel):
                 continue
             try:
                 lst = entry.stat(follow_symlinks=False)
