@@ -81,20 +81,21 @@ def run(ctx: Context) -> list[Row]:
         for full in (False, True):
             emu.reset_requests()
             rss: list[int] = []
-            checks: set[str] = set()
+            seen: list[str] = []  # per run: how the remote side was checked, with how many requests
 
             def once() -> float:
+                before = len(emu.requests)
                 proc = difysync(tree.config, *(["--full-listing"] if full else []))
                 out = check_ok(proc, f"no-op reconcile of {n} files")
                 if out.get("created") or out.get("updated") or out.get("deleted"):
                     raise RuntimeError(f"no-op reconcile changed things: {out}")
-                checks.update(out.get("remote_checks", {}).values())
+                how = ",".join(sorted(set(out.get("remote_checks", {}).values())))
+                seen.append(f"{how} ({len(emu.requests) - before} requests)")
                 rss.append(proc.max_rss_kb)
                 return proc.seconds
 
             # The warm-up after the build is the full pass that leaves the mark.
             fig, runs = median_of(once, runs=3, warmup=1)
-            reqs = emu.requests
             mutating = len(emu.mutating_requests())
             ratio = fig / floor if floor else None
             at_goal = n == GOAL_AT and not full
@@ -104,10 +105,10 @@ def run(ctx: Context) -> list[Row]:
                       goal=(f"<= {GOAL_RATIO}x find" + ("" if n == GOAL_AT else f" (goal is at {GOAL_AT:,})"))
                       if not full else "reported (every 6 h by default)",
                       met=(ratio is not None and ratio <= GOAL_RATIO and mutating == 0) if at_goal else None)
-            row.notes.append(f"runs {', '.join(f'{x:.2f}' for x in runs)} s; find {', '.join(f'{x:.3f}' for x in fruns)} s;"
-                             f" remote checked by {', '.join(sorted(checks))}")
+            row.notes.append(f"runs {', '.join(f'{x:.2f}' for x in runs)} s; find {', '.join(f'{x:.3f}' for x in fruns)} s")
+            row.notes.append(f"remote side checked by: warm-up {seen[0]}, then {'; '.join(seen[1:])} "
+                             f"(a full listing is ceil({tree.documents}/100) = {expected} requests)")
             row.notes.append(f"{mutating} mutating requests over 4 runs" + (" (OK)" if mutating == 0 else " (EXPECTED 0)"))
-            row.notes.append(f"{len(reqs) / 4:.0f} requests per run (a full listing is ceil({tree.documents}/100) = {expected})")
             row.notes.append(f"Python floor (start-up with difysync's imports + a bare os.scandir/stat walk, "
                              f"median of 3): {py_floor:.2f} s = {py_floor / floor:.2f}x find; difysync is "
                              f"{fig / py_floor:.2f}x that floor")

@@ -210,6 +210,8 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
                         report.remote_check = "probe"
                         report.plan = Plan(candidate.skips, unchanged=candidate.unchanged)
                         report.outcomes = [Outcome(a, "skipped", a.reason, repeat=True) for a in candidate.skips]
+                        if on_plan is not None:
+                            on_plan(report.plan)
                         return report
                     log.debug("%s: the dataset changed since the last clean pass (or cannot be probed): "
                               "listing it", key)

@@ -195,7 +195,7 @@ def _affixes_of(patterns: Sequence[str]) -> tuple[tuple[str, ...], tuple[str, ..
 
 @dataclass(frozen=True)
 class ScanResult:
-    files: list[LocalFile]  # sorted by rel_path
+    files: list[LocalFile]  # sorted by rel_path (the first field: paths are unique)
     problems: list[ScanProblem]  # sorted
     root_error: str | None = None
 
@@ -366,7 +366,7 @@ def scan_tree(root: Path, include: Sequence[str] = ("**/*",), exclude: Sequence[
     files: dict[str, LocalFile] = {}
     problems: set[ScanProblem] = set()
     _walk(rules, rules.root, "", False, files, problems)
-    return ScanResult(sorted(files.values(), key=lambda f: f.rel_path),
+    return ScanResult(sorted(files.values()),
                       sorted(problems, key=lambda p: (p.rel_path, p.reason)), None)
 
 
@@ -438,7 +438,7 @@ def stat_paths(root: Path, rel_paths: Iterable[str], include: Sequence[str] = ("
             gone.add(given)
         else:
             problems.add(found)
-    return (sorted(files.values(), key=lambda f: f.rel_path),
+    return (sorted(files.values()),
             sorted(problems, key=lambda p: (p.rel_path, p.reason)), sorted(gone))
 
 
