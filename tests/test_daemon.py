@@ -214,6 +214,30 @@ def test_sigterm_lets_requests_finish_settles_the_journal_and_exits_0(tmp_path):
             daemon.kill()
 
 
+def test_a_second_sigterm_exits_at_once_and_the_next_start_makes_no_duplicates(tmp_path):
+    with EmulatorServer(faults=Faults(latency=3.0)) as emu:
+        box = daemon_box(tmp_path, emu)
+        for i in range(10):
+            box.write(f"{i}.md", str(i))
+        daemon = Daemon(box)
+        try:
+            wait_until(lambda: emu.count(method="POST") >= 1, 15, what="an upload in flight")
+            daemon.signal(signal.SIGTERM)
+            time.sleep(0.2)
+            started = time.monotonic()
+            daemon.signal(signal.SIGTERM)
+            assert daemon.proc.wait(timeout=5) == 130
+            assert time.monotonic() - started < 2
+            assert "second signal, exiting at once" in daemon.log
+        finally:
+            daemon.kill()
+        emu.faults.latency = 0.0
+        time.sleep(3.5)  # let the abandoned requests land on the server
+        result = box.reconcile()
+        assert result.code == 0, result.stdout
+        assert sorted(box.docs()) == sorted(f"{i}.md" for i in range(10))  # docs() refuses duplicates
+
+
 def test_systemd_notifications_arrive_on_the_notify_socket(tmp_path, emulator):
     sock_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

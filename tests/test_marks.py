@@ -18,15 +18,20 @@ from difysync.naming import document_name
 from difysync.state import StateStore
 
 from .sandbox import Sandbox
+from .test_daemon import Daemon, daemon_box, wait_until
 
 # Enough documents that a probe (7 requests) is cheaper than a listing (8 pages).
 N = 720
 
 
 def synced_box(tmp_path, emu: EmulatorServer, **kwargs) -> Sandbox:
+    return synced(Sandbox(tmp_path, emu, **kwargs))
+
+
+def synced(box: Sandbox) -> Sandbox:
     """N Markdown files and a PNG, mirrored (preloaded, then adopted), and one more full
     pass, which leaves a mark."""
-    box = Sandbox(tmp_path, emu, **kwargs)
+    emu = box.emu
     for i in range(N):
         rel = f"d{i // 60:02d}/f{i:04d}.md"
         box.write(rel, f"document {i}")
@@ -238,6 +243,27 @@ def test_small_dataset_is_listed_since_that_is_cheaper(tmp_path, emulator):
     emulator.reset_requests()
     assert check(box, box.reconcile()) == "listing"
     assert emulator.count(method="GET") == 1
+
+
+# --- the service -------------------------------------------------------------------------
+
+
+def test_the_services_scheduled_passes_are_quiet_and_still_catch_a_remote_delete(tmp_path, emulator):
+    box = synced(daemon_box(tmp_path, emulator, watch='mode = "off"',
+                            schedule="full_reconcile_minutes = 0.03"))  # about every 2 s
+    emulator.reset_requests()
+    daemon = Daemon(box)
+    try:
+        daemon.wait_ready()
+        wait_until(lambda: sum("status=error" in r.query for r in emulator.requests) >= 3, 20,
+                   what="three quiet passes")
+        assert not any(r.query.startswith("page=2") or "&page=2" in r.query for r in emulator.requests)
+        assert box.mutations() == 0
+        emulator.store.delete_document(box.dataset, some_document(box).id)
+        wait_until(lambda: len(box.docs()) == N, 20, what="the deleted document made again")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
 
 
 # --- the probe's own promise ---------------------------------------------------------------
