@@ -8,8 +8,11 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import pickle
+import shutil
 import socket
 import stat
+import tempfile
 import threading
 from pathlib import Path
 
@@ -26,6 +29,7 @@ from difysync.scanner import (
     SYMLINK_LOOP,
     FileChanged,
     FileTooLarge,
+    ScanResult,
     compile_patterns,
     read_for_upload,
     scan_tree,
@@ -33,7 +37,46 @@ from difysync.scanner import (
     stat_paths,
 )
 
-running_as_root = pytest.mark.skipif(os.geteuid() == 0, reason="root reads and lists mode-000 entries")
+NOBODY = 65534
+
+
+@pytest.fixture
+def as_user(tmp_path_factory):
+    """(a folder, a scan) for permission tests. Root reads and lists mode-000 entries, so
+    under root the scan runs in a forked child that has become ``nobody`` (real and
+    effective ids, no groups), in a folder outside pytest's private 0700 tree."""
+    if os.geteuid() != 0:
+        yield tmp_path_factory.mktemp("perm"), scan_tree
+        return
+    base = Path(tempfile.mkdtemp(prefix="difysync-perm-"))
+    base.chmod(0o755)
+
+    def scan_as_nobody(root: Path) -> ScanResult:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: drop root for good, scan, send the result, leave
+            code = 0
+            try:
+                os.close(read_end)
+                os.setgroups([])
+                os.setgid(NOBODY)
+                os.setuid(NOBODY)
+                with os.fdopen(write_end, "wb") as out:
+                    pickle.dump(scan_tree(root), out)
+            except BaseException:  # noqa: BLE001 - reported by the parent as an empty answer
+                code = 1
+            os._exit(code)
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as answer:
+            data = answer.read()
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0 and data, "the unprivileged scan failed"
+        return pickle.loads(data)
+
+    try:
+        yield base, scan_as_nobody
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def write(root: Path, rel: str, data: bytes = b"x") -> Path:
@@ -315,25 +358,41 @@ def test_root_that_is_a_symlink_is_walked(tmp_path):
     assert rel_paths(result) == ["a.md", "link.md", "target.md"]
 
 
-@running_as_root
-def test_unreadable_directory_is_reported_and_the_walk_goes_on(tmp_path):
-    write(tmp_path, "locked/a.md")
-    write(tmp_path, "open/b.md")
-    (tmp_path / "locked").chmod(0)
+def test_unreadable_directory_is_reported_and_the_walk_goes_on(as_user):
+    where, scan = as_user
+    write(where, "locked/a.md")
+    write(where, "open/b.md")
+    (where / "locked").chmod(0)
     try:
-        result = scan_tree(tmp_path)
+        result = scan(where)
     finally:
-        (tmp_path / "locked").chmod(0o755)
+        (where / "locked").chmod(0o755)
     assert rel_paths(result) == ["open/b.md"]
     assert result.problems == [ScanProblem("locked", PERMISSION_DENIED)]
 
 
-@running_as_root
-def test_unreadable_file_is_reported(tmp_path):
-    write(tmp_path, "secret.md").chmod(0)
-    result = scan_tree(tmp_path)
+def test_unreadable_file_is_reported(as_user):
+    where, scan = as_user
+    write(where, "secret.md").chmod(0)
+    result = scan(where)
     assert result.files == []
     assert result.problems == [ScanProblem("secret.md", PERMISSION_DENIED)]
+
+
+def test_readability_follows_the_owner_bits_for_the_owner_and_the_rest_for_others(as_user):
+    where, scan = as_user
+    modes = {"own.md": 0o400, "own-no-read.md": 0o200, "group-only.md": 0o040, "other.md": 0o004}
+    for name, mode in modes.items():
+        path = write(where, name)
+        if os.geteuid() == 0:  # the scan runs as nobody: nobody owns own*, root the rest
+            os.chown(path, NOBODY if name.startswith("own") else 0, 0)
+        path.chmod(mode)
+    result = scan(where)
+    # For its owner a file is readable by the owner bits alone, whatever the others get.
+    readable = ["other.md", "own.md"] if os.geteuid() == 0 else ["own.md"]
+    assert rel_paths(result) == readable
+    assert result.problems == [ScanProblem(name, PERMISSION_DENIED) for name in sorted(modes)
+                               if name not in readable]
 
 
 def test_missing_root_is_a_root_error_not_an_exception(tmp_path):
@@ -348,13 +407,13 @@ def test_root_that_is_a_file_is_a_root_error(tmp_path):
     assert result.files == []
 
 
-@running_as_root
-def test_unreadable_root_is_a_root_error(tmp_path):
-    root = tmp_path / "root"
+def test_unreadable_root_is_a_root_error(as_user):
+    where, scan = as_user
+    root = where / "root"
     write(root, "a.md")
     root.chmod(0)
     try:
-        result = scan_tree(root)
+        result = scan(root)
     finally:
         root.chmod(0o755)
     assert result.root_error is not None and "not readable" in result.root_error
