@@ -196,27 +196,15 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         if paths is None:
             mark_key = marks.policy_key(policy, dataset_id, folder.include, folder.exclude) if dataset_id else None
             max_age = 0.0 if full_listing else settings.schedule.full_listing_minutes * 60
-            candidate = _usable_mark(store, key, dataset_id, mark_key, max_age) if dataset_id else None
-            # The probe is a few round trips: let them run while the tree is walked.
-            with ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
-                probing = pool.submit(marks.probe, client, dataset_id) if candidate and dataset_id else None
-                scan = scan_tree(root, folder.include, folder.exclude)
-                files, problems, root_error = scan.files, list(scan.problems), scan.root_error
-                del scan  # with_hashes makes the list that lives on; keep one copy in memory
-                if dataset_id and not root_error:
-                    digest = marks.scan_digest(files, problems)
-                if candidate is not None and probing is not None and digest == candidate.scan_digest:
-                    if probing.result() == candidate.remote:
-                        report.remote_check = "probe"
-                        report.plan = Plan(candidate.skips, unchanged=candidate.unchanged)
-                        report.outcomes = [Outcome(a, "skipped", a.reason, repeat=True) for a in candidate.skips]
-                        if on_plan is not None:
-                            on_plan(report.plan)
-                        return report
-                    log.debug("%s: the dataset changed since the last clean pass (or cannot be probed): "
-                              "listing it", key)
-                elif probing is not None:
-                    probing.cancel()
+            files, problems, root_error, digest, quiet = _scan_or_quiet(client, store, folder, dataset_id,
+                                                                        mark_key, max_age)
+            if quiet is not None:
+                report.remote_check = "probe"
+                report.plan = Plan(quiet.skips, unchanged=quiet.unchanged)
+                report.outcomes = [Outcome(a, "skipped", a.reason, repeat=True) for a in quiet.skips]
+                if on_plan is not None:
+                    on_plan(report.plan)
+                return report
             rows = store.load_folder(key, seen={f.rel_path: f for f in files})
         else:
             wanted = sorted(set(paths))
@@ -318,6 +306,31 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
             except Exception:  # noqa: BLE001 - the run record is a nicety; never mask the pass
                 log.debug("could not record the run", exc_info=True)
     return report
+
+
+def _scan_or_quiet(client: DifyClient, store: StateStore, folder: FolderSettings, dataset_id: str | None,
+                   mark_key: str | None, max_age: float,
+                   ) -> tuple[list[LocalFile], list[ScanProblem], str | None, str | None, marks.Mark | None]:
+    """Scan the folder; with a usable mark, probe the dataset meanwhile (a few round trips
+    that cost nothing next to the walk). Returns (files, problems, root error, scan digest,
+    the mark when both the scan and the dataset still match it)."""
+    key = folder_key(folder)
+    candidate = _usable_mark(store, key, dataset_id, mark_key, max_age) if dataset_id else None
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
+        probing = pool.submit(marks.probe, client, dataset_id) if candidate and dataset_id else None
+        scan = scan_tree(Path(folder.path), folder.include, folder.exclude)
+        files, problems, root_error = scan.files, list(scan.problems), scan.root_error
+        del scan  # with_hashes makes the list that lives on; keep one copy in memory
+        digest = marks.scan_digest(files, problems) if dataset_id and not root_error else None
+        if candidate is None or probing is None:
+            return files, problems, root_error, digest, None
+        if digest != candidate.scan_digest:
+            probing.cancel()
+            return files, problems, root_error, digest, None
+        if probing.result() != candidate.remote:
+            log.debug("%s: the dataset changed since the last clean pass (or cannot be probed): listing it", key)
+            return files, problems, root_error, digest, None
+    return files, problems, root_error, digest, candidate
 
 
 def _usable_mark(store: StateStore, key: str, dataset_id: str, mark_key: str | None,
