@@ -87,6 +87,21 @@ def test_quiet_passes_go_on_until_something_changes(box):
         assert check(box, box.reconcile()) == "probe"
 
 
+def test_status_tells_when_the_dataset_was_last_listed_in_full(box):
+    def times() -> tuple[float, float]:
+        folder = box.cli("status", "-c", str(box.config), "--json").json["folders"][0]
+        return folder["last_full_listing"], folder["last_full_reconcile"]
+
+    listed, _ = times()
+    assert listed is not None
+    time.sleep(0.05)
+    assert check(box, box.reconcile()) == "probe"
+    listed_after, full_after = times()
+    assert listed_after == listed and full_after > listed  # a quiet pass is a full pass, not a listing
+    shown = " ".join(box.cli("status", "-c", str(box.config)).stdout.split())  # wrapped at 80 columns
+    assert "whole dataset last listed 20" in shown
+
+
 def test_dry_run_probes_too_and_plans_nothing(box):
     result = box.reconcile("--dry-run")
     assert check(box, result) == "probe" and result.json["unchanged"] == N

@@ -233,16 +233,21 @@ def print_status(summaries: list[Any], problems: list[Any]) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    def when(t: float | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "never"
+
     console = Console()
-    table = Table(title="difysync status")
+    # A full pass may be quiet (a probe, not a listing): say when each dataset was last
+    # listed whole, below the table, where it does not crowd an 80-column terminal.
+    table = Table(title="difysync status", caption="\n".join(
+        f"{s.folder}: whole dataset last listed {when(s.last_full_listing)}" for s in summaries) or None,
+                  caption_justify="left")
     for col in ("folder", "dataset", "synced", "pending", "indexing", "error", "skipped", "last full pass"):
         table.add_column(col, overflow="fold", justify="right" if col in (
             "synced", "pending", "indexing", "error", "skipped") else "left")
     for s in summaries:
-        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.last_full_reconcile)) \
-            if s.last_full_reconcile else "never"
         table.add_row(s.folder, s.dataset_id or "-", str(s.synced), str(s.pending), str(s.indexing),
-                      str(s.error), str(s.skipped), when)
+                      str(s.error), str(s.skipped), when(s.last_full_reconcile))
     console.print(table)
     if problems:
         ptable = Table(title="files in error or skipped")

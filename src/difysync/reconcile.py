@@ -303,6 +303,8 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         if not dry_run and paths is None:
             try:
                 store.record_run(key, "full", started, report.ok, report.counts)
+                if report.remote_check == "listing" and report.fatal is None:
+                    store.record_run(key, "listing", started, True, {})
             except Exception:  # noqa: BLE001 - the run record is a nicety; never mask the pass
                 log.debug("could not record the run", exc_info=True)
     return report

@@ -62,6 +62,7 @@ class FolderSummary:
     error: int
     skipped: int
     last_full_reconcile: float | None
+    last_full_listing: float | None  # the last pass that listed the whole dataset (not a probe)
     journal: int
 
 
@@ -457,11 +458,14 @@ class StateStore:
                 "FROM files WHERE folder = ?", [folder]).fetchone()
             run = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'full'",
                                   [folder]).fetchone()
+            listed = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'listing' AND ok",
+                                     [folder]).fetchone()
             journal = self.db.execute("SELECT count(*) FROM journal WHERE folder = ?", [folder]).fetchone()[0]
             out.append(FolderSummary(folder=folder, dataset_id=counts[5], synced=counts[0] or 0,
                                      pending=counts[1] or 0, indexing=counts[2] or 0,
                                      error=counts[3] or 0, skipped=counts[4] or 0,
-                                     last_full_reconcile=run[0] if run else None, journal=journal))
+                                     last_full_reconcile=run[0] if run else None,
+                                     last_full_listing=listed[0] if listed else None, journal=journal))
         return out
 
     def problems(self) -> list[ProblemFile]:
