@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -196,41 +197,41 @@ def test_without_events_the_periodic_full_pass_still_converges(tmp_path, emulato
         daemon.kill()
 
 
+@contextmanager
+def uploading(tmp_path: Path, *, files: int, latency: float, in_flight: int):
+    """A daemon importing ``files`` files through a slow server, caught with
+    ``in_flight`` uploads sent; yields (emulator, box, daemon), killed at the end."""
+    with EmulatorServer(faults=Faults(latency=latency)) as emu:
+        box = daemon_box(tmp_path, emu)
+        for i in range(files):
+            box.write(f"{i}.md", str(i))
+        daemon = Daemon(box)
+        try:
+            wait_until(lambda: emu.count(method="POST") >= in_flight, 15, what="uploads in flight")
+            yield emu, box, daemon
+        finally:
+            daemon.kill()
+
+
 def test_sigterm_lets_requests_finish_settles_the_journal_and_exits_0(tmp_path):
-    with EmulatorServer(faults=Faults(latency=0.5)) as emu:
-        box = daemon_box(tmp_path, emu)
-        for i in range(40):
-            box.write(f"{i}.md", str(i))
-        daemon = Daemon(box)
-        try:
-            wait_until(lambda: emu.count(method="POST") >= 2, 15, what="uploads in flight")
-            started = time.monotonic()
-            assert daemon.stop(timeout=25) == 0
-            assert time.monotonic() - started < 20
-            journal = sqlite3.connect(box.tmp / "state.db").execute("SELECT count(*) FROM journal").fetchone()[0]
-            assert journal == 0
-            assert 0 < len(box.docs()) < 40
-        finally:
-            daemon.kill()
+    with uploading(tmp_path, files=40, latency=0.5, in_flight=2) as (_emu, box, daemon):
+        started = time.monotonic()
+        assert daemon.stop(timeout=25) == 0
+        assert time.monotonic() - started < 20
+        journal = sqlite3.connect(box.tmp / "state.db").execute("SELECT count(*) FROM journal").fetchone()[0]
+        assert journal == 0
+        assert 0 < len(box.docs()) < 40
 
 
-def test_a_second_sigterm_exits_at_once_and_the_next_start_makes_no_duplicates(tmp_path):
-    with EmulatorServer(faults=Faults(latency=3.0)) as emu:
-        box = daemon_box(tmp_path, emu)
-        for i in range(10):
-            box.write(f"{i}.md", str(i))
-        daemon = Daemon(box)
-        try:
-            wait_until(lambda: emu.count(method="POST") >= 1, 15, what="an upload in flight")
-            daemon.signal(signal.SIGTERM)
-            time.sleep(0.2)
-            started = time.monotonic()
-            daemon.signal(signal.SIGTERM)
-            assert daemon.proc.wait(timeout=5) == 130
-            assert time.monotonic() - started < 2
-            assert "second signal, exiting at once" in daemon.log
-        finally:
-            daemon.kill()
+def test_a_second_sigterm_exits_at_once_and_the_next_pass_makes_no_duplicates(tmp_path):
+    with uploading(tmp_path, files=10, latency=3.0, in_flight=1) as (emu, box, daemon):
+        daemon.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        started = time.monotonic()
+        daemon.signal(signal.SIGTERM)
+        assert daemon.proc.wait(timeout=5) == 130
+        assert time.monotonic() - started < 2
+        assert "second signal, exiting at once" in daemon.log
         emu.faults.latency = 0.0
         time.sleep(3.5)  # let the abandoned requests land on the server
         result = box.reconcile()

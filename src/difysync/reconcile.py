@@ -319,12 +319,12 @@ def _scan_or_quiet(client: DifyClient, store: StateStore, folder: FolderSettings
     key = folder_key(folder)
     candidate = _usable_mark(store, key, dataset_id, mark_key, max_age) if dataset_id else None
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
-        probing = pool.submit(marks.probe, client, dataset_id) if candidate and dataset_id else None
+        probing = pool.submit(marks.probe, client, dataset_id) if candidate is not None else None
         scan = scan_tree(Path(folder.path), folder.include, folder.exclude)
         files, problems, root_error = scan.files, list(scan.problems), scan.root_error
         del scan  # with_hashes makes the list that lives on; keep one copy in memory
         digest = marks.scan_digest(files, problems) if dataset_id and not root_error else None
-        if candidate is None or probing is None:
+        if candidate is None or probing is None:  # (never one without the other)
             return files, problems, root_error, digest, None
         if digest != candidate.scan_digest:
             probing.cancel()

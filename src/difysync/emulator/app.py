@@ -289,14 +289,7 @@ class _Api:
         return self.answer(doc, batch)
 
     async def update_by_file(self, request: Request) -> Response:
-        self.auth(request)
-        ds_id, doc_id = request.path_params["ds"], request.path_params["doc"]
-        self.store.get_dataset(ds_id)
-        self.check_document_limit()
-        doc = self.store.get_document(ds_id, doc_id)
-        if doc.archived:
-            raise ApiError(403, "archived_document_immutable",
-                           "The archived document is not editable.")
+        ds_id, doc_id = self.editable_document(request)
         form = await request.form(max_files=10, max_fields=100)
         try:
             self._data_field(form)
@@ -312,7 +305,9 @@ class _Api:
         finally:
             await form.close()
 
-    async def update_by_text(self, request: Request) -> Response:
+    def editable_document(self, request: Request) -> tuple[str, str]:
+        """What both update routes check first: the key, the dataset, the plan's document
+        limit, and a document that exists and is not archived. Returns (dataset, document)."""
         self.auth(request)
         ds_id, doc_id = request.path_params["ds"], request.path_params["doc"]
         self.store.get_dataset(ds_id)
@@ -321,6 +316,10 @@ class _Api:
         if doc.archived:
             raise ApiError(403, "archived_document_immutable",
                            "The archived document is not editable.")
+        return ds_id, doc_id
+
+    async def update_by_text(self, request: Request) -> Response:
+        ds_id, doc_id = self.editable_document(request)
         body = await self.json_body(request)
         name, text = body.get("name"), body.get("text")
         if text is not None and not isinstance(text, str):
