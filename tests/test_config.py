@@ -234,6 +234,13 @@ def test_list_from_the_environment_as_json_is_accepted(tmp_path: Path, monkeypat
     pytest.param('[dify]\nbase_url = "http://dify.example.com/v1"\n' + ONE_FOLDER,
                  "dify.base_url: plain http to dify.example.com would send the API key unencrypted; use https, "
                  "or set dify.allow_insecure_http = true if the network is trusted", id="insecure-http"),
+    pytest.param('[dify]\nbase_url = "https://dify.example.com/console/api"\n' + ONE_FOLDER,
+                 "dify.base_url: must be the Service API URL, ending in /v1, such as https://your-host/v1 "
+                 "(/console/api is the web console's API, which dataset keys cannot use) "
+                 "(got 'https://dify.example.com/console/api')", id="console-base-url"),
+    pytest.param('[dify]\nbase_url = "https://dify.example.com"\n' + ONE_FOLDER,
+                 "dify.base_url: must be the Service API URL, ending in /v1, such as https://your-host/v1 "
+                 "(got 'https://dify.example.com')", id="base-url-without-v1"),
     pytest.param('[dify]\napi_key = "' + SECRET + '"\n' + ONE_FOLDER,
                  "dify.api_key: the API key is never read from the config file; "
                  "set DIFYSYNC_API_KEY or dify.api_key_file", id="api-key-in-file"),

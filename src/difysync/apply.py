@@ -274,8 +274,10 @@ def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderC
 
 def _skip_recorded(action: Action, row: FileState | None, f: LocalFile | None) -> bool:
     """The state already says this, for this very file: nothing to write or announce."""
-    return (row is not None and row.skip_reason == action.reason and f is not None
-            and (row.size, row.mtime_ns, row.inode) == (f.size, f.mtime_ns, f.inode))
+    if row is None or f is None or row.skip_reason != action.reason:
+        return False
+    return (row.size, row.mtime_ns, row.inode) == (f.size, f.mtime_ns, f.inode) or \
+        (row.refused_sha256 is not None and row.refused_sha256 == f.sha256)
 
 
 def _log_outcome(outcome: Outcome) -> None:

@@ -141,6 +141,13 @@ class DifySettings(_Strict):
             raise ValueError("must be an http:// or https:// URL such as https://api.dify.ai/v1")
         if parts.query or parts.fragment:
             raise ValueError("must not have a query or fragment")
+        path = parts.path.rstrip("/")
+        if not path.endswith("/v1"):
+            # The Service API lives under /v1. /console/api is the web console's API:
+            # it answers a dataset key with 401, which would read as "key rejected".
+            console = " (/console/api is the web console's API, which dataset keys cannot use)" \
+                if "/console/api" in path else ""
+            raise ValueError(f"must be the Service API URL, ending in /v1, such as https://your-host/v1{console}")
         return value.rstrip("/")
 
     @field_validator("allowed_extensions")

@@ -340,6 +340,11 @@ def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
                       "indexing failed in Dify")
     if content_same and name_same:
         return None
+    if row.refused_sha256 and row.refused_sha256 == f.sha256:
+        # The server refused this very content (an update over its size limit, say) and
+        # still holds the previous version: sending it again can only be refused again.
+        return Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size,
+                      reason=row.skip_reason or "refused by the server")
     if doc.in_flight:
         return Action(Kind.WAIT, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
                       reason="document is still indexing")

@@ -223,6 +223,8 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
 
         remote: list[RemoteDocument] = []
         journal = store.pending_journal(key)
+        if paths is not None:  # a targeted pass plans (and may resolve) only its own paths
+            journal = [e for e in journal if _under_any(e.rel_path, set(wanted))]
         journal_rest = journal
         status_changes: dict[str, tuple[str, str | None]] = {}
         recorder = marks.ListingRecorder()
@@ -280,9 +282,9 @@ def reconcile_folder(settings: Settings, folder: FolderSettings, client: DifyCli
         except Stopped as stop:
             report.outcomes = stop.outcomes
             raise stop.error from None
-        # Journal rows from an earlier, interrupted pass were inputs to this plan and are
-        # now resolved by it.
-        store.clear_journal(e.id for e in journal)
+        # Journal rows from an earlier, interrupted pass were inputs to this plan; those
+        # whose path came through it without a failure or a wait are resolved by it.
+        store.clear_journal(_resolved(journal, report.outcomes))
         adopted = {o.document_id for o in report.outcomes if o.action.kind is Kind.ADOPT and o.result == "ok"}
         if adopted:  # so that the next pass finds them settled
             store.refresh_statuses(key, {d.id: (d.indexing_status, d.error) for d in remote if d.id in adopted})
@@ -344,6 +346,14 @@ def _usable_mark(store: StateStore, key: str, dataset_id: str, mark_key: str | N
     if mark is None or not mark.fresh(max_age) or not mark.worth_probing or mark.policy_key != mark_key:
         return None
     return mark
+
+
+def _resolved(journal: Sequence[JournalEntry], outcomes: Sequence[Outcome]) -> list[int]:
+    """The journal rows this pass settled: a row stays while its path has an action that
+    failed, was not attempted or has to wait (the row may be all that says a document
+    is ours)."""
+    open_paths = {o.action.rel_path for o in outcomes if o.result in ("failed", "waiting")}
+    return [e.id for e in journal if e.rel_path not in open_paths]
 
 
 def _changes_nothing(plan: Plan) -> bool:

@@ -355,8 +355,13 @@ class StateStore:
             conn.executemany(
                 "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, skip_reason, "
                 "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder, rel_path) DO UPDATE "
-                "SET skip_reason = excluded.skip_reason, size = excluded.size, "
-                "mtime_ns = excluded.mtime_ns, inode = excluded.inode, updated_at = excluded.updated_at",
+                # A row that holds an uploaded version keeps that version's stat: its size,
+                # mtime and inode vouch for its sha256, and the refused file is not that.
+                "SET skip_reason = excluded.skip_reason, "
+                "size = CASE WHEN files.sha256 IS NULL THEN excluded.size ELSE files.size END, "
+                "mtime_ns = CASE WHEN files.sha256 IS NULL THEN excluded.mtime_ns ELSE files.mtime_ns END, "
+                "inode = CASE WHEN files.sha256 IS NULL THEN excluded.inode ELSE files.inode END, "
+                "updated_at = excluded.updated_at",
                 rows)
 
     def record_notes(self, folder: str, notes: Iterable[tuple[str, str | None]]) -> None:
