@@ -4,10 +4,13 @@ emulator."""
 
 from __future__ import annotations
 
+import time
+
 from difysync.config import load_settings
 from difysync.dify import DifyClient
 from difysync.emulator import EmulatorServer
-from difysync.reconcile import folder_key, reconcile_folder, wait_for_indexing
+from difysync.reconcile import Env, PassOptions, folder_key, reconcile_folder
+from difysync.remote import IndexingPoller, wait_for_indexing
 from difysync.state import StateStore
 
 from .sandbox import Sandbox
@@ -18,7 +21,8 @@ MIB = 1024 * 1024
 def _pass(box: Sandbox, paths: list[str] | None = None):
     settings = load_settings(box.config)
     with StateStore(settings.state_db) as store, DifyClient(box.emu.base_url, box.emu.api_key) as client:
-        return reconcile_folder(settings, settings.folders[0], client, store, paths=paths)
+        return reconcile_folder(Env(settings, client, store), settings.folders[0],
+                                PassOptions(paths=tuple(paths) if paths is not None else None))
 
 
 def test_a_targeted_pass_keeps_the_journal_rows_it_did_not_resolve(tmp_path, emulator):
@@ -94,8 +98,10 @@ def test_wait_polls_only_what_is_in_flight(tmp_path):
         emu.reset_requests()
         with StateStore(settings.state_db) as store, DifyClient(emu.base_url, emu.api_key) as client:
             doc = box.docs()["new.md"].id
-            finished, tally = wait_for_indexing(client, store, {(folder_key(settings.folders[0]), box.dataset): {doc}},
-                                                timeout=10, interval=0.2)
+            finished, tally = wait_for_indexing(IndexingPoller(client), store,
+                                                {(folder_key(settings.folders[0]), box.dataset): {doc}},
+                                                timeout=10, pauses=lambda: 0.2, sleep=time.sleep,
+                                                clock=time.monotonic)
         assert finished and tally == {"completed": 1}
         listing_pages = [r for r in emu.requests if r.path.endswith("/documents") and "status=" not in r.query
                          and "keyword=" not in r.query]

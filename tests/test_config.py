@@ -156,7 +156,15 @@ def test_precedence_is_kwargs_then_environment_then_file_then_defaults(
     assert plain.shutdown_timeout_seconds == 6
     assert overridden.shutdown_timeout_seconds == 7
     assert plain.dify.timeout_seconds == 11
-    assert plain.dify.max_attempts == 3
+    assert plain.dify.quarantine_after == 3
+
+
+def test_the_old_name_max_attempts_still_works_with_a_warning(tmp_path: Path, caplog) -> None:
+    path = write(tmp_path, "[dify]\nmax_attempts = 5\n" + ONE_FOLDER)
+    settings = load_settings(path)
+    assert settings.dify.quarantine_after == 5
+    assert any("dify.max_attempts is deprecated" in r.getMessage() and "dify.quarantine_after" in r.getMessage()
+               for r in caplog.records)
 
 
 def test_api_key_variable_is_not_an_unknown_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

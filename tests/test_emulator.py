@@ -63,6 +63,20 @@ def test_unknown_route_is_json_404(client: httpx.Client) -> None:
     assert err(client.get("/nothing/here"))[:2] == (404, "not_found")
 
 
+def test_console_api_refuses_a_dataset_key(emulator: EmulatorServer) -> None:
+    # Dify 1.14.1's /console/api takes console login tokens only
+    root = emulator.base_url[: -len("/v1")]
+    with httpx.Client(base_url=root) as c:
+        for path in ("/console/api/datasets", "/console/api/datasets/8c5f8f52-7b8a-4d3c-9d57-3f3f7ad1c2b1"):
+            for header in ("Bearer test-key", "Bearer junk"):
+                assert err(c.get(path, headers={"Authorization": header})) == (
+                    401, "unauthorized", "Invalid token.")
+            assert err(c.get(path)) == (401, "unauthorized", "Invalid Authorization token.")
+            assert err(c.get(path, headers={"Authorization": "Basic abc"})) == (
+                401, "unauthorized", "Invalid Authorization token.")
+        assert err(c.post("/console/api/datasets", json={"name": "x"}, headers=AUTH))[0] == 401
+
+
 # -------------------------------------------------------------------------- datasets
 def test_dataset_lifecycle(client: httpx.Client) -> None:
     ds = new_dataset(client, "one")
@@ -135,16 +149,25 @@ def test_name_matching_current_vs_duplicates_legacy(client: httpx.Client) -> Non
         assert a != b and c.get(f"/datasets/{ds2}/documents").json()["total"] == 2
 
 
-def test_disabled_or_archived_documents_are_not_matched(emulator: EmulatorServer,
-                                                        client: httpx.Client) -> None:
+def test_disabled_documents_are_not_matched_but_archived_ones_are(emulator: EmulatorServer,
+                                                                   client: httpx.Client) -> None:
     ds = new_dataset(client)
     a = upload(client, ds, "a.md").json()["document"]["id"]
     r = client.patch(f"/datasets/{ds}/documents/status/disable", json={"document_ids": [a]})
     assert r.json() == {"result": "success"}
     assert upload(client, ds, "a.md").json()["document"]["id"] != a
-    b = upload(client, ds, "b.md").json()["document"]["id"]
+    # Dify 1.14.1 matches on `enabled` alone: an archived document with the name is
+    # re-indexed in place (same id, new batch, new content) and stays archived.
+    first = upload(client, ds, "b.md", b"old").json()
+    b = first["document"]["id"]
     emulator.store.set_document(ds, b, archived=True)
-    assert upload(client, ds, "b.md").json()["document"]["id"] != b
+    again = upload(client, ds, "b.md", b"new").json()
+    assert again["document"]["id"] == b and again["batch"] != first["batch"]
+    assert emulator.store.content(ds, b) == b"new"
+    detail = client.get(f"/datasets/{ds}/documents/{b}").json()
+    assert detail["archived"] is True and detail["display_status"] == "archived"
+    assert err(client.get(f"/datasets/{ds}/documents/{first['batch']}/indexing-status")) == (
+        404, "not_found", "Documents not found.")
     assert err(update(client, ds, b, "b.md"))[:2] == (403, "archived_document_immutable")
     assert err(client.delete(f"/datasets/{ds}/documents/{b}"))[:2] == (
         403, "archived_document_immutable")
@@ -183,7 +206,7 @@ def test_update_keeps_id_renames_and_reindexes(emulator: EmulatorServer,
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["document"]["id"] == doc_id and body["document"]["name"] == "new.md"
-    assert body["batch"] != created["batch"]
+    assert body["batch"] == created["batch"]  # Dify 1.14.1: the document's own batch
     assert emulator.store.content(ds, doc_id) == b"two two"
     status = client.get(f"/datasets/{ds}/documents/{body['batch']}/indexing-status").json()
     assert status["data"][0]["id"] == doc_id
@@ -210,6 +233,108 @@ def test_update_refused_while_indexing_and_on_error() -> None:
         detail = c.get(f"/datasets/{ds}/documents/{doc}").json()
         assert detail["display_status"] == "error" and detail["error"] == "boom"
         assert err(update(c, ds, doc, "a.md"))[2] == "Document is not available"
+
+
+def _poll(c: httpx.Client, ds: str, batch: str, timeout: float = 5.0) -> list[str]:
+    """The distinct indexing_status values the batch shows until it settles."""
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = c.get(f"/datasets/{ds}/documents/{batch}/indexing-status")
+        assert r.status_code == 200, r.text
+        status = r.json()["data"][0]["indexing_status"]
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        if status in ("completed", "error"):
+            break
+        time.sleep(0.02)
+    return seen
+
+
+def test_update_answers_the_documents_own_batch_which_shows_the_update() -> None:
+    # Dify 1.14.1: update-by-file, update-by-text and PATCH all answer the original batch
+    # (document.batch); polling it walks waiting -> ... -> completed again.
+    with EmulatorServer(indexing_delay=1.0) as emu, make_client(emu) as c:
+        ds = new_dataset(c)
+        created = upload(c, ds, "a.md", b"one").json()
+        doc, batch = created["document"]["id"], created["batch"]
+        assert _poll(c, ds, batch)[-1] == "completed"
+        body = update(c, ds, doc, "a.md", b"two").json()
+        assert body["batch"] == batch and body["document"]["indexing_status"] == "waiting"
+        seen = _poll(c, ds, batch)
+        assert seen[0] in ("waiting", "parsing") and seen[-1] == "completed"
+        assert {"parsing", "splitting", "indexing"} & set(seen[:-1])
+        status = c.get(f"/datasets/{ds}/documents/{batch}/indexing-status").json()["data"]
+        assert [s["id"] for s in status] == [doc]
+        r = c.patch(f"/datasets/{ds}/documents/{doc}", files={"file": ("a.md", b"3")})
+        assert r.json()["batch"] == batch
+        _poll(c, ds, batch)
+        r = c.post(f"/datasets/{ds}/documents/{doc}/update_by_text", json={"text": "four"})
+        assert r.json()["batch"] == batch
+        assert emu.store.get_document(ds, doc).batch == batch
+
+
+def test_legacy_update_answers_a_batch_the_status_endpoint_cannot_find() -> None:
+    # 0.9.x made a fresh batch id for the answer and never stored it (langgenius/dify
+    # #9221): it answers 404, while the original batch shows the update's progress.
+    with EmulatorServer(legacy=True, indexing_delay=0.5) as emu, make_client(emu) as c:
+        ds = new_dataset(c)
+        created = upload(c, ds, "a.md", b"one").json()
+        doc, batch = created["document"]["id"], created["batch"]
+        _poll(c, ds, batch)
+        body = update(c, ds, doc, "a.md", b"two").json()
+        assert body["batch"] and body["batch"] != batch
+        assert err(c.get(f"/datasets/{ds}/documents/{body['batch']}/indexing-status")) == (
+            404, "not_found", "Documents not found.")
+        status = c.get(f"/datasets/{ds}/documents/{batch}/indexing-status").json()["data"][0]
+        assert status["id"] == doc and status["indexing_status"] in ("waiting", "parsing")
+        assert _poll(c, ds, batch)[-1] == "completed"
+
+
+def test_name_matched_create_moves_the_document_to_a_new_batch() -> None:
+    # Dify 1.14.1 keeps one batch per document: a same-named create gives it a new one, the
+    # old batch then answers 404, and a later update answers the new one.
+    with EmulatorServer(indexing_delay=1.0) as emu, make_client(emu) as c:
+        ds = new_dataset(c)
+        first = upload(c, ds, "a.md", b"v1").json()
+        doc, b1 = first["document"]["id"], first["batch"]
+        # even while the first upload is still queued (no availability check on create)
+        second = upload(c, ds, "a.md", b"v2").json()
+        b2 = second["batch"]
+        assert second["document"]["id"] == doc and b2 != b1
+        assert err(c.get(f"/datasets/{ds}/documents/{b1}/indexing-status")) == (
+            404, "not_found", "Documents not found.")
+        assert _poll(c, ds, b2)[-1] == "completed"
+        updated = update(c, ds, doc, "a.md", b"v3").json()
+        assert updated["batch"] == b2 and updated["document"]["created_from"] == "web"
+        _poll(c, ds, b2)
+        # the re-create shows created_from "api" again, as 1.14.1 does
+        third = upload(c, ds, "a.md", b"v4").json()
+        assert third["document"]["created_from"] == "api" and third["batch"] not in (b1, b2)
+        for old in (b1, b2):
+            r = c.get(f"/datasets/{ds}/documents/{old}/indexing-status")
+            assert r.status_code == 404
+        assert c.get(f"/datasets/{ds}/documents/{third['batch']}/indexing-status").json()[
+            "data"][0]["id"] == doc
+        # deleting the document: its batch, and every older one, answer 404
+        assert c.delete(f"/datasets/{ds}/documents/{doc}").status_code == 204
+        for old in (b1, b2, third["batch"]):
+            assert err(c.get(f"/datasets/{ds}/documents/{old}/indexing-status")) == (
+                404, "not_found", "Documents not found.")
+        assert emu.store.batches == {}
+
+
+def test_unknown_batch_and_unknown_dataset_answers(client: httpx.Client) -> None:
+    ds, other = new_dataset(client, "one"), new_dataset(client, "two")
+    batch = upload(client, ds, "a.md").json()["batch"]
+    not_found = (404, "not_found", "Documents not found.")
+    for unknown in ("20991231000000123456", "nonsense", "8c5f8f52-7b8a-4d3c-9d57-3f3f7ad1c2b1"):
+        assert err(client.get(f"/datasets/{ds}/documents/{unknown}/indexing-status")) \
+            == not_found
+    # a batch asked for under another dataset is not found there
+    assert err(client.get(f"/datasets/{other}/documents/{batch}/indexing-status")) == not_found
+    r = client.get(f"/datasets/8c5f8f52-7b8a-4d3c-9d57-3f3f7ad1c2b1/documents/{batch}/indexing-status")
+    assert err(r) == (404, "not_found", "Dataset not found.")
 
 
 # ---------------------------------------------------------------------------- delete
@@ -258,6 +383,77 @@ def test_list_pagination_full_last_page_keyword_and_order(emulator: EmulatorServ
     found = client.get(f"/datasets/{ds}/documents", params={"keyword": "doc"}).json()
     assert found["total"] == 4
     assert client.get(f"/datasets/{ds}/documents", params={"keyword": "DOC"}).json()["total"] == 0
+
+
+def _filtered(c: httpx.Client, ds: str, status: str, **params: object) -> tuple[int, list[str]]:
+    body = c.get(f"/datasets/{ds}/documents", params={"status": status, **params}).json()
+    return body["total"], sorted(d["name"] for d in body["data"])
+
+
+def test_list_status_filter_semantics(emulator: EmulatorServer, client: httpx.Client) -> None:
+    ds = new_dataset(client)
+    for status in ("queuing", "indexing", "paused", "error", "available", "disabled", "archived"):
+        assert _filtered(client, ds, status) == (0, []), status
+    ids = {n: upload(client, ds, f"{n}.md").json()["document"]["id"] for n in
+           ("queued", "busy", "held", "bad1", "bad2", "ok", "off", "old")}
+    store = emulator.store
+    store.set_document(ds, ids["queued"], indexing_status="waiting")
+    store.set_document(ds, ids["busy"], indexing_status="splitting")
+    store.set_document(ds, ids["held"], indexing_status="paused")
+    store.set_document(ds, ids["bad1"], error="boom")
+    store.set_document(ds, ids["bad2"], error="boom", archived=True)  # error wins
+    store.set_document(ds, ids["off"], enabled=False)
+    store.set_document(ds, ids["old"], archived=True)
+    assert _filtered(client, ds, "queuing") == (1, ["queued.md"])
+    assert _filtered(client, ds, "indexing") == (1, ["busy.md"])
+    assert _filtered(client, ds, "paused") == (1, ["held.md"])
+    assert _filtered(client, ds, "error") == (2, ["bad1.md", "bad2.md"])
+    assert _filtered(client, ds, "available") == (1, ["ok.md"])
+    assert _filtered(client, ds, "disabled") == (1, ["off.md"])
+    assert _filtered(client, ds, "archived") == (1, ["old.md"])
+    # 1.14.1: case-insensitive, "active" and "enabled" mean available, and an empty or
+    # unknown value filters nothing (every document, total of all)
+    assert _filtered(client, ds, "ERROR") == (2, ["bad1.md", "bad2.md"])
+    for alias in ("Available", "active", "enabled"):
+        assert _filtered(client, ds, alias) == (1, ["ok.md"])
+    for nothing in ("bogus", ""):
+        assert _filtered(client, ds, nothing)[0] == 8
+    # with keyword and paging: total counts the filtered documents, has_more is "page full"
+    assert _filtered(client, ds, "error", keyword="bad2") == (1, ["bad2.md"])
+    page = client.get(f"/datasets/{ds}/documents",
+                      params={"status": "error", "limit": 1, "page": 2}).json()
+    assert page["total"] == 2 and len(page["data"]) == 1 and page["has_more"] is True
+    # the filter follows indexing as it moves on
+    store.set_document(ds, ids["queued"], indexing_status=None)
+    assert _filtered(client, ds, "queuing") == (0, [])
+
+
+def test_list_status_filter_follows_live_indexing() -> None:
+    with EmulatorServer(indexing_delay=1.0) as emu, make_client(emu) as c:
+        ds = new_dataset(c)
+        upload(c, ds, "a.md")
+        assert _filtered(c, ds, "queuing") == (1, ["a.md"])
+        assert _filtered(c, ds, "available") == (0, [])
+        time.sleep(0.45)
+        assert _filtered(c, ds, "indexing") == (1, ["a.md"])
+        assert _filtered(c, ds, "queuing") == (0, [])
+        time.sleep(0.6)
+        assert _filtered(c, ds, "indexing") == (0, [])
+        assert _filtered(c, ds, "available") == (1, ["a.md"])
+
+
+def test_legacy_servers_ignore_the_status_filter() -> None:
+    # 0.x Dify's document list reads page, limit and keyword only
+    with EmulatorServer(legacy=True) as old, make_client(old) as c:
+        ds = new_dataset(c)
+        upload(c, ds, "a.md")
+        old.store.set_document(ds, old.store.documents(ds)[0].id, error="boom")
+        upload(c, ds, "b.md")
+        assert _filtered(c, ds, "error") == (2, ["a.md", "b.md"])
+    with EmulatorServer(legacy=True, status_filter=True) as old, make_client(old) as c:
+        ds = new_dataset(c)
+        upload(c, ds, "a.md")
+        assert _filtered(c, ds, "error") == (0, [])
 
 
 def test_list_limit_over_100(emulator: EmulatorServer, client: httpx.Client) -> None:

@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 
 from difysync.dify import DifyClient
 from difysync.emulator import EmulatorServer
-from difysync.marks import FLAGGED_STATUSES, ListingRecorder, Mark, probe
+from difysync.marks import FLAGGED_STATUSES, ListingRecorder, Mark
+from difysync.remote import RemoteView
 from difysync.naming import document_name
 from difysync.state import StateStore
 
@@ -335,11 +336,11 @@ def test_an_unchanged_probe_means_an_unchanged_listing_but_for_renames_past_the_
         recorder = ListingRecorder()
         before = client.list_documents(ds, on_page=recorder.on_page)
         fingerprint = recorder.fingerprint()
-        assert fingerprint is not None and probe(client, ds) == fingerprint
+        assert fingerprint is not None and RemoteView(client, ds).probe() == fingerprint
         for change, pick in changes:
             _apply(store, ds, change, pick)
         after = client.list_documents(ds)
-        unchanged = probe(client, ds) == fingerprint
+        unchanged = RemoteView(client, ds).probe() == fingerprint
     store.delete_dataset(ds)
     if unchanged:
         assert _what_a_plan_reads(after) == _what_a_plan_reads(before)

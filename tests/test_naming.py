@@ -117,7 +117,9 @@ def test_name_is_deterministic(path):
 def test_round_trip_for_names_not_shortened(path):
     name = document_name(path)
     recovered = rel_path_from_name(name)
-    if len(path) < 100:  # short enough that the name can never have been shortened
+    # A path short enough to fit once encoded was never shortened (escapes can make a
+    # 99-character path encode to more than 200: that one was).
+    if len(path) < 100 and len(name) < MAX_NAME_CHARS and "~" not in name:
         assert recovered == path
     assert recovered in (path, None)
 

@@ -97,7 +97,7 @@ def test_document_in_error_is_recreated():
 def test_document_failing_too_often_is_quarantined():
     row = _with(tracked("a.md", "d1"), attempts=3)
     plan = plan_folder([local("a.md")], {"a.md": row},
-                       [remote("d1", "a.md", status="error", error="boom")], policy=Policy(max_attempts=3))
+                       [remote("d1", "a.md", status="error", error="boom")], policy=Policy(quarantine_after=3))
     assert kinds(plan) == [("skip", "a.md")]
     assert "quarantined" in plan.actions[0].reason
 

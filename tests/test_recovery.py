@@ -8,7 +8,7 @@ import sqlite3
 from difysync.config import load_settings
 from difysync.dify import DifyClient
 from difysync.errors import StateWriteError
-from difysync.reconcile import reconcile_folder
+from difysync.reconcile import Env, reconcile_folder
 from difysync.state import StateStore
 
 from .sandbox import Sandbox
@@ -80,7 +80,7 @@ def test_a_full_disk_under_the_state_db_is_a_clear_error_and_loses_nothing(tmp_p
     with StateStore(settings.state_db) as store, DifyClient(emulator.base_url, emulator.api_key) as client:
         pages = store.db.execute("PRAGMA page_count").fetchone()[0]
         store.db.execute(f"PRAGMA max_page_count = {pages}")
-        report = reconcile_folder(settings, settings.folders[0], client, store)
+        report = reconcile_folder(Env(settings, client, store), settings.folders[0])
     assert isinstance(report.fatal, StateWriteError)
     assert "disk full" in str(report.fatal)
     # A later pass with room again converges without duplicates.

@@ -20,14 +20,13 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from difysync.models import LocalFile, ScanProblem
+from difysync.models import LocalFile, ScanProblem, SkipCode
 from difysync.scanner import (
     BROKEN_SYMLINK,
     DIR_SYMLINK,
     OUTSIDE_ROOT,
     PERMISSION_DENIED,
     SYMLINK_LOOP,
-    FileChanged,
     FileTooLarge,
     ScanResult,
     compile_patterns,
@@ -269,7 +268,7 @@ def test_fifo_is_reported_and_never_opened(tmp_path):
     # then
     assert not worker.is_alive(), "scan blocked on the fifo"
     assert rel_paths(box["r"]) == ["ok.md"]
-    assert box["r"].problems == [ScanProblem("pipe.md", "special file (fifo)")]
+    assert box["r"].problems == [ScanProblem("pipe.md", "special file (fifo)", SkipCode.NOT_A_FILE)]
 
 
 def test_unix_socket_is_reported(tmp_path, monkeypatch):
@@ -283,7 +282,7 @@ def test_unix_socket_is_reported(tmp_path, monkeypatch):
     finally:
         sock.close()
     # then
-    assert result.problems == [ScanProblem("s.sock", "special file (socket)")]
+    assert result.problems == [ScanProblem("s.sock", "special file (socket)", SkipCode.NOT_A_FILE)]
     assert result.files == []
 
 
@@ -302,7 +301,7 @@ def test_character_device_is_reported_and_never_opened(tmp_path):
     # when
     result = scan_tree(tmp_path)
     # then
-    assert result.problems == [ScanProblem("zero.md", "special file (character device)")]
+    assert result.problems == [ScanProblem("zero.md", "special file (character device)", SkipCode.NOT_A_FILE)]
 
 
 def test_symlink_to_file_inside_root_is_followed(tmp_path):
@@ -337,7 +336,7 @@ def test_symlink_to_directory_is_not_followed(tmp_path):
     result = scan_tree(tmp_path)
     # then
     assert rel_paths(result) == ["sub/a.md"]
-    assert result.problems == [ScanProblem("sub/up", DIR_SYMLINK)]
+    assert result.problems == [ScanProblem("sub/up", DIR_SYMLINK, SkipCode.NOT_A_FILE)]
 
 
 def test_broken_symlink_and_symlink_loop_are_reported(tmp_path):
@@ -457,7 +456,7 @@ def test_stat_paths_applies_the_same_refusals_as_the_walk(tmp_path):
     (tmp_path / "out.md").symlink_to("/etc/hostname")
     files, problems, gone = stat_paths(tmp_path, ["pipe.md", "out.md"], ["**/*"], [])
     assert files == [] and gone == []
-    assert problems == [ScanProblem("out.md", OUTSIDE_ROOT), ScanProblem("pipe.md", "special file (fifo)")]
+    assert problems == [ScanProblem("out.md", OUTSIDE_ROOT, SkipCode.NOT_A_FILE), ScanProblem("pipe.md", "special file (fifo)", SkipCode.NOT_A_FILE)]
 
 
 def test_stat_paths_does_not_look_through_a_symlinked_directory(tmp_path):
@@ -501,7 +500,7 @@ def test_sha256_file_refuses_a_fifo_without_blocking(tmp_path):
 
 def test_read_for_upload_returns_bytes_and_their_hash(tmp_path):
     path = write(tmp_path, "a.md", b"content")
-    assert read_for_upload(path, 7, max_bytes=100) == (b"content", hashlib.sha256(b"content").hexdigest())
+    assert read_for_upload(path, max_bytes=100) == (b"content", hashlib.sha256(b"content").hexdigest())
 
 
 def test_read_for_upload_accepts_exactly_the_limit_and_refuses_one_byte_more(tmp_path):
@@ -509,12 +508,6 @@ def test_read_for_upload_accepts_exactly_the_limit_and_refuses_one_byte_more(tmp
     with pytest.raises(FileTooLarge) as info:
         read_for_upload(write(tmp_path, "over.md", b"x" * 11), max_bytes=10)
     assert isinstance(info.value, ValueError) and info.value.size == 11
-
-
-def test_read_for_upload_notices_a_file_that_changed_size(tmp_path):
-    path = write(tmp_path, "a.md", b"grown since the scan")
-    with pytest.raises(FileChanged):
-        read_for_upload(path, 5, max_bytes=100)
 
 
 def test_read_for_upload_refuses_a_special_file(tmp_path):

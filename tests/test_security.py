@@ -53,8 +53,9 @@ def test_the_key_appears_in_no_output_log_json_or_state_even_when_things_go_wron
     outputs.append(box.subprocess("--log-level", "debug", "reconcile", "-c", str(box.config)))
     for result in outputs:
         assert SECRET not in result.stdout and SECRET not in result.stderr
-    for path in tmp_path.glob("state.db*"):
-        assert SECRET.encode() not in path.read_bytes()
+    for path in [*tmp_path.glob("state.db*"), *tmp_path.glob("state.db.locks/*")]:
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes()
 
 
 def test_the_key_is_never_taken_from_the_command_line():
@@ -76,10 +77,13 @@ def test_state_db_and_wal_files_are_created_private(tmp_path, secret_emulator):
     box = Sandbox(tmp_path, secret_emulator)
     box.write("a.md", "a")
     assert box.reconcile().code == 0
-    files = list(tmp_path.glob("state.db*"))
+    files = [p for p in tmp_path.glob("state.db*") if p.is_file()]
     assert files
     for path in files:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    locks = tmp_path / "state.db.locks"  # the write leases (lease.py), beside the DB
+    assert stat.S_IMODE(locks.stat().st_mode) == 0o700
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in locks.iterdir())
 
 
 def test_plain_http_to_a_remote_host_is_refused_unless_allowed(tmp_path, secret_emulator):

@@ -10,8 +10,8 @@ import stat
 import pytest
 
 from difysync.errors import StateError
-from difysync.models import LocalFile
-from difysync.state import SCHEMA_VERSION, StateStore, decode_path, encode_path
+from difysync.models import ErrorKind, LocalFile, SkipCode
+from difysync.state import SCHEMA_VERSION, Skip, StateStore, decode_path, encode_path
 
 
 @pytest.fixture
@@ -62,9 +62,11 @@ def test_removal_drops_the_row_and_the_intent(store):
 
 def test_refusal_is_remembered_with_the_refused_content(store):
     jid = store.journal_begin("/f", "ds", "create", "a.md", "a.md")
-    store.settle_failure(jid, "/f", "ds", "a.md", "refused", refused_sha256="abc", skip_reason="415")
+    store.settle_failure(jid, "/f", "ds", "a.md", "415", ErrorKind.REQUEST_FAILED, refused_sha256="abc",
+                         skip=SkipCode.REFUSED)
     row = store.load_folder("/f")["a.md"]
     assert row.refused_sha256 == "abc" and row.skip_reason == "415" and row.document_id is None
+    assert row.skip_code is SkipCode.REFUSED and row.error_kind is ErrorKind.REQUEST_FAILED
     assert store.retry("/f", "a.md") == 1
     assert store.load_folder("/f")["a.md"].refused_sha256 is None
 
@@ -89,7 +91,7 @@ def test_paths_that_are_not_utf8_round_trip():
 
 def test_non_utf8_path_is_stored_and_loaded(store):
     rel = os.fsdecode(b"\xff.md")
-    store.record_skips("/f", "ds", [(LocalFile(rel, 1, 1, 1), rel, "because")])
+    store.record_skips("/f", "ds", [Skip(LocalFile(rel, 1, 1, 1), rel, "because", SkipCode.UNREADABLE)])
     assert list(store.load_folder("/f")) == [rel]
 
 
@@ -135,9 +137,10 @@ MARK_DROPPERS = {
                                                batch=None, sha256="x", size=1, mtime_ns=1, inode=1,
                                                indexing_status="completed"),
     "settle_removal": lambda s: s.settle_removal(None, "/f", "a.md"),
-    "settle_failure": lambda s: s.settle_failure(None, "/f", "ds", "a.md", "boom"),
-    "record_skips": lambda s: s.record_skips("/f", "ds", [(None, "b.png", "unsupported")]),
-    "record_notes": lambda s: s.record_notes("/f", [("a.md", "waiting")]),
+    "settle_failure": lambda s: s.settle_failure(None, "/f", "ds", "a.md", "boom", ErrorKind.REQUEST_FAILED),
+    "record_skips": lambda s: s.record_skips("/f", "ds", [Skip(None, "b.png", "unsupported",
+                                                               SkipCode.UNSUPPORTED_TYPE)]),
+    "record_waiting": lambda s: s.record_waiting("/f", [("a.md", "waiting")]),
     "update_stats": lambda s: s.update_stats("/f", [LocalFile("a.md", 2, 2, 2)]),
     "refresh_statuses": lambda s: s.refresh_statuses("/f", {"d": ("indexing", None)}),
     "retry one folder": lambda s: s.retry("/f"),

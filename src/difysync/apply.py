@@ -11,36 +11,51 @@ from __future__ import annotations
 import logging
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .dify import DifyClient, Upload
-from .errors import (DifyError, FatalError, NotFoundError, NotReadyError, RefusedError,
-                     ServerUnreachable, TransientError)
-from .models import FileState, LocalFile
+from .errors import DifyError, Next, NotFoundError, verdict
+from .models import ErrorKind, FileState, LocalFile, SkipCode
 from .plan import Action, Kind
 from .scanner import FileTooLarge, read_for_upload
-from .state import StateStore
+from .state import Skip, StateBackend
 
 log = logging.getLogger("difysync")
+
+
+class Result(str, Enum):
+    """How one action ended."""
+
+    OK = "ok"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+    WAITING = "waiting"
+    GONE = "gone"  # the file vanished before it could be sent
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
     action: Action
-    result: str  # ok | failed | skipped | waiting | gone
+    result: Result
     message: str = ""
     document_id: str | None = None
     repeat: bool = False  # the same skip as last pass: not news, logged at debug level
+    code: SkipCode | None = None  # why, for a skip decided while sending
 
     def as_dict(self) -> dict[str, Any]:
+        code = self.code or self.action.code
         return {"action": str(self.action.kind), "path": self.action.rel_path,
                 "old_path": self.action.old_rel_path, "document_id": self.document_id or
-                self.action.document_id, "result": self.result, "message": self.message
-                or self.action.reason}
+                self.action.document_id, "result": self.result.value, "message": self.message
+                or self.action.reason, "reason_code": code.value if code else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,9 +78,9 @@ class _Sent:
 
 
 class _Unreachable:
-    """A request that ran out of retries for lack of any answer (not fatal by itself)."""
+    """A request that ran out of retries on an outage-class error (not fatal by itself)."""
 
-    def __init__(self, error: ServerUnreachable) -> None:
+    def __init__(self, error: DifyError) -> None:
         self.error = error
 
 
@@ -79,7 +94,7 @@ class Stopped(Exception):
 
 
 def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
-                  store: StateStore, rows: Mapping[str, FileState], *, concurrency: int = 4,
+                  store: StateBackend, rows: Mapping[str, FileState], *, concurrency: int = 4,
                   local: Mapping[str, LocalFile] | None = None,
                   on_outcome: Callable[[Outcome], None] | None = None,
                   should_stop: Callable[[], bool] = lambda: False) -> list[Outcome]:
@@ -101,17 +116,18 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
     skips = [a for a in actions if a.kind is Kind.SKIP]
     known = {a.rel_path for a in skips if _skip_recorded(a, rows.get(a.rel_path), local.get(a.rel_path))}
     store.record_skips(ctx.key, ctx.dataset_id,
-                       [(local.get(a.rel_path), a.rel_path, a.reason) for a in skips if a.rel_path not in known])
+                       [Skip(local.get(a.rel_path), a.rel_path, a.reason, a.code or SkipCode.REFUSED)
+                        for a in skips if a.rel_path not in known])
     for a in skips:
-        done(Outcome(a, "skipped", a.reason, repeat=a.rel_path in known))
+        done(Outcome(a, Result.SKIPPED, a.reason, repeat=a.rel_path in known))
     waits = [a for a in actions if a.kind is Kind.WAIT]
-    store.record_notes(ctx.key, [(a.rel_path, f"waiting: {a.reason}") for a in waits if a.rel_path in rows])
+    store.record_waiting(ctx.key, [(a.rel_path, f"waiting: {a.reason}") for a in waits if a.rel_path in rows])
     for a in waits:
-        done(Outcome(a, "waiting", a.reason))
+        done(Outcome(a, Result.WAITING, a.reason))
     for a in actions:
         if a.kind is Kind.FORGET:
             store.settle_removal(None, ctx.key, a.rel_path)
-            done(Outcome(a, "ok", a.reason))
+            done(Outcome(a, Result.OK, a.reason))
         elif a.kind is Kind.ADOPT:
             f = local.get(a.rel_path)
             store.settle_upload(None, ctx.key, ctx.dataset_id, a.rel_path, document_id=a.document_id or "",
@@ -119,15 +135,15 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
                                 size=f.size if f and a.sha256 else None,
                                 mtime_ns=f.mtime_ns if f and a.sha256 else None,
                                 inode=f.inode if f and a.sha256 else None, indexing_status=None)
-            done(Outcome(a, "ok", a.reason, a.document_id))
+            done(Outcome(a, Result.OK, a.reason, a.document_id))
 
     uploads = [a for a in actions if a.kind in (Kind.CREATE, Kind.UPDATE, Kind.RENAME, Kind.RECREATE)]
     deletes = [a for a in actions if a.kind is Kind.DELETE]
     fatal = _run_pool(uploads, ctx, client, store, rows, concurrency, done, should_stop)
     if fatal is None and deletes:
-        if any(o.result == "failed" for o in outcomes):
+        if any(o.result is Result.FAILED for o in outcomes):
             for a in deletes:
-                done(Outcome(a, "failed", "not deleted: other actions of this pass failed"))
+                done(Outcome(a, Result.FAILED, "not deleted: other actions of this pass failed"))
         else:
             fatal = _run_pool(deletes, ctx, client, store, rows, concurrency, done, should_stop)
     if fatal is not None:
@@ -135,7 +151,7 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
     return outcomes
 
 
-def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient, store: StateStore,
+def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient, store: StateBackend,
               rows: Mapping[str, FileState], concurrency: int, done: Callable[[Outcome], None],
               should_stop: Callable[[], bool]) -> DifyError | None:
     """A sliding window of ``concurrency`` requests; journal rows are written only for
@@ -169,7 +185,7 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
                 if error is not None and fatal is None:
                     fatal = error
         for action in queue:
-            done(Outcome(action, "failed", "not attempted: the pass was stopped"))
+            done(Outcome(action, Result.FAILED, "not attempted: the pass was stopped"))
     return fatal
 
 
@@ -201,63 +217,78 @@ def _send(action: Action, ctx: FolderContext, client: DifyClient) -> _Sent:
 
 
 def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderContext,
-            store: StateStore, rows: Mapping[str, FileState],
+            store: StateBackend, rows: Mapping[str, FileState],
             done: Callable[[Outcome], None]) -> DifyError | _Unreachable | None:
     """Record one finished request; returns an error that must stop the pass, if any."""
-    row = rows.get(action.rel_path)
-    old_row = rows.get(action.old_rel_path) if action.old_rel_path else None
     try:
         sent = future.result()
-    except FileNotFoundError:
-        if row is not None:
-            store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
-                                 "file vanished before upload")
-        else:
-            store.clear_journal([journal_id])
-        done(Outcome(action, "gone", "file vanished before it could be sent"))
+    except (OSError, FileTooLarge) as exc:  # the local file, not the server
+        _settle_unreadable(exc, action, journal_id, ctx, store, rows, done)
         return None
-    except FileTooLarge as exc:
-        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, str(exc),
-                             skip_reason=f"file too large: {exc}")
-        done(Outcome(action, "skipped", str(exc)))
-        return None
-    except OSError as exc:
-        reason = f"cannot read file: {exc.strerror or exc}"
-        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, reason,
-                             skip_reason=reason)
-        done(Outcome(action, "skipped", reason))
-        return None
-    except RefusedError as exc:
-        reason = f"refused by Dify: {exc.describe()}"
-        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, reason,
-                             refused_sha256=action.sha256, skip_reason=reason)
-        done(Outcome(action, "skipped", reason))
-        return None
-    except NotReadyError as exc:
-        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
-                             f"waiting: {exc.message}")
-        done(Outcome(action, "waiting", exc.message))
-        return None
-    except FatalError as exc:
-        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, exc.describe())
-        done(Outcome(action, "failed", exc.describe()))
-        return exc
-    except ServerUnreachable as exc:
-        # One request out of retries is not yet an outage: the pool decides (see _run_pool).
-        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, exc.describe())
-        done(Outcome(action, "failed", exc.describe()))
-        return _Unreachable(exc)
-    except (TransientError, DifyError) as exc:
-        store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, exc.describe())
-        done(Outcome(action, "failed", exc.describe()))
-        return None
-
+    except DifyError as exc:
+        return _settle_refusal(exc, action, journal_id, ctx, store, done)
     if action.kind is Kind.DELETE:
         store.settle_removal(journal_id, ctx.key, action.rel_path)
-        done(Outcome(action, "ok", action.reason, action.document_id))
+        done(Outcome(action, Result.OK, action.reason, action.document_id))
         return None
+    _settle_upload(sent, action, journal_id, ctx, store, rows)
+    assert sent.upload is not None
+    done(Outcome(action, Result.OK, action.reason, sent.upload.document.id))
+    return None
+
+
+def _settle_unreadable(exc: OSError | FileTooLarge, action: Action, journal_id: int, ctx: FolderContext,
+                       store: StateBackend, rows: Mapping[str, FileState],
+                       done: Callable[[Outcome], None]) -> None:
+    """The file could not be read for sending: gone, grown past the limit, unreadable."""
+    if isinstance(exc, FileNotFoundError):
+        if action.rel_path in rows:
+            store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
+                                 "file vanished before upload", ErrorKind.VANISHED)
+        else:
+            store.clear_journal([journal_id])
+        done(Outcome(action, Result.GONE, "file vanished before it could be sent"))
+        return
+    if isinstance(exc, FileTooLarge):
+        reason, code = f"file too large: {exc}", SkipCode.TOO_LARGE
+    else:
+        reason, code = f"cannot read file: {exc.strerror or exc}", SkipCode.UNREADABLE
+    store.settle_failure(journal_id, ctx.key, ctx.dataset_id, action.rel_path, reason,
+                         ErrorKind.REQUEST_FAILED, skip=code)
+    done(Outcome(action, Result.SKIPPED, reason, code=code))
+
+
+def _settle_refusal(exc: DifyError, action: Action, journal_id: int, ctx: FolderContext,
+                    store: StateBackend, done: Callable[[Outcome], None]) -> DifyError | _Unreachable | None:
+    """The server said no; ``errors.verdict`` says what that means for the file and the pass."""
+    meaning = verdict(exc)
+    where = (journal_id, ctx.key, ctx.dataset_id, action.rel_path)
+    if meaning.item is Next.SKIP:
+        reason = f"refused by Dify: {exc.describe()}"
+        store.settle_failure(*where, reason, ErrorKind.REQUEST_FAILED, refused_sha256=action.sha256,
+                             skip=SkipCode.REFUSED)
+        done(Outcome(action, Result.SKIPPED, reason, code=SkipCode.REFUSED))
+        return None
+    if meaning.item is Next.WAIT:
+        store.settle_failure(*where, f"waiting: {exc.message}", ErrorKind.WAITING)
+        done(Outcome(action, Result.WAITING, exc.message))
+        return None
+    store.settle_failure(*where, exc.describe(), ErrorKind.REQUEST_FAILED)
+    done(Outcome(action, Result.FAILED, exc.describe()))
+    if meaning.folder is Next.STOP:
+        return exc
+    if meaning.folder is Next.OUTAGE:
+        # One request out of retries is not yet an outage: the pool decides (see _run_pool).
+        return _Unreachable(exc)
+    return None
+
+
+def _settle_upload(sent: _Sent, action: Action, journal_id: int, ctx: FolderContext,
+                   store: StateBackend, rows: Mapping[str, FileState]) -> None:
+    """The server took the upload: the row now describes what it holds."""
     upload = sent.upload
     assert upload is not None
+    row = rows.get(action.rel_path)
     attempts = (row.attempts + 1) if (action.kind is Kind.RECREATE and row is not None) else 0
     stat = sent.stat
     store.settle_upload(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
@@ -266,10 +297,9 @@ def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderC
                         size=stat.st_size if stat else None, mtime_ns=stat.st_mtime_ns if stat else None,
                         inode=stat.st_ino if stat else None,
                         indexing_status=upload.document.indexing_status, attempts=attempts)
-    if action.kind is Kind.RENAME and old_row is not None and action.old_rel_path != action.rel_path:
-        store.settle_removal(None, ctx.key, action.old_rel_path or "")
-    done(Outcome(action, "ok", action.reason, upload.document.id))
-    return None
+    if action.kind is Kind.RENAME and action.old_rel_path and action.old_rel_path != action.rel_path \
+            and action.old_rel_path in rows:
+        store.settle_removal(None, ctx.key, action.old_rel_path)
 
 
 def _skip_recorded(action: Action, row: FileState | None, f: LocalFile | None) -> bool:
@@ -286,46 +316,23 @@ def _log_outcome(outcome: Outcome) -> None:
         log.debug("waiting  %s (%s)", a.rel_path, outcome.message)
         return
     doc = outcome.document_id or a.document_id
-    if outcome.result == "ok":
-        verb = {Kind.CREATE: "created", Kind.UPDATE: "updated", Kind.RENAME: "renamed",
-                Kind.RECREATE: "recreated", Kind.DELETE: "deleted", Kind.ADOPT: "adopted",
-                Kind.FORGET: "forgot"}.get(a.kind, str(a.kind))
+    if outcome.result is Result.OK:
         where = f"{a.old_rel_path} -> {a.rel_path}" if a.kind is Kind.RENAME and \
             a.old_rel_path != a.rel_path else a.rel_path
         level = logging.DEBUG if a.kind is Kind.FORGET else logging.INFO
-        log.log(level, "%s %s%s", verb, where, f" (document {doc})" if doc else "")
-    elif outcome.result == "skipped":
+        log.log(level, "%s %s%s", _DONE_VERBS.get(a.kind, str(a.kind)), where,
+                f" (document {doc})" if doc else "")
+    elif outcome.result is Result.SKIPPED:
         log.log(logging.DEBUG if outcome.repeat else logging.INFO, "skipped %s: %s", a.rel_path,
                 outcome.message)
-    elif outcome.result == "gone":
+    elif outcome.result is Result.GONE:
         log.info("gone    %s: %s", a.rel_path, outcome.message)
-    elif outcome.result == "waiting":
+    elif outcome.result is Result.WAITING:
         log.info("waiting %s: %s", a.rel_path, outcome.message)
     else:
         log.warning("failed  %s %s: %s", a.kind, a.rel_path, outcome.message)
 
 
-def count_outcomes(outcomes: Iterable[Outcome], unchanged: int = 0) -> dict[str, int]:
-    """The counts `--json` and the summary line report."""
-    counts = {"created": 0, "updated": 0, "renamed": 0, "deleted": 0, "unchanged": unchanged,
-              "skipped": 0, "failed": 0, "waiting": 0}
-    for o in outcomes:
-        k = o.action.kind
-        if o.result == "failed":
-            counts["failed"] += 1
-        elif o.result == "skipped":
-            counts["skipped"] += 1
-        elif o.result == "waiting":
-            counts["waiting"] += 1
-        elif o.result == "ok":
-            if k in (Kind.CREATE, Kind.RECREATE):
-                counts["created"] += 1
-            elif k is Kind.UPDATE:
-                counts["updated"] += 1
-            elif k is Kind.RENAME:
-                counts["renamed"] += 1
-            elif k is Kind.DELETE:
-                counts["deleted"] += 1
-            elif k is Kind.ADOPT:
-                counts["unchanged"] += 1
-    return counts
+_DONE_VERBS = {Kind.CREATE: "created", Kind.UPDATE: "updated", Kind.RENAME: "renamed",
+               Kind.RECREATE: "recreated", Kind.DELETE: "deleted", Kind.ADOPT: "adopted",
+               Kind.FORGET: "forgot"}

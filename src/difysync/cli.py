@@ -2,7 +2,9 @@
 the exit code. No sync logic lives here.
 
 Exit codes: 0 ok, 1 some actions failed, 2 usage, 69 server unreachable (EX_UNAVAILABLE),
-77 API key rejected (EX_NOPERM), 78 invalid configuration or state (EX_CONFIG).
+75 the folder is busy: another service holds it, or another pass held its write lease
+too long (EX_TEMPFAIL), 77 API key rejected (EX_NOPERM), 78 invalid configuration or
+state (EX_CONFIG). Which error gives which code is errors.verdict's decision.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -22,32 +24,16 @@ import click
 from . import __version__
 from .config import Settings, find_config_path, load_api_key, load_settings, render_problems
 from .dify import DifyClient
-from .errors import (AuthError, ConfigError, DifyError, FatalError, NotDifyAPI,
-                     ServerUnreachable, StateError, StateWriteError)
+from .errors import (EX_CONFIG, EX_FAILED, EX_NOPERM, EX_TEMPFAIL, AuthError, ConfigError, DifyError,
+                     DifySyncError, FatalError, LeaseBusy, StateError, exit_code)
 from .logs import add_secret, setup_logging
 from .plan import MaxDelete
+from .report import print_status, printable, run_errors, run_json, summary_line
 from .state import StateStore
 
-EX_OK, EX_FAILED, EX_USAGE = 0, 1, 2
-EX_UNAVAILABLE, EX_NOPERM, EX_CONFIG = 69, 77, 78
+EX_OK, EX_USAGE = 0, 2
 
 log = logging.getLogger("difysync")
-
-
-def printable(value: Any) -> Any:
-    """Strings (recursively) safe to print as UTF-8: a file name that is not UTF-8 keeps
-    its odd bytes as ``\\xNN`` instead of breaking the JSON or the terminal."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-            return value
-        except UnicodeEncodeError:
-            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-    if isinstance(value, dict):
-        return {k: printable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [printable(v) for v in value]
-    return value
 
 
 def echo_json(value: Any) -> None:
@@ -57,20 +43,6 @@ def echo_json(value: Any) -> None:
 def _die(message: str, code: int) -> NoReturn:
     click.echo(f"difysync: {message}", err=True)
     sys.exit(code)
-
-
-def exit_code_for(error: BaseException | None) -> int:
-    if error is None:
-        return EX_OK
-    if isinstance(error, StateWriteError):
-        return EX_FAILED
-    if isinstance(error, AuthError):
-        return EX_NOPERM
-    if isinstance(error, (ServerUnreachable, NotDifyAPI)):
-        return EX_UNAVAILABLE
-    if isinstance(error, (ConfigError, StateError)):
-        return EX_CONFIG
-    return EX_FAILED
 
 
 def load_config(config: str | None) -> Settings:
@@ -127,6 +99,11 @@ def main(log_level: str, log_format: str) -> None:
     setup_logging(log_level, log_format)
 
 
+lock_timeout_option = click.option(
+    "--lock-timeout", type=click.FloatRange(min=0), default=60, show_default=True, metavar="SECONDS",
+    help="Wait this long for a folder's write lease (held by a running service's pass, say); then exit 75.")
+
+
 @main.command()
 @config_option
 @click.option("--dry-run", is_flag=True, help="Print the plan; send no mutating request.")
@@ -138,75 +115,58 @@ def main(log_level: str, log_format: str) -> None:
               help="Refuse a pass that would delete more than this (default 50% of tracked documents).")
 @click.option("--full-listing", is_flag=True,
               help="List every document even when a quick check shows nothing changed in Dify.")
+@lock_timeout_option
 def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: float, as_json: bool,
-              max_delete: str | None, full_listing: bool) -> None:
+              max_delete: str | None, full_listing: bool, lock_timeout: float) -> None:
     """Make the datasets mirror the folders, once (cron, CI, first import)."""
+    from .reconcile import Env, Hooks, PassOptions
     from .reconcile import reconcile as run_pass
-    from .reconcile import wait_for_indexing
 
-    limit = _max_delete(max_delete)
+    options = PassOptions(dry_run=dry_run, max_delete=_max_delete(max_delete), full_listing=full_listing,
+                          lock_timeout=lock_timeout)
     settings = load_config(config)
     with make_client(settings) as client, open_store(settings) as store:
-        report = run_pass(settings, client, store, dry_run=dry_run, max_delete=limit, full_listing=full_listing)
-        waited: dict[str, Any] | None = None
-        if wait_ and not dry_run and report.fatal is None:
-            try:
-                finished, tally = wait_for_indexing(client, store, report.touched_documents(),
-                                                    timeout=wait_timeout)
-            except DifyError as exc:
-                finished, tally = False, {}
-                log.error("waiting for indexing failed: %s", exc)
-            waited = {"finished": finished, "statuses": tally}
-            if not finished:
-                log.error("indexing did not finish within %.0f s: %s", wait_timeout,
-                          ", ".join(f"{v} {k}" for k, v in sorted(tally.items())))
-    counts = report.counts
-    errors = [f"{f.folder}: {e}" for f in report.folders for e in f.errors]
+        report = run_pass(Env(settings, client, store), options, Hooks(on_lease_wait=_say_waiting))
+        waited = _wait(client, store, report, wait_timeout) if wait_ and not dry_run and report.fatal is None \
+            else None
     if as_json:
-        out: dict[str, Any] = {k: counts.get(k, 0) for k in
-                               ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed")}
-        out["waiting"] = counts.get("waiting", 0)
-        out["hashed"] = report.hashed
-        out["dry_run"] = dry_run
-        out["errors"] = errors
-        out["remote_checks"] = {f.folder: f.remote_check for f in report.folders}
-        out["actions"] = _actions_json(report)
-        if waited is not None:
-            out["indexing"] = waited
-        echo_json(out)
+        echo_json(run_json(report, waited))
     else:
         if dry_run:
             for f in report.folders:
-                if f.plan:
-                    for a in f.plan.actions:
-                        click.echo(printable(f"{f.folder}: {a.describe()}"))
-        for e in errors:
+                for a in f.plan.actions if f.plan else ():
+                    click.echo(printable(f"{f.folder}: {a.describe()}"))
+        for e in run_errors(report):
             click.echo(f"difysync: error: {e}", err=True)
-        summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("created", "failed"))
-        prefix = "plan (dry run): " if dry_run else ""
-        click.echo(f"{prefix}{summary} in {report.seconds:.1f} s")
-    code = exit_code_for(report.fatal)
+        click.echo(summary_line(report))
+    code = exit_code(report.fatal)
     if code == EX_OK and (not report.ok or (waited is not None and not waited["finished"])):
         code = EX_FAILED
     sys.exit(code)
 
 
-def _actions_json(report: Any) -> list[dict[str, Any]]:
-    out = []
-    for f in report.folders:
-        if f.outcomes:
-            for o in f.outcomes:
-                if o.action.kind.value == "forget":
-                    continue
-                out.append({"folder": f.folder, **o.as_dict()})
-        elif f.plan:
-            for a in f.plan.actions:
-                if a.kind.value == "forget":
-                    continue
-                out.append({"folder": f.folder, "action": str(a.kind), "path": a.rel_path,
-                            "old_path": a.old_rel_path, "document_id": a.document_id,
-                            "result": "planned", "message": a.reason})
-    return out
+def _say_waiting(holder: Any) -> None:
+    who = holder.describe() if holder is not None else "another process"
+    log.info("waiting for the folder's write lease, held by %s", who)
+
+
+def _wait(client: DifyClient, store: StateStore, report: Any, timeout: float) -> dict[str, Any]:
+    """`--wait`: poll what this pass uploaded until it is indexed (remote.py's poller)."""
+    from .backoff import Backoff, poll_wait
+    from .remote import IndexingPoller, wait_for_indexing
+
+    pauses = Backoff(poll_wait(1.0, 10.0))
+    try:
+        finished, tally = wait_for_indexing(IndexingPoller(client), store, report.touched_documents(),
+                                            timeout=timeout, pauses=pauses.next_delay, sleep=time.sleep,
+                                            clock=time.monotonic)
+    except DifyError as exc:
+        finished, tally = False, {}
+        log.error("waiting for indexing failed: %s", exc)
+    if not finished:
+        log.error("indexing did not finish within %.0f s: %s", timeout,
+                  ", ".join(f"{v} {k}" for k, v in sorted(tally.items())))
+    return {"finished": finished, "statuses": tally}
 
 
 @main.command()
@@ -223,39 +183,11 @@ def status(config: str | None, as_json: bool) -> None:
         echo_json({
             "folders": [dataclasses.asdict(s) for s in summaries],
             "problems": [dataclasses.asdict(p) for p in problems],
-            "in_flight": [{"folder": f, "path": p, "document_id": d} for f, p, d, _ in in_flight],
+            "in_flight": [{"folder": i.folder, "path": i.rel_path, "document_id": i.document_id}
+                          for i in in_flight],
         })
         return
     print_status(summaries, problems)
-
-
-def print_status(summaries: list[Any], problems: list[Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    def when(t: float | None) -> str:
-        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "never"
-
-    console = Console()
-    # A full pass may be quiet (a probe, not a listing): say when each dataset was last
-    # listed whole, below the table, where it does not crowd an 80-column terminal.
-    table = Table(title="difysync status", caption="\n".join(
-        f"{s.folder}: whole dataset last listed {when(s.last_full_listing)}" for s in summaries) or None,
-                  caption_justify="left")
-    for col in ("folder", "dataset", "synced", "pending", "indexing", "error", "skipped", "last full pass"):
-        table.add_column(col, overflow="fold", justify="right" if col in (
-            "synced", "pending", "indexing", "error", "skipped") else "left")
-    for s in summaries:
-        table.add_row(s.folder, s.dataset_id or "-", str(s.synced), str(s.pending), str(s.indexing),
-                      str(s.error), str(s.skipped), when(s.last_full_reconcile))
-    console.print(table)
-    if problems:
-        ptable = Table(title="files in error or skipped")
-        for col in ("folder", "file", "state", "reason"):
-            ptable.add_column(col, overflow="fold")
-        for p in problems:
-            ptable.add_row(p.folder, printable(p.rel_path), p.kind, printable(p.reason))
-        console.print(ptable)
 
 
 @main.command()
@@ -270,7 +202,7 @@ def check(config: str | None) -> None:
             client.check_key()
             click.echo(f"server {settings.dify.base_url}: reachable, API key accepted")
         except DifyError as exc:
-            _die(str(exc), exit_code_for(exc))
+            _die(str(exc), exit_code(exc))
         for folder in settings.folders:
             where = f"folder {folder.path}"
             if not Path(folder.path).is_dir():
@@ -288,7 +220,7 @@ def check(config: str | None) -> None:
                 click.echo(f"{where}: {exc}")
                 code = max(code, EX_FAILED) if not isinstance(exc, AuthError) else EX_NOPERM
             except DifyError as exc:
-                _die(str(exc), exit_code_for(exc))
+                _die(str(exc), exit_code(exc))
     sys.exit(code)
 
 
@@ -321,22 +253,18 @@ def retry(config: str | None, paths: tuple[str, ...], all_: bool) -> None:
 
 @main.command("rebuild-state")
 @config_option
-def rebuild_state_command(config: str | None) -> None:
+@lock_timeout_option
+def rebuild_state_command(config: str | None, lock_timeout: float) -> None:
     """Rebuild a lost or corrupt state DB from Dify's listing and the local tree,
-    uploading nothing. An existing DB is kept aside as STATE_DB.broken-TIMESTAMP."""
-    from .reconcile import rebuild_state
+    uploading nothing. An existing DB is kept aside as STATE_DB.broken-TIMESTAMP.
+    Refused (exit 75) while a service runs on any of the folders."""
+    from .reconcile import Env, rebuild_state
 
     settings = load_config(config)
-    path = Path(settings.state_db)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    for suffix in ("", "-wal", "-shm"):
-        old = Path(str(path) + suffix)
-        if old.exists():
-            old.rename(Path(f"{path}.broken-{stamp}{suffix}"))
-            if not suffix:
-                click.echo(f"kept the old state DB as {path}.broken-{stamp}")
-    with make_client(settings) as client, open_store(settings) as store:
-        reports = rebuild_state(settings, client, store)
+    with _every_folder_held(settings, lock_timeout, "difysync rebuild-state"):
+        _set_aside(Path(settings.state_db))
+        with make_client(settings) as client, open_store(settings) as store:
+            reports = rebuild_state(Env(settings, client, store, who="difysync rebuild-state"))
     code = EX_OK
     for r in reports:
         if r.error:
@@ -348,11 +276,41 @@ def rebuild_state_command(config: str | None) -> None:
     sys.exit(code)
 
 
+@contextmanager
+def _every_folder_held(settings: Settings, lock_timeout: float, who: str) -> Iterator[None]:
+    """Hold every folder as a service would, and its write lease: nothing else may use
+    the state DB while it is replaced."""
+    from .lease import FolderLocks
+
+    Path(settings.state_db).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with ExitStack() as stack:
+            for folder in settings.folders:
+                locks = FolderLocks(Path(settings.state_db), folder.key, what=who)
+                locks.hold()
+                stack.callback(locks.release_hold)
+                stack.enter_context(locks.pass_lease(lock_timeout, on_wait=_say_waiting))
+            yield
+    except LeaseBusy as exc:
+        _die(str(exc), EX_TEMPFAIL)
+
+
+def _set_aside(path: Path) -> None:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for suffix in ("", "-wal", "-shm"):
+        old = Path(str(path) + suffix)
+        if old.exists():
+            old.rename(Path(f"{path}.broken-{stamp}{suffix}"))
+            if not suffix:
+                click.echo(f"kept the old state DB as {path}.broken-{stamp}")
+
+
 @main.command("run")
 @config_option
 def run_service(config: str | None) -> None:
     """Run as a service: watch the folders, sync changes within seconds, full pass on a
-    schedule. Stops cleanly on SIGTERM/SIGINT; SIGHUP reloads the configuration."""
+    schedule. Stops cleanly on SIGTERM/SIGINT; SIGHUP reloads the configuration. Exits 75
+    at once when another service already holds one of the folders."""
     from .daemon import Daemon
 
     settings = load_config(config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import ipaddress
+import logging
 import os
 import re
 import sys
@@ -122,11 +123,29 @@ class DifySettings(_Strict):
     allowed_extensions: list[str] = Field(
         default_factory=lambda: ["txt", "markdown", "md", "pdf", "html", "htm", "xlsx", "docx", "csv"])
     requests_per_minute: int = Field(0, ge=0)
-    max_attempts: int = Field(3, ge=1)
+    # Failed indexing runs of one content before the file is quarantined (see `retry`).
+    quarantine_after: int = Field(3, ge=1)
+    # The old name of quarantine_after: still read, with a warning (see load_settings).
+    max_attempts: int | None = Field(None, ge=1)
     retries: int = Field(5, ge=0, le=20)
     backoff_base_seconds: float = Field(0.5, gt=0)
     backoff_max_seconds: float = Field(30.0, gt=0)
     allow_insecure_http: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_names(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("max_attempts") is not None:
+            data = {**data}
+            data.setdefault("quarantine_after", data["max_attempts"])
+        return data
+
+    @property
+    def deprecations(self) -> list[str]:
+        """One line per old key still in use, naming its new name."""
+        if self.max_attempts is None:
+            return []
+        return ["dify.max_attempts is deprecated: it is now called dify.quarantine_after (same meaning)"]
 
     @field_validator("base_url")
     @classmethod
@@ -255,6 +274,11 @@ class FolderSettings(_Strict):
         if not self.dataset_id and not self.dataset_name:
             raise _problems([("dataset_id", "give dataset_id or dataset_name (one of them is required)")])
         return self
+
+    @property
+    def key(self) -> str:
+        """The folder's identity in the state DB and the lock files: its absolute path."""
+        return str(self.path)
 
     @property
     def dataset_label(self) -> str:
@@ -410,6 +434,8 @@ def load_settings(path: str | os.PathLike[str], **overrides: Any) -> Settings:
         problems.append(_describe_env_parse_error(exc, os.environ))
     else:
         if not problems:
+            for line in settings.dify.deprecations:
+                logging.getLogger("difysync").warning("%s: %s", path, line)
             return settings
     finally:
         _LOADING.reset(token)

@@ -1,9 +1,14 @@
 """`difysync run`: the long-running service. It decides *when* passes run and *which
 paths* they look at; reconcile decides what to do.
 
-One worker thread per folder (so one writer per dataset) runs every pass of that folder,
-whether the watcher, the scheduler or start-up asked for it; requests coalesce while a
-pass runs. Outages put a folder into backoff and are logged once per state change.
+One worker thread per folder (so one writer per dataset in this process) runs every pass
+and every indexing poll of that folder, whether the watcher, its own timers or start-up
+asked for it; requests coalesce while a pass runs. Each worker keeps its own deadlines
+(next full pass, next poll, end of a backoff) on an injected clock, and the main thread
+keeps the watcher's debounce deadlines and the health checks: nothing else decides when
+things happen. Across processes, the service holds each folder for its whole life and
+takes the folder's write lease for each pass (lease.py). Outages put a folder into
+backoff and are logged once per state change.
 """
 
 from __future__ import annotations
@@ -15,27 +20,29 @@ import random
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from types import FrameType
 
-from apscheduler.schedulers.background import BackgroundScheduler
-
+from .backoff import Backoff, outage_wait, poll_wait
 from .config import FolderSettings, Settings, load_api_key, load_settings
 from .dify import DifyClient
-from .errors import (AuthError, ConfigError, DatasetMissing, DifyError, DifySyncError, FatalError,
-                     QuotaError, StateError, StateWriteError, TransientError)
+from .errors import EX_CONFIG, EX_TEMPFAIL, ConfigError, DifyError, LeaseBusy, StateError, verdict
+from .lease import FolderLocks, Holder
 from .logs import add_secret
 from .notify import Notifier
-from .plan import Plan
-from .reconcile import FolderReport, folder_key, reconcile_folder
-from .state import StateStore
+from .reconcile import Env, Hooks, PassOptions, reconcile_folder
+from .remote import IndexingPoller, poll_folder
+from .report import FolderReport
+from .state import StateBackend, StateStore
 from .watch import DirtyTracker, Watcher
 
 log = logging.getLogger("difysync")
 
-BACKOFF_START = 2.0
-BACKOFF_MAX = 300.0
+HEALTH_CHECK_SECONDS = 5.0
+WHO = "difysync run"
 
 
 def client_for(settings: Settings) -> DifyClient:
@@ -44,36 +51,49 @@ def client_for(settings: Settings) -> DifyClient:
     return DifyClient.from_settings(settings.dify, key)
 
 
+class Job(str, Enum):
+    FULL = "full"    # a whole pass
+    PATHS = "paths"  # a targeted pass over the paths the watcher reported
+    POLL = "poll"    # the indexing status of what is in flight
+
+
 @dataclass
 class WorkerStatus:
     pending_paths: int = 0
-    in_flight: int = 0
-    errors: int = 0
     backoff_until: float = 0.0
     last_full: float | None = None
     last_error: str | None = None
 
 
 class FolderWorker(threading.Thread):
-    """Runs every pass of one folder, one at a time, and owns its SQLite connection."""
+    """Runs every pass and poll of one folder, one at a time, and owns its state connection.
 
-    def __init__(self, daemon: Daemon, folder: FolderSettings) -> None:
+    Its timing is data: ``due()`` says which job is due at the clock's current time and
+    ``step()`` runs it, so tests drive a worker with a fake clock and no thread at all."""
+
+    def __init__(self, folder: FolderSettings, settings: Settings, client: DifyClient, *,
+                 open_store: Callable[[], StateBackend], poller: IndexingPoller,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_update: Callable[[], None] = lambda: None,
+                 on_fatal: Callable[[BaseException], None] = lambda e: None) -> None:
         super().__init__(name=f"difysync-folder-{Path(folder.path).name}", daemon=True)
-        self.d = daemon
-        self.folder = folder
-        self.key = folder_key(folder)
+        self.folder, self.settings, self.client, self.poller = folder, settings, client, poller
+        self.key = folder.key
+        self._open_store, self._clock = open_store, clock
+        self._on_update, self._on_fatal = on_update, on_fatal
+        self._store: StateBackend | None = None
         self._cond = threading.Condition()
         self._full = False
         self._paths: set[str] = set()
-        self._poll = False
         self._halt = False
-        self._busy = False
         self.first_pass_done = threading.Event()
         self.status = WorkerStatus()
-        self._failures = 0
         self._outage: str | None = None
-        self._poll_interval = daemon.settings.schedule.status_poll_seconds
-        self._next_poll = 0.0
+        self._outages = Backoff(outage_wait())
+        self._polls = Backoff(poll_wait(settings.schedule.status_poll_seconds,
+                                        settings.schedule.status_poll_max_seconds))
+        self._next_full = math.inf
+        self._next_poll = clock() + settings.schedule.status_poll_seconds  # in flight from before?
 
     # --- requests from other threads ------------------------------------------------
 
@@ -90,11 +110,6 @@ class FolderWorker(threading.Thread):
             self.status.pending_paths = len(self._paths)
             self._cond.notify()
 
-    def request_poll(self) -> None:
-        with self._cond:
-            self._poll = True
-            self._cond.notify()
-
     def stop(self) -> None:
         with self._cond:
             self._halt = True
@@ -104,179 +119,183 @@ class FolderWorker(threading.Thread):
     def stopping(self) -> bool:
         return self._halt
 
-    @property
-    def idle(self) -> bool:
+    # --- timing -------------------------------------------------------------------------
+
+    def due(self) -> tuple[Job, list[str] | None] | None:
+        """The job to run now, taken off the queue; None while nothing is due."""
         with self._cond:
-            return not (self._busy or self._full or self._paths)
+            now = self._clock()
+            if self._halt or self.status.backoff_until > now:
+                return None
+            if self._full or now >= self._next_full:
+                self._full = False
+                self._paths.clear()
+                self.status.pending_paths = 0
+                return Job.FULL, None
+            if self._paths:
+                paths = sorted(self._paths)
+                self._paths.clear()
+                self.status.pending_paths = 0
+                return Job.PATHS, paths
+            if now >= self._next_poll:
+                self._next_poll = math.inf  # until the poll says when to look again
+                return Job.POLL, None
+            return None
+
+    def seconds_to_next(self) -> float:
+        """How long nothing is due (for the thread's wait; a request wakes it earlier)."""
+        with self._cond:
+            now = self._clock()
+            if self.status.backoff_until > now:
+                return self.status.backoff_until - now
+            return max(0.0, min(self._next_full, self._next_poll) - now)
 
     # --- the loop -------------------------------------------------------------------
 
     def run(self) -> None:
         try:
-            store = StateStore(self.d.settings.state_db)
+            self._store = self._open_store()
         except StateError as exc:
             log.error("%s: %s", self.key, exc)
             self.first_pass_done.set()
-            self.d.fatal(exc)
+            self._on_fatal(exc)
             return
         try:
-            while True:
-                job = self._next_job()
-                if job is None:
-                    return
-                kind, paths = job
-                try:
-                    if kind == "poll":
-                        self._poll_statuses(store)
-                    else:
-                        self._pass(store, paths)
-                except StateWriteError as exc:
-                    self._enter_backoff(str(exc))
-                    self.request_full()
-                except StateError as exc:
-                    log.error("%s: %s", self.key, exc)
-                    self.d.fatal(exc)
-                    return
-                except Exception:  # noqa: BLE001 - a bug in one pass must not kill the service
-                    log.exception("%s: unexpected error in a pass; a full pass will follow", self.key)
-                    self._enter_backoff("internal error (see the traceback above)")
-                finally:
+            while not self._halt:
+                if self.step() is None:
                     with self._cond:
-                        self._busy = False
+                        if not (self._halt or self._full or self._paths):
+                            self._cond.wait(timeout=min(60.0, self.seconds_to_next()))
         finally:
-            store.close()
+            self._store.close()
 
-    def _next_job(self) -> tuple[str, list[str] | None] | None:
-        with self._cond:
-            while True:
-                if self._halt:
-                    return None
-                now = time.monotonic()
-                waiting = self.status.backoff_until - now
-                if waiting > 0:
-                    self._cond.wait(timeout=waiting)
-                    continue
-                if self._full:
-                    self._full = False
-                    self._paths.clear()
-                    self._busy = True
-                    self.status.pending_paths = 0
-                    return "full", None
-                if self._paths:
-                    paths = sorted(self._paths)
-                    self._paths.clear()
-                    self._busy = True
-                    self.status.pending_paths = 0
-                    return "paths", paths
-                if self._poll:
-                    self._poll = False
-                    if now >= self._next_poll:
-                        self._busy = True
-                        return "poll", None
-                    continue
-                self._cond.wait(timeout=1.0)
+    def step(self) -> Job | None:
+        """Run the job that is due now, if any; returns what ran."""
+        job = self.due()
+        if job is None:
+            return None
+        kind, paths = job
+        try:
+            if kind is Job.POLL:
+                self._poll()
+            else:
+                self._pass(paths)
+        except StateError as exc:
+            if verdict(exc).backs_off and not verdict(exc).stops_run:  # disk full: try again later
+                self._enter_backoff(str(exc))
+                self.request_full()
+            else:
+                log.error("%s: %s", self.key, exc)
+                self._on_fatal(exc)
+                self._halt = True
+        except Exception:  # noqa: BLE001 - a bug in one pass must not kill the service
+            log.exception("%s: unexpected error in a pass; a full pass will follow", self.key)
+            self._enter_backoff("internal error (see the traceback above)")
+            self.request_full()
+        return kind
 
-    def _pass(self, store: StateStore, paths: list[str] | None) -> None:
-        kind = "full" if paths is None else f"{len(paths)} paths"
-        log.debug("%s: %s pass", self.key, kind)
-        report = reconcile_folder(self.d.settings, self.folder, self.d.client, store, paths=paths,
-                                  on_plan=self._planned if paths is None else None,
-                                  should_stop=lambda: self._halt)
+    @property
+    def store(self) -> StateBackend:
+        if self._store is None:
+            self._store = self._open_store()
+        return self._store
+
+    def _pass(self, paths: list[str] | None) -> None:
+        log.debug("%s: %s pass", self.key, "full" if paths is None else f"{len(paths)} paths")
+        env = Env(self.settings, self.client, self.store, who=WHO)
+        options = PassOptions(paths=tuple(paths) if paths is not None else None, lock_timeout=None)
+        hooks = Hooks(on_plan=(lambda _plan: self.first_pass_done.set()) if paths is None else None,
+                      should_stop=lambda: self._halt, on_lease_wait=self._waiting_for_lease)
+        report = reconcile_folder(env, self.folder, options, hooks)
         if paths is None:
             self.status.last_full = time.time()
             self.first_pass_done.set()
-        self._after(report, store)
+            self._schedule_full()
+        self._after(report)
 
-    def _planned(self, plan: Plan) -> None:
-        self.first_pass_done.set()
+    def _waiting_for_lease(self, holder: Holder | None) -> None:
+        who = holder.describe() if holder is not None else "another process"
+        log.info("%s: waiting for the write lease, held by %s", self.key, who)
 
-    def _after(self, report: FolderReport, store: StateStore) -> None:
+    def _schedule_full(self) -> None:
+        interval = self.settings.schedule.full_reconcile_minutes * 60
+        jitter = random.uniform(0, interval * 0.25) if interval >= 4 else 0.0  # spread many folders
+        with self._cond:
+            self._next_full = self._clock() + interval + jitter
+
+    def _after(self, report: FolderReport) -> None:
         fatal = report.fatal
-        described = fatal.describe() if isinstance(fatal, DifyError) else str(fatal)
+        described = fatal.describe() if fatal is not None else ""
         for error in report.errors:
             if fatal is None or error != described:
                 log.warning("%s: %s", self.key, error)
-        if fatal is not None and _is_outage(fatal):
-            self._enter_backoff(described)
-            if not self._halt:
-                self.request_full()  # catch up once the backoff is over
+        if fatal is not None and self._halt:
+            return  # stopping: an abandoned wait or a cut-short pass is not news
+        if fatal is not None and verdict(fatal).exit_code == EX_CONFIG:
+            log.error("%s: %s", self.key, described)  # an unusable state DB: systemd must not loop on it
+            self._on_fatal(fatal)
+            self._halt = True
             return
-        if fatal is not None:
-            log.error("%s: %s", self.key, described)
+        if fatal is not None and verdict(fatal).backs_off:
+            self._enter_backoff(described)
+            self.request_full()  # catch up once the backoff is over
+            return
         if self._outage is not None:
             log.info("%s: Dify answers again; caught up", self.key)
         self._outage = None
-        self._failures = 0
+        self._outages.reset()
         self.status.backoff_until = 0.0
-        uploads = sum(1 for o in report.outcomes if o.result == "ok" and o.action.mutating)
-        if uploads:
-            self._poll_interval = self.d.settings.schedule.status_poll_seconds
-            self._next_poll = 0.0
-        self.d.refresh_status()
+        if any(o.action.mutating and o.document_id for o in report.outcomes):
+            self._polls.reset()
+            with self._cond:
+                self._next_poll = self._clock() + self._polls.next_delay()
+        self._on_update()
 
     def _enter_backoff(self, why: str) -> None:
-        self._failures += 1
-        pause = min(BACKOFF_MAX, BACKOFF_START * 2 ** (self._failures - 1))
-        pause = random.uniform(pause * 0.8, pause)
-        self.status.backoff_until = time.monotonic() + pause
+        pause = self._outages.next_delay()
+        self.status.backoff_until = self._clock() + pause
         self.status.last_error = why
         if self._outage is None:
-            log.warning("%s: %s; backing off (retry in %.0f s, then at most every %.0f s), "
-                        "still watching", self.key, why, pause, BACKOFF_MAX)
+            log.warning("%s: %s; backing off (retry in %.0f s, then less and less often), still watching",
+                        self.key, why, pause)
         else:
             log.debug("%s: still failing (%s); next try in %.0f s", self.key, why, pause)
         self._outage = why
-        self.d.refresh_status()
+        self._on_update()
 
-    def _poll_statuses(self, store: StateStore) -> None:
-        """Indexing progress of in-flight documents only, via the listing (one request per
-        hundred documents). The interval stretches while long jobs run."""
-        in_flight = store.in_flight(self.key)
-        if not in_flight:
-            self._poll_interval = self.d.settings.schedule.status_poll_seconds
-            self._next_poll = 0.0
-            return
-        dataset_id = self.folder.dataset_id or _dataset_of(store, self.key)
+    def _poll(self) -> None:
+        """Indexing progress of the documents in flight (remote.py's poller); the interval
+        stretches while long jobs run, and polling stops when nothing is in flight."""
+        dataset_id = self.folder.dataset_id or self.store.known_dataset(self.key, self.folder.dataset_name) \
+            or self.store.dataset_of(self.key)
         if not dataset_id:
             return
         try:
-            docs = {d.id: d for d in self.d.client.list_documents(dataset_id)}
+            found = poll_folder(self.poller, self.store, self.key, dataset_id)
         except DifyError as exc:
-            if _is_outage(exc):
+            if verdict(exc).backs_off:
                 self._enter_backoff(exc.describe())
-            return
-        ids = {doc_id for _, _, doc_id, _ in in_flight}
-        store.refresh_statuses(self.key, {i: (docs[i].indexing_status, docs[i].error)
-                                          for i in ids if i in docs})
-        self._next_poll = time.monotonic() + self._poll_interval
-        self._poll_interval = min(self._poll_interval * 1.5, self.d.settings.schedule.status_poll_max_seconds)
-        self.d.refresh_status()
-
-
-def _dataset_of(store: StateStore, key: str) -> str | None:
-    row = store.db.execute("SELECT max(dataset_id) FROM files WHERE folder = ?", [key]).fetchone()
-    return row[0] if row else None
-
-
-def _is_outage(error: DifySyncError) -> bool:
-    """Errors that mean "try the whole folder again later" rather than "this file"."""
-    return isinstance(error, (TransientError, AuthError, QuotaError, DatasetMissing, FatalError,
-                              StateWriteError))
+            found = {"?": ("waiting", None)}  # look again later
+        if any(status not in ("completed", "error", "paused", "gone") for status, _ in found.values()):
+            with self._cond:
+                self._next_poll = self._clock() + self._polls.next_delay()
+        self._on_update()
 
 
 class Daemon:
-    """Watcher + scheduler + one worker per folder; the main thread handles signals."""
+    """Watcher + one worker per folder; the main thread handles signals and deadlines."""
 
     def __init__(self, config_path: Path, settings: Settings, notifier: Notifier | None = None) -> None:
         self.config_path = config_path
         self.settings = settings
         self.notifier = notifier or Notifier()
         self.client: DifyClient = client_for(settings)
+        self.poller = IndexingPoller(self.client)
         self.workers: dict[str, FolderWorker] = {}
         self.trackers: dict[str, DirtyTracker] = {}
+        self.holds: dict[str, FolderLocks] = {}
         self._tracker_lock = threading.Lock()
         self.watcher: Watcher | None = None
-        self.scheduler: BackgroundScheduler | None = None
         self._wake = threading.Event()
         self._stop_requested = False
         self._reload_requested = False
@@ -287,21 +306,51 @@ class Daemon:
 
     # --- life cycle -----------------------------------------------------------------
 
-    def start(self) -> None:
+    def start(self, *, reloading: bool = False) -> None:
+        """Hold every folder (LeaseBusy when another service has one), then start a
+        worker per folder and the watcher."""
         s = self.settings
+        self._take_holds(s.folders, strict=not reloading)
         for folder in s.folders:
-            key = folder_key(folder)
-            self.trackers[key] = DirtyTracker(s.watch.debounce_seconds, s.watch.delete_delay_seconds,
-                                              s.watch.max_delay_seconds)
-            worker = FolderWorker(self, folder)
-            self.workers[key] = worker
+            if folder.key not in self.holds:
+                continue
+            self.trackers[folder.key] = DirtyTracker(s.watch.debounce_seconds, s.watch.delete_delay_seconds,
+                                                     s.watch.max_delay_seconds)
+            worker = FolderWorker(folder, s, self.client, open_store=lambda: StateStore(s.state_db),
+                                  poller=self.poller, on_update=self.refresh_status, on_fatal=self.fatal)
+            self.workers[folder.key] = worker
             worker.request_full()
             worker.start()
         self._start_watcher()
-        self._start_scheduler()
         log.info("difysync %s running: %d folder(s), full pass every %s, config %s",
-                 _version(), len(s.folders), _duration(s.schedule.full_reconcile_minutes * 60),
+                 _version(), len(self.workers), _duration(s.schedule.full_reconcile_minutes * 60),
                  self.config_path)
+
+    def _take_holds(self, folders: list[FolderSettings], *, strict: bool) -> None:
+        """Hold the configured folders against other services and release the others.
+        At start-up (``strict``) a busy folder stops the service; on a reload it is left out."""
+        wanted = {f.key for f in folders}
+        for key in [k for k in self.holds if k not in wanted]:
+            self.holds.pop(key).release_hold()
+        Path(self.settings.state_db).parent.mkdir(parents=True, exist_ok=True)
+        for folder in folders:
+            if folder.key in self.holds:
+                continue
+            locks = FolderLocks(Path(self.settings.state_db), folder.key, what=WHO)
+            try:
+                locks.hold()
+            except LeaseBusy as exc:
+                if strict:
+                    self._release_holds()
+                    raise
+                log.error("%s; not syncing it", exc)
+                continue
+            self.holds[folder.key] = locks
+
+    def _release_holds(self) -> None:
+        for locks in self.holds.values():
+            locks.release_hold()
+        self.holds = {}
 
     def _start_watcher(self) -> None:
         s = self.settings
@@ -309,38 +358,18 @@ class Daemon:
                           ignore_paths={Path(s.state_db)})
         for folder in s.folders:
             mode = folder.effective_watch_mode(s)
-            if mode == "off":
+            if mode == "off" or folder.key not in self.workers:
                 continue
-            watcher.add_folder(folder_key(folder), Path(folder.path), mode=mode, include=folder.include,
+            watcher.add_folder(folder.key, Path(folder.path), mode=mode, include=folder.include,
                                exclude=folder.exclude, poll_interval=s.watch.poll_interval_seconds)
         watcher.start()
         for folder in s.folders:
-            key = folder_key(folder)
             try:
-                log.info("%s: watching (%s) -> dataset %s", key, watcher.mode_of(key),
+                log.info("%s: watching (%s) -> dataset %s", folder.key, watcher.mode_of(folder.key),
                          folder.dataset_id or repr(folder.dataset_name))
             except KeyError:
-                log.info("%s: not watched (periodic full passes only)", key)
+                log.info("%s: not watched (periodic full passes only)", folder.key)
         self.watcher = watcher
-
-    def _start_scheduler(self) -> None:
-        s = self.settings
-        scheduler = BackgroundScheduler(job_defaults={"coalesce": True, "max_instances": 1,
-                                                      "misfire_grace_time": 60})
-        interval = s.schedule.full_reconcile_minutes * 60
-        for key, worker in self.workers.items():
-            scheduler.add_job(worker.request_full, "interval", seconds=interval,
-                              jitter=max(1, int(interval * 0.25)) if interval >= 4 else None,
-                              id=f"full:{key}", name=f"full reconcile of {key}")
-        scheduler.add_job(self._poll_all, "interval", seconds=s.schedule.status_poll_seconds,
-                          id="poll", name="indexing status poll")
-        scheduler.add_job(self._health_check, "interval", seconds=5, id="health", name="health")
-        scheduler.start()
-        self.scheduler = scheduler
-
-    def _poll_all(self) -> None:
-        for worker in self.workers.values():
-            worker.request_poll()
 
     def _health_check(self) -> None:
         """watchdog's emitter threads can die quietly (and inotify overflows are dropped):
@@ -351,38 +380,46 @@ class Daemon:
         self.refresh_status()
 
     def run_forever(self) -> int:
-        """Main-thread loop: signals, debounced paths, readiness, watchdog pings."""
+        """Main-thread loop: signals, debounced paths, readiness, health, watchdog pings."""
         self._install_signals()
-        self.start()
-        ping = self.notifier.watchdog_interval()
-        next_ping = 0.0
+        try:
+            self.start()
+        except LeaseBusy as exc:
+            log.error("%s", exc)
+            self.client.close()
+            return EX_TEMPFAIL
+        clock = _MainClock(self.notifier.watchdog_interval())
         while True:
-            if self._fatal is not None:
-                self.shutdown()
-                return 78
-            if self._stop_requested:
-                self.shutdown()
-                return 0
-            if self._reload_requested:
-                self._reload_requested = False
-                self.reload()
-            if self._watch_failed:
-                self._watch_failed = False
-                self._restart_watcher()
-            if not self._ready_sent and all(w.first_pass_done.is_set() for w in self.workers.values()):
-                self._ready_sent = True
-                self.refresh_status()
-                self.notifier.ready(self._status_text)
-                log.info("ready: first full pass planned for every folder")
-            now = time.monotonic()
-            if ping is not None and now >= next_ping:
-                self.notifier.watchdog()
-                next_ping = now + ping
-            timeout = self._dispatch_due()
-            if ping is not None:
-                timeout = min(timeout, max(0.05, next_ping - time.monotonic()))
-            self._wake.wait(timeout=timeout)
+            code = self._between_waits(clock)
+            if code is not None:
+                return code
+            self._wake.wait(timeout=min(self._dispatch_due(), clock.seconds_to_next()))
             self._wake.clear()
+
+    def _between_waits(self, clock: _MainClock) -> int | None:
+        """One turn of the main loop's bookkeeping; an exit code when it is time to go."""
+        if self._fatal is not None:
+            self.shutdown()
+            return EX_CONFIG
+        if self._stop_requested:
+            self.shutdown()
+            return 0
+        if self._reload_requested:
+            self._reload_requested = False
+            self.reload()
+        if self._watch_failed:
+            self._watch_failed = False
+            self._restart_watcher()
+        if not self._ready_sent and all(w.first_pass_done.is_set() for w in self.workers.values()):
+            self._ready_sent = True
+            self.refresh_status()
+            self.notifier.ready(self._status_text)
+            log.info("ready: first full pass planned for every folder")
+        if clock.ping_due():
+            self.notifier.watchdog()
+        if clock.health_due():
+            self._health_check()
+        return None
 
     def _dispatch_due(self) -> float:
         """Hand the paths whose debounce expired to their workers; return how long the
@@ -490,17 +527,15 @@ class Daemon:
         self._stop_parts(self.settings.shutdown_timeout_seconds)
         self.client.close()
         self.settings, self.client = settings, client
+        self.poller = IndexingPoller(client)
         self.workers, self.trackers = {}, {}
-        self.start()
+        self.start(reloading=True)
         self._ready_sent = False
 
     def _stop_parts(self, timeout: float) -> bool:
         if self.watcher is not None:
             self.watcher.stop(timeout=2)
             self.watcher = None
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
-            self.scheduler = None
         for worker in self.workers.values():
             worker.stop()
         deadline = time.monotonic() + timeout
@@ -515,8 +550,34 @@ class Daemon:
         clean = self._stop_parts(self.settings.shutdown_timeout_seconds)
         if not clean:
             log.warning("stopped with requests still in flight; the journal resolves them at next start")
+        self._release_holds()
         self.client.close()
         log.info("stopped")
+
+
+class _MainClock:
+    """The main loop's own deadlines: systemd watchdog pings and health checks."""
+
+    def __init__(self, ping_every: float | None, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._ping_every = ping_every
+        self._next_ping = clock() if ping_every is not None else math.inf
+        self._next_health = clock() + HEALTH_CHECK_SECONDS
+
+    def ping_due(self) -> bool:
+        if self._ping_every is None or self._clock() < self._next_ping:
+            return False
+        self._next_ping = self._clock() + self._ping_every
+        return True
+
+    def health_due(self) -> bool:
+        if self._clock() < self._next_health:
+            return False
+        self._next_health = self._clock() + HEALTH_CHECK_SECONDS
+        return True
+
+    def seconds_to_next(self) -> float:
+        return max(0.05, min(self._next_ping, self._next_health) - self._clock())
 
 
 def _duration(seconds: float) -> str:
@@ -536,4 +597,4 @@ def run_daemon(config_path: Path, settings: Settings) -> int:
     return daemon.run_forever()
 
 
-__all__ = ["Daemon", "FolderWorker", "run_daemon"]
+__all__ = ["Daemon", "FolderWorker", "Job", "run_daemon"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import click
@@ -20,10 +21,11 @@ def run_demo() -> int:
     except ImportError:
         click.echo("difysync: the demo needs the emulator extra: pip install 'difysync[emulator]'", err=True)
         return 1
-    from .cli import print_status
     from .config import load_settings
     from .dify import DifyClient
-    from .reconcile import reconcile, wait_for_indexing
+    from .reconcile import Env, reconcile
+    from .remote import IndexingPoller, wait_for_indexing
+    from .report import print_status
     from .state import StateStore
 
     sample = Path(__file__).with_name("sample")
@@ -39,11 +41,13 @@ def run_demo() -> int:
         click.echo(f"config:\n{config.read_text(encoding='utf-8')}")
         settings = load_settings(config)
         with DifyClient(settings.dify.base_url, DEMO_KEY) as client, StateStore(settings.state_db) as store:
-            report = reconcile(settings, client, store)
-            wait_for_indexing(client, store, report.touched_documents(), timeout=30, interval=0.3)
+            env = Env(settings, client, store, who="difysync demo")
+            report = reconcile(env)
+            wait_for_indexing(IndexingPoller(client), store, report.touched_documents(), timeout=30,
+                              pauses=lambda: 0.3, sleep=time.sleep, clock=time.monotonic)
             counts = report.counts
             click.echo("first pass: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v))
-            again = reconcile(settings, client, store)
+            again = reconcile(env)
             click.echo("second pass (nothing changed): "
                        + ", ".join(f"{v} {k}" for k, v in again.counts.items() if v)
                        + f"; {again.hashed} files hashed")

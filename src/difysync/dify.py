@@ -11,7 +11,6 @@ from __future__ import annotations
 import gc
 import json
 import logging
-import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,8 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, retry_never, stop_after_attempt
+from tenacity.wait import wait_base
 
 from . import __version__
+from .backoff import delay_after, request_wait
 from .errors import (DatasetMissing, DifyError, FatalError, NotDifyAPI, NotFoundError,
                      ServerUnreachable, TransientError, error_from_response)
 from .models import RemoteDocument
@@ -38,15 +40,26 @@ GC_EVERY_PAGES = 50
 @dataclass(frozen=True, slots=True)
 class RetryPolicy:
     attempts: int = 6           # tries per request, the first included
-    base_seconds: float = 0.5   # first pause; doubles each time, with full jitter
+    base_seconds: float = 0.5   # ceiling of the first pause; doubles each time, jittered
     max_seconds: float = 30.0   # cap of one pause
     max_retry_after: float = 120.0  # we honour Retry-After, up to this
 
+    def wait(self) -> wait_base:
+        """This policy's pauses as a tenacity wait strategy (see backoff.request_wait)."""
+        return request_wait(self.base_seconds, self.max_seconds, self.max_retry_after)
+
     def pause(self, attempt: int, retry_after: float | None) -> float:
-        if retry_after is not None:
-            return min(retry_after, self.max_retry_after)
-        ceiling = min(self.max_seconds, self.base_seconds * (2 ** attempt))
-        return random.uniform(ceiling / 2, ceiling)
+        """The pause before retry ``attempt + 1`` (0 = the first retry)."""
+        return delay_after(self.wait(), attempt + 1, retry_after)
+
+
+class _NoRetry(Exception):
+    """Carries an error out of the retry loop that must not be retried even though it is
+    transient by class (an untrusted TLS certificate does not fix itself)."""
+
+    def __init__(self, error: DifyError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class RateLimiter:
@@ -96,11 +109,13 @@ class DifyClient:
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0,
                  retry: RetryPolicy | None = None, requests_per_minute: int = 0,
                  on_retry: Callable[[str, DifyError, float], None] | None = None,
-                 transport: httpx.BaseTransport | None = None) -> None:
+                 transport: httpx.BaseTransport | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.retry = retry or RetryPolicy()
         self.limiter = RateLimiter(requests_per_minute)
         self.on_retry = on_retry
+        self.sleep = sleep  # the pause between retries (the rate limiter keeps its own)
         self.list_workers = 4
         self.stats = {"requests": 0, "mutating": 0, "retries": 0}
         self._stats_lock = threading.Lock()
@@ -141,42 +156,61 @@ class DifyClient:
         ``before_retry`` runs before each re-send of a request that may have reached the
         server; if it returns something truthy, that is the outcome (the server did it).
         """
-        attempt = 0
-        while True:
-            self.limiter.acquire()
-            with self._stats_lock:
-                self.stats["requests"] += 1
-                if mutating:
-                    self.stats["mutating"] += 1
-            try:
-                response = self._http.request(method, path, **kwargs)
-            except httpx.TimeoutException:
-                error: DifyError = ServerUnreachable(f"{about}: no answer within the timeout")
-            except httpx.TransportError as exc:
-                reason = _transport_reason(exc)
-                error = ServerUnreachable(f"{about}: cannot reach {self._host()} ({reason})")
-                if "TLS" in reason:
-                    raise error from None  # a certificate does not fix itself: no retries
-            else:
-                if response.status_code < 300:
-                    return response
-                error = error_from_response(response.status_code, response.content,
-                                            retry_after=response.headers.get("retry-after"),
-                                            about=about, on_document=on_document, on_create=on_create)
-            attempt += 1
-            if not isinstance(error, TransientError) or not retry or attempt >= self.retry.attempts:
-                raise error
-            pause = self.retry.pause(attempt - 1, error.retry_after)
+        policy = self.retry
+
+        def note(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome is not None else None
+            assert isinstance(error, DifyError) and state.next_action is not None
+            pause = state.next_action.sleep
             with self._stats_lock:
                 self.stats["retries"] += 1
             if self.on_retry:
                 self.on_retry(about, error, pause)
             log.debug("retrying %s in %.1fs: %s", about, pause, error)
-            time.sleep(pause)
-            if before_retry is not None:
-                outcome = before_retry()
-                if outcome:
-                    return outcome
+
+        retrying = Retrying(
+            stop=stop_after_attempt(policy.attempts),
+            retry=retry_if_exception_type(TransientError) if retry else retry_never,
+            wait=policy.wait(), sleep=self.sleep, before_sleep=note,
+            reraise=True)  # the caller sees our exception, never tenacity.RetryError
+        try:
+            for attempt in retrying:
+                if before_retry is not None and attempt.retry_state.attempt_number > 1:
+                    outcome = before_retry()  # after the pause, before the re-send
+                    if outcome:
+                        return outcome
+                with attempt:
+                    return self._send(method, path, about=about, mutating=mutating,
+                                      on_document=on_document, on_create=on_create, **kwargs)
+        except _NoRetry as stop:
+            raise stop.error from None
+        raise AssertionError("unreachable: tenacity either returns an attempt or raises")
+
+    def _send(self, method: str, path: str, *, about: str, mutating: bool, on_document: bool,
+              on_create: bool, **kwargs: Any) -> httpx.Response:
+        """One attempt: wait for the rate limiter, count it, send; a non-success raises
+        the mapped error (transient ones are retried by ``_request``)."""
+        self.limiter.acquire()
+        with self._stats_lock:
+            self.stats["requests"] += 1
+            if mutating:
+                self.stats["mutating"] += 1
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            error: DifyError = ServerUnreachable(f"{about}: no answer within the timeout")
+        except httpx.TransportError as exc:
+            reason = _transport_reason(exc)
+            error = ServerUnreachable(f"{about}: cannot reach {self._host()} ({reason})")
+            if "TLS" in reason:
+                raise _NoRetry(error) from None  # a certificate does not fix itself: no retries
+        else:
+            if response.status_code < 300:
+                return response
+            error = error_from_response(response.status_code, response.content,
+                                        retry_after=response.headers.get("retry-after"),
+                                        about=about, on_document=on_document, on_create=on_create)
+        raise error  # outside the except blocks: no httpx exception chained onto ours
 
     def _host(self) -> str:
         return httpx.URL(self.base_url).host or self.base_url

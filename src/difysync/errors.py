@@ -6,6 +6,8 @@ Errors are classed by what the caller does next, not by where they came from::
     ├── ConfigError                invalid configuration               -> exit 78
     ├── StateError                 state DB unreadable / newer schema  -> exit 78
     │   └── StateWriteError        disk full, I/O error: back off, try again
+    ├── LeaseBusy                  another process writes the folder   -> exit 75
+    ├── LeaseAbandoned             stopped while waiting for the folder
     └── DifyError                  the server (or the road to it) said no
         ├── TransientError         retry with backoff
         │   ├── ServerUnreachable  connection refused, DNS, timeout, a
@@ -20,6 +22,10 @@ Errors are classed by what the caller does next, not by where they came from::
             ├── DatasetMissing     the configured dataset does not exist
             └── QuotaError         quota, plan limit, embedding provider not set up
 
+What each class means for the program (retry, wait, skip, stop, outage, and the exit
+code) is decided in one table at the end, ``verdict()``; the executor, the pass, the
+daemon and the CLI all read it rather than deciding by themselves.
+
 Nothing here ever holds the API key: messages are built from the server's answer and
 our own words only.
 """
@@ -27,11 +33,17 @@ our own words only.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 
 class DifySyncError(Exception):
     """Base of every error difysync raises on purpose."""
+
+    def describe(self) -> str:
+        """The one line a person reads (DifyError adds the status and code)."""
+        return str(self)
 
 
 class ConfigError(DifySyncError):
@@ -116,6 +128,26 @@ class DatasetMissing(FatalError):
 
 class QuotaError(FatalError):
     """A quota, plan limit or provider set-up problem on the server side."""
+
+
+class LeaseBusy(DifySyncError):
+    """Another process holds the folder (lease.py): a second service on it, or a pass
+    that is still writing. Exit 75 (EX_TEMPFAIL): try again later."""
+
+    def __init__(self, folder: str, holder: Any, hint: str) -> None:
+        self.folder = folder
+        self.holder = holder  # a lease.Holder, or None when its record is unreadable
+        self.hint = hint
+        who = holder.describe() if holder is not None else "another process"
+        super().__init__(f"folder {folder} is held by {who}: {hint}")
+
+
+class LeaseAbandoned(DifySyncError):
+    """The wait for a folder's write lease was given up because the process is stopping."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        super().__init__(f"stopped waiting for the write lease on folder {folder}")
 
 
 # Dify error codes -> the class that says what to do. Codes not listed fall back on the
@@ -252,3 +284,77 @@ def _parse_retry_after(value: str | None) -> float | None:
         return max(0.0, float(value))
     except ValueError:
         return None
+
+
+# --- what to do next -------------------------------------------------------------------
+
+
+class Next(str, Enum):
+    """What an error means for the thing it happened to."""
+
+    RETRY = "retry"    # send the same request again after a pause (the client does this)
+    WAIT = "wait"      # the document is busy: leave it to a later pass
+    SKIP = "skip"      # never accepted as it is: record it, do not resend until it changes
+    GONE = "gone"      # the document no longer exists
+    FAIL = "fail"      # this item failed; the rest of the pass goes on
+    STOP = "stop"      # nothing more in this folder works until a human changes something
+    OUTAGE = "outage"  # the server (or the disk) is away: back off, try the folder again later
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What one error class means at each level: for the request that raised it (after
+    the client's own retries), for the folder's pass, for the whole run, and for the
+    exit code of a one-shot command."""
+
+    item: Next          # FAIL, WAIT, SKIP or GONE
+    folder: Next        # FAIL (the pass goes on), STOP or OUTAGE
+    stops_run: bool     # no other folder can fare better (the key, the URL)
+    exit_code: int
+
+    @property
+    def backs_off(self) -> bool:
+        """A service should pause the folder and try a whole pass again later."""
+        return self.folder is not Next.FAIL
+
+
+EX_FAILED, EX_UNAVAILABLE, EX_TEMPFAIL, EX_NOPERM, EX_CONFIG = 1, 69, 75, 77, 78
+
+# Most specific class first: verdict() takes the first row the error is an instance of.
+_VERDICTS: tuple[tuple[type[DifySyncError], Verdict], ...] = (
+    (ConfigError, Verdict(Next.FAIL, Next.STOP, True, EX_CONFIG)),
+    (LeaseBusy, Verdict(Next.FAIL, Next.STOP, False, EX_TEMPFAIL)),
+    (LeaseAbandoned, Verdict(Next.FAIL, Next.STOP, False, EX_TEMPFAIL)),
+    (StateWriteError, Verdict(Next.FAIL, Next.OUTAGE, False, EX_FAILED)),
+    (StateError, Verdict(Next.FAIL, Next.STOP, True, EX_CONFIG)),
+    (ServerUnreachable, Verdict(Next.FAIL, Next.OUTAGE, False, EX_UNAVAILABLE)),
+    (RateLimited, Verdict(Next.FAIL, Next.OUTAGE, False, EX_FAILED)),
+    (TransientError, Verdict(Next.FAIL, Next.OUTAGE, False, EX_FAILED)),
+    (NotReadyError, Verdict(Next.WAIT, Next.FAIL, False, EX_FAILED)),
+    (RefusedError, Verdict(Next.SKIP, Next.FAIL, False, EX_FAILED)),
+    (NotFoundError, Verdict(Next.GONE, Next.FAIL, False, EX_FAILED)),
+    (AuthError, Verdict(Next.FAIL, Next.STOP, True, EX_NOPERM)),
+    (NotDifyAPI, Verdict(Next.FAIL, Next.STOP, True, EX_UNAVAILABLE)),
+    (FatalError, Verdict(Next.FAIL, Next.STOP, False, EX_FAILED)),
+    (DifyError, Verdict(Next.FAIL, Next.FAIL, False, EX_FAILED)),
+    (DifySyncError, Verdict(Next.FAIL, Next.STOP, False, EX_FAILED)),
+)
+
+
+def verdict(error: BaseException) -> Verdict:
+    """The one place that says what an error means (see ``Verdict``). A request that
+    ran out of retries on a transient error fails alone (``item``); what it means for
+    the folder (``folder``) applies when the pass itself cannot go on, or, for the
+    executor, once several requests in a row have failed that way."""
+    for cls, found in _VERDICTS:
+        if isinstance(error, cls):
+            return found
+    return _UNKNOWN
+
+
+def exit_code(error: BaseException | None) -> int:
+    """The exit code a one-shot command gives for this error (0 for none)."""
+    return 0 if error is None else verdict(error).exit_code
+
+
+_UNKNOWN = Verdict(Next.FAIL, Next.STOP, False, EX_FAILED)

@@ -1,5 +1,6 @@
 """Clean-pass marks: what a folder and its dataset looked like when a full pass found
-nothing to send, and a cheap proof that both still look like that.
+nothing to send, as pure values: the scan's digest and the dataset's fingerprint. The
+probe that takes a fingerprint now is remote.py's; this module sends nothing.
 
 A no-op pass over a big folder is otherwise dominated by listing the whole dataset (950
 round trips at 100k documents, each an OFFSET query on the server). When the local scan
@@ -26,18 +27,16 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from . import __version__
-from .dify import PAGE_LIMIT, DifyClient
-from .models import LocalFile, RemoteDocument, ScanProblem
+from .dify import PAGE_LIMIT
+from .models import LocalFile, RemoteDocument, ScanProblem, SkipCode
 from .plan import Action, Kind, Policy
 
 # Every display status but "available"; Dify gives each document exactly one.
 FLAGGED_STATUSES = ("queuing", "indexing", "paused", "error", "disabled", "archived")
-PROBE_REQUESTS = 1 + len(FLAGGED_STATUSES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,8 +65,10 @@ class RemoteFingerprint:
             + (len(FLAGGED_STATUSES) - len(self.flagged))
 
 
-def _fingerprint(total: int, head: Sequence[RemoteDocument],
-                 flagged: dict[str, list[str]]) -> RemoteFingerprint:
+def fingerprint(total: int, head: Sequence[RemoteDocument],
+                flagged: dict[str, list[str]]) -> RemoteFingerprint:
+    """The fingerprint of a dataset from its ``total``, its newest page and the ids under
+    each flagged display status."""
     return RemoteFingerprint(
         total, tuple((d.id, d.name, d.display_status or "") for d in head),
         tuple((status, tuple(sorted(ids))) for status, ids in sorted(flagged.items()) if ids))
@@ -102,25 +103,7 @@ class ListingRecorder:
                 return None
             if any(s not in FLAGGED_STATUSES for s in self._flagged):
                 return None  # a status this client does not know: the probe could not ask for it
-            return _fingerprint(self._total, self._head, self._flagged)
-
-
-def probe(client: DifyClient, dataset_id: str) -> RemoteFingerprint | None:
-    """The dataset's fingerprint now, from the first page and one filtered listing per
-    flagged status, sent side by side. None when the server ignores the filter or sends
-    no ``total``."""
-    def flagged(status: str) -> list[RemoteDocument] | None:
-        docs = client.list_documents(dataset_id, status=status)
-        return docs if all(d.display_status == status for d in docs) else None
-
-    with ThreadPoolExecutor(max_workers=max(1, min(PROBE_REQUESTS, client.list_workers)),
-                            thread_name_prefix="difysync-probe") as pool:
-        first = pool.submit(client.document_page, dataset_id, 1)
-        lists = list(pool.map(flagged, FLAGGED_STATUSES))
-        head, total = first.result()
-    if total is None or any(docs is None for docs in lists):
-        return None
-    return _fingerprint(total, head, {s: [d.id for d in docs or ()] for s, docs in zip(FLAGGED_STATUSES, lists)})
+            return fingerprint(self._total, self._head, self._flagged)
 
 
 def scan_digest(files: Iterable[LocalFile], problems: Iterable[ScanProblem]) -> str:
@@ -136,7 +119,7 @@ def scan_digest(files: Iterable[LocalFile], problems: Iterable[ScanProblem]) -> 
 def policy_key(policy: Policy, dataset_id: str, include: Sequence[str], exclude: Sequence[str]) -> str:
     """Everything besides the files that decides a plan; a new difysync version counts too."""
     parts = (__version__, dataset_id, sorted(policy.allowed_extensions), policy.max_bytes,
-             policy.delete, policy.max_attempts, list(include), list(exclude))
+             policy.delete, policy.quarantine_after, list(include), list(exclude))
     return hashlib.blake2b(repr(parts).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
@@ -155,7 +138,8 @@ class Mark:
         return json.dumps({
             "policy_key": self.policy_key, "scan_digest": self.scan_digest,
             "remote": self.remote.as_json(), "unchanged": self.unchanged, "taken_at": self.taken_at,
-            "skips": [[a.rel_path, a.document_name, a.document_id, a.size, a.reason] for a in self.skips]})
+            "skips": [[a.rel_path, a.document_name, a.document_id, a.size, a.reason,
+                       a.code.value if a.code else None] for a in self.skips]})
 
     @classmethod
     def from_json(cls, text: str) -> Mark | None:
@@ -164,8 +148,9 @@ class Mark:
             raw = json.loads(text)
             return cls(str(raw["policy_key"]), str(raw["scan_digest"]),
                        RemoteFingerprint.from_json(raw["remote"]), int(raw["unchanged"]),
-                       tuple(Action(Kind.SKIP, rel, name, doc, size=size, reason=reason)
-                             for rel, name, doc, size, reason in raw["skips"]),
+                       tuple(Action(Kind.SKIP, rel, name, doc, size=size, reason=reason,
+                                    code=SkipCode(code) if code else None)
+                             for rel, name, doc, size, reason, code in raw["skips"]),
                        float(raw["taken_at"]))
         except (ValueError, KeyError, TypeError):
             return None
@@ -180,5 +165,5 @@ class Mark:
         return self.remote.probe_requests < self.remote.pages
 
 
-__all__ = ["FLAGGED_STATUSES", "ListingRecorder", "Mark", "RemoteFingerprint", "policy_key", "probe",
+__all__ = ["FLAGGED_STATUSES", "ListingRecorder", "Mark", "RemoteFingerprint", "fingerprint", "policy_key",
            "scan_digest"]

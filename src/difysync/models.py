@@ -8,7 +8,48 @@ nothing downstream can mutate what upstream produced.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import Enum
 from typing import NamedTuple
+
+
+class SkipCode(str, Enum):
+    """Why a file is not sent: the key code branches on and ``--json`` reports; the text
+    for people travels beside it."""
+
+    UNSUPPORTED_TYPE = "unsupported_type"  # extension not in dify.allowed_extensions
+    TOO_LARGE = "too_large"                # over dify.max_file_size_mb (or the server's limit)
+    EMPTY = "empty"                        # 0 bytes
+    UNREADABLE = "unreadable"              # permission, I/O error
+    NOT_A_FILE = "not_a_regular_file"      # a symlink not followed, a device, a socket
+    REFUSED = "refused_by_server"          # the server refused this very content
+    QUARANTINED = "quarantined"            # indexing failed quarantine_after times
+    DISABLED = "disabled_in_dify"          # someone disabled the document in Dify
+    ARCHIVED = "archived_in_dify"          # ... or archived it
+
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def about_the_file(self) -> bool:
+        """Decided from the local file alone (its type, size, readability): no longer
+        true once the file is readable and eligible again."""
+        return self in _FILE_SKIPS
+
+
+_FILE_SKIPS = frozenset({SkipCode.UNSUPPORTED_TYPE, SkipCode.TOO_LARGE, SkipCode.EMPTY, SkipCode.UNREADABLE,
+                         SkipCode.NOT_A_FILE})
+
+
+class ErrorKind(str, Enum):
+    """What a file row's ``last_error`` is about, so code never reads the text."""
+
+    WAITING = "waiting"                # the document is busy; the next pass tries again
+    INDEXING_FAILED = "indexing_failed"  # Dify's own indexing of the document failed
+    REQUEST_FAILED = "request_failed"  # our request failed (network, 5xx, a refusal)
+    VANISHED = "vanished"              # the file went away before it could be sent
+
+    def __str__(self) -> str:
+        return self.value
 
 
 class LocalFile(NamedTuple):
@@ -32,6 +73,7 @@ class ScanProblem:
 
     rel_path: str
     reason: str
+    code: SkipCode = SkipCode.UNREADABLE
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +93,8 @@ class FileState:
     skip_reason: str | None = None
     refused_sha256: str | None = None  # content the server refused terminally: not sent again
     attempts: int = 0  # consecutive failed or errored attempts for the current content
+    skip_code: SkipCode | None = None
+    error_kind: ErrorKind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +122,6 @@ class RemoteDocument:
 
 
 IN_FLIGHT_STATUSES = frozenset({"waiting", "parsing", "cleaning", "splitting", "indexing"})
-SETTLED_STATUSES = frozenset({"completed", "error", "paused"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +130,7 @@ class JournalEntry:
 
     id: int
     rel_path: str
-    op: str  # create | update | rename | delete
+    op: str  # a plan Kind's value: create | recreate | update | rename | delete
     document_name: str
     document_id: str | None = None
     sha256: str | None = None

@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 
-from .models import FileState, JournalEntry, LocalFile, RemoteDocument
+from typing import NamedTuple
+
+from .models import FileState, JournalEntry, LocalFile, RemoteDocument, SkipCode
 from .naming import document_name
 
 
@@ -45,7 +47,11 @@ class Action:
     old_rel_path: str | None = None  # for RENAME: the path the document belonged to
     sha256: str | None = None
     size: int | None = None
-    reason: str = ""
+    reason: str = ""  # for people; code branches on ``code`` and ``leftover``
+    code: SkipCode | None = None  # why a SKIP is a skip
+    # A DELETE of a document an interrupted create left behind (the journal says it is
+    # ours): outside the mass-delete guards, which protect documents that were synced.
+    leftover: bool = False
 
     @property
     def mutating(self) -> bool:
@@ -94,7 +100,7 @@ class Policy:
     max_bytes: int = 15 * 1024 * 1024
     delete: bool = True
     max_delete: MaxDelete = field(default_factory=MaxDelete)
-    max_attempts: int = 3  # a document that fails indexing this often is quarantined
+    quarantine_after: int = 3  # a document that fails indexing this often is quarantined
     allow_empty: bool = False  # the user said --max-delete: an emptied folder may be emptied remotely
     # False for a targeted pass (a few paths): the whole-folder guards cannot judge it,
     # the caller judges its deletes against the folder instead.
@@ -120,18 +126,29 @@ class Plan:
         return tuple(a for a in self.actions if a.mutating)
 
 
-def refusal_reason(rel_path: str, size: int, policy: Policy) -> str | None:
+class Refusal(NamedTuple):
+    code: SkipCode
+    text: str
+
+
+def refusal(rel_path: str, size: int, policy: Policy) -> Refusal | None:
     """Why this file will not be sent at all (checked before hashing), or None."""
     base = rel_path.rsplit("/", 1)[-1]
     ext = base.rsplit(".", 1)[-1].lower() if "." in base.lstrip(".") else ""
     if ext not in policy.allowed_extensions:
         shown = f".{ext}" if ext else "no extension"
-        return f"unsupported file type ({shown})"
+        return Refusal(SkipCode.UNSUPPORTED_TYPE, f"unsupported file type ({shown})")
     if size > policy.max_bytes:
-        return f"file too large ({size} bytes > limit {policy.max_bytes})"
+        return Refusal(SkipCode.TOO_LARGE, f"file too large ({size} bytes > limit {policy.max_bytes})")
     if size == 0:
-        return "empty file"
+        return Refusal(SkipCode.EMPTY, "empty file")
     return None
+
+
+def refusal_reason(rel_path: str, size: int, policy: Policy) -> str | None:
+    """The text of ``refusal``, for people."""
+    found = refusal(rel_path, size, policy)
+    return found.text if found else None
 
 
 def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
@@ -155,11 +172,11 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
 
     claimed: set[str] = set()  # remote document ids already spoken for in this plan
     local_by_path = {f.rel_path: f for f in local}
-    refused: dict[str, str] = {}
+    refused: dict[str, Refusal] = {}
     for f in local:
-        reason = refusal_reason(f.rel_path, f.size, policy)
-        if reason:
-            refused[f.rel_path] = reason
+        found = refusal(f.rel_path, f.size, policy)
+        if found:
+            refused[f.rel_path] = found
     any_eligible = len(refused) < len(local_by_path)
 
     def live_doc(row: FileState | None) -> RemoteDocument | None:
@@ -204,7 +221,7 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
         name = document_name(rel)
         if rel in refused:
             actions.append(Action(Kind.SKIP, rel, name, row.document_id if row else None,
-                                  size=f.size, reason=refused[rel]))
+                                  size=f.size, reason=refused[rel].text, code=refused[rel].code))
             continue
         if rel in renamed_from:
             old_rel = renamed_from[rel]
@@ -226,8 +243,7 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
             continue
         # Not tracked, or its document is gone: adopt a document of the same name first.
         if row is not None and row.refused_sha256 and row.refused_sha256 == f.sha256:
-            actions.append(Action(Kind.SKIP, rel, name, size=f.size,
-                                  reason=row.skip_reason or "refused by the server"))
+            actions.append(_refused_again(f, row, name, None))
             continue
         candidates = [d for d in by_name.get(name) if d.id not in claimed]
         if candidates:
@@ -279,7 +295,7 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
             claimed.add(doc.id)
             if policy.delete:
                 leftovers.append(Action(Kind.DELETE, entry.rel_path, doc.name, doc.id,
-                                        reason="left over from an interrupted create"))
+                                        reason="left over from an interrupted create", leftover=True))
 
     tracked = sum(1 for row in state.values() if live_doc(row) is not None) + policy.settled_elsewhere
     if deletes and policy.whole_folder:
@@ -312,7 +328,7 @@ def is_settled(f: LocalFile | None, row: FileState, doc: RemoteDocument, policy:
             and f.sha256 == row.sha256 and doc.indexing_status == "completed"
             and doc.enabled and not doc.archived and not doc.failed
             and doc.name == document_name(row.rel_path)
-            and refusal_reason(f.rel_path, f.size, policy) is None)
+            and refusal(f.rel_path, f.size, policy) is None)
 
 
 def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
@@ -325,16 +341,17 @@ def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
             return None
         state_word = "archived" if doc.archived else "disabled"
         return Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size,
-                      reason=f"document {state_word} in Dify; enable it to sync changes")
+                      reason=f"document {state_word} in Dify; enable it to sync changes",
+                      code=SkipCode.ARCHIVED if doc.archived else SkipCode.DISABLED)
     if doc.failed:
         if row.refused_sha256 and row.refused_sha256 == f.sha256:
-            return Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size,
-                          reason=row.skip_reason or "quarantined")
-        if content_same and row.attempts >= policy.max_attempts:
+            return _refused_again(f, row, name, doc.id)
+        if content_same and row.attempts >= policy.quarantine_after:
             return Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size,
                           reason=f"quarantined: indexing failed {row.attempts} times"
                                  + (f" ({doc.error})" if doc.error else "")
-                                 + "; change the file or run `difysync retry`")
+                                 + "; change the file or run `difysync retry`",
+                          code=SkipCode.QUARANTINED)
         return Action(Kind.RECREATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
                       reason=f"indexing failed in Dify: {doc.error}" if doc.error else
                       "indexing failed in Dify")
@@ -343,8 +360,7 @@ def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
     if row.refused_sha256 and row.refused_sha256 == f.sha256:
         # The server refused this very content (an update over its size limit, say) and
         # still holds the previous version: sending it again can only be refused again.
-        return Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size,
-                      reason=row.skip_reason or "refused by the server")
+        return _refused_again(f, row, name, doc.id)
     if doc.in_flight:
         return Action(Kind.WAIT, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
                       reason="document is still indexing")
@@ -352,6 +368,13 @@ def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
         return Action(Kind.RENAME, f.rel_path, name, doc.id, old_rel_path=f.rel_path,
                       sha256=f.sha256, size=f.size, reason="document name out of date")
     return Action(Kind.UPDATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size)
+
+
+def _refused_again(f: LocalFile, row: FileState, name: str, document_id: str | None) -> Action:
+    """The file holds content the server (or a quarantine) already refused."""
+    return Action(Kind.SKIP, f.rel_path, name, document_id, size=f.size,
+                  reason=row.skip_reason or "refused by the server",
+                  code=row.skip_code or SkipCode.REFUSED)
 
 
 def _plan_adoption(f: LocalFile, doc: RemoteDocument, name: str) -> Action:

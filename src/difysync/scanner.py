@@ -32,11 +32,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from difysync.models import LocalFile, ScanProblem
+from difysync.models import LocalFile, ScanProblem, SkipCode
 
 __all__ = [
     "DEFAULT_IGNORES",
-    "FileChanged",
     "FileTooLarge",
     "PatternMatcher",
     "ScanResult",
@@ -260,19 +259,19 @@ def _classify_file(rules: _Rules, path: str, rel_path: str,
         try:
             st = os.stat(path)
         except FileNotFoundError:
-            return ScanProblem(rel_path, BROKEN_SYMLINK)
+            return ScanProblem(rel_path, BROKEN_SYMLINK, SkipCode.NOT_A_FILE)
         except PermissionError:
             return ScanProblem(rel_path, PERMISSION_DENIED)
         except OSError as exc:  # ELOOP, or a target below a file (ENOTDIR)
             if exc.errno == errno.ELOOP:
-                return ScanProblem(rel_path, SYMLINK_LOOP)
-            return ScanProblem(rel_path, BROKEN_SYMLINK)
+                return ScanProblem(rel_path, SYMLINK_LOOP, SkipCode.NOT_A_FILE)
+            return ScanProblem(rel_path, BROKEN_SYMLINK, SkipCode.NOT_A_FILE)
         if not _inside(rules.real_root, os.path.realpath(path)):
-            return ScanProblem(rel_path, OUTSIDE_ROOT)
+            return ScanProblem(rel_path, OUTSIDE_ROOT, SkipCode.NOT_A_FILE)
         if stat.S_ISDIR(st.st_mode):
-            return ScanProblem(rel_path, DIR_SYMLINK)
+            return ScanProblem(rel_path, DIR_SYMLINK, SkipCode.NOT_A_FILE)
     if not stat.S_ISREG(st.st_mode):
-        return ScanProblem(rel_path, _special_reason(st.st_mode))
+        return ScanProblem(rel_path, _special_reason(st.st_mode), SkipCode.NOT_A_FILE)
     if not os.access(path, os.R_OK):
         return ScanProblem(rel_path, PERMISSION_DENIED) if os.path.lexists(path) else None
     return LocalFile(rel_path, st.st_size, st.st_mtime_ns, st.st_ino)
@@ -453,10 +452,6 @@ class FileTooLarge(ValueError):
         super().__init__(f"{path}: {size} bytes is over the upload limit of {limit} bytes")
 
 
-class FileChanged(OSError):
-    """The file's size is not the one the caller expected: it changed since it was scanned."""
-
-
 def _open_regular(path: Path | str) -> io.FileIO:
     """Open for binary reading, refusing anything that is not a regular file.
 
@@ -499,14 +494,13 @@ def sha256_file(path: Path | str, *, block_size: int = 1 << 20) -> tuple[str, in
     return digest.hexdigest(), total
 
 
-def read_for_upload(path: Path | str, expected_size: int | None = None, *,
-                    max_bytes: int) -> tuple[bytes, str]:
+def read_for_upload(path: Path | str, *, max_bytes: int) -> tuple[bytes, str]:
     """(content, SHA-256 of exactly that content) of a regular file of at most ``max_bytes``.
 
     The hash is computed from the very buffer that will be uploaded, so the recorded
     hash always describes what the server received. Raises FileTooLarge over the
-    limit, FileChanged when ``expected_size`` is given and the bytes read differ in
-    length (the file is being written: try again later), OSError for a non-regular file.
+    limit, OSError for a non-regular file. (Whether the file changed during the read
+    is the caller's to judge, from stat before and after.)
     """
     with _open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
@@ -523,6 +517,4 @@ def read_for_upload(path: Path | str, expected_size: int | None = None, *,
     if total > max_bytes:
         raise FileTooLarge(os.fsdecode(path), total, max_bytes)
     data = b"".join(chunks)
-    if expected_size is not None and len(data) != expected_size:
-        raise FileChanged(f"{os.fsdecode(path)}: expected {expected_size} bytes, read {len(data)}")
     return data, hashlib.sha256(data).hexdigest()

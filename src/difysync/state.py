@@ -5,6 +5,14 @@ Every write is one short explicit transaction; settling a journal row and updati
 file row it concerns happen in the same one, so a crash leaves either both or neither.
 The file is created mode 0600 (SQLite gives its WAL files the same mode). Nothing here
 ever stores the API key.
+
+sqlite-utils creates and migrates the tables, looks at their columns, and writes the
+small per-folder records (runs, marks, datasets). The per-file reads and writes stay
+hand-written SQL: they run once per file of a 100k folder, in the executor's and the
+listing's hot paths, and each is one statement that also settles a journal row inside
+the same transaction, which sqlite-utils' record-at-a-time calls cannot express as
+cheaply. ``StateBackend`` is the interface the rest of difysync uses; a second backend
+would implement it.
 """
 
 from __future__ import annotations
@@ -18,14 +26,14 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Protocol
 
 import sqlite_utils
 
 from .errors import StateError, StateWriteError
-from .models import FileState, JournalEntry, LocalFile
+from .models import ErrorKind, FileState, JournalEntry, LocalFile, SkipCode
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _FILE_COLUMNS = {
     "folder": str, "rel_path": str, "dataset_id": str, "size": int, "mtime_ns": int,
@@ -33,6 +41,7 @@ _FILE_COLUMNS = {
     "indexing_status": str, "last_error": str, "skip_reason": str, "refused_sha256": str,
     "attempts": int, "updated_at": float, "synced_at": float,
 }
+_IN_FLIGHT_SQL = "('waiting','parsing','cleaning','splitting','indexing')"
 
 
 def encode_path(rel_path: str) -> str:
@@ -72,6 +81,80 @@ class ProblemFile:
     rel_path: str
     kind: str  # "error" | "skipped"
     reason: str
+    code: str | None = None  # the SkipCode or ErrorKind value beside the text
+
+
+class InFlight(NamedTuple):
+    """A document the state says is queued or indexing, with the batch its upload got."""
+
+    folder: str
+    rel_path: str
+    document_id: str
+    batch: str | None
+
+
+class Skip(NamedTuple):
+    """A file refused before sending: recorded so that ``status`` can say why."""
+
+    file: LocalFile | None
+    rel_path: str
+    reason: str
+    code: SkipCode
+
+
+class StateBackend(Protocol):
+    """What the rest of difysync asks of a state store; ``StateStore`` (SQLite) is the one
+    backend. Every write is atomic on its own, and every write to a folder's rows or
+    journal drops that folder's clean-pass mark in the same transaction (marks.py)."""
+
+    # reads
+    def load_folder(self, folder: str, seen: Mapping[str, LocalFile] | None = None) -> dict[str, FileState]:
+        """Every row of a folder, by relative path."""
+    def load_paths(self, folder: str, rel_paths: Iterable[str]) -> dict[str, FileState]:
+        """The rows of these paths and of everything below them."""
+    def count_tracked(self, folder: str) -> int:
+        """Rows that hold a document."""
+    def pending_journal(self, folder: str) -> list[JournalEntry]:
+        """Intents sent (or about to be) and not settled, oldest first."""
+    def in_flight(self, folder: str | None = None) -> list[InFlight]:
+        """Documents the state says are queued or indexing."""
+    def summaries(self) -> list[FolderSummary]: ...
+    def problems(self) -> list[ProblemFile]: ...
+
+    # the journal and settling: one transaction each
+    def journal_begin(self, folder: str, dataset_id: str, op: str, rel_path: str,
+                      document_name: str | None, document_id: str | None = None,
+                      sha256: str | None = None) -> int:
+        """Record an intent before its request is sent; returns the row to settle."""
+    def clear_journal(self, ids: Iterable[int]) -> None:
+        """Drop intents a pass resolved."""
+    def settle_upload(self, journal_id: int | None, folder: str, dataset_id: str, rel_path: str, *,
+                      document_id: str, document_name: str, batch: str | None, sha256: str | None,
+                      size: int | None, mtime_ns: int | None, inode: int | None,
+                      indexing_status: str | None, attempts: int = 0) -> None: ...
+    def settle_removal(self, journal_id: int | None, folder: str, rel_path: str) -> None: ...
+    def settle_failure(self, journal_id: int | None, folder: str, dataset_id: str, rel_path: str,
+                       error: str, kind: ErrorKind, *, refused_sha256: str | None = None,
+                       skip: SkipCode | None = None) -> None: ...
+
+    # notes on files
+    def record_skips(self, folder: str, dataset_id: str, skips: Iterable[Skip]) -> None: ...
+    def record_waiting(self, folder: str, waits: Iterable[tuple[str, str]]) -> None: ...
+    def update_stats(self, folder: str, files: Iterable[LocalFile]) -> None: ...
+    def refresh_statuses(self, folder: str, statuses: Mapping[str, tuple[str, str | None]]) -> None: ...
+    def retry(self, folder: str | None = None, rel_path: str | None = None) -> int: ...
+
+    # per folder
+    def record_run(self, folder: str, kind: str, started_at: float, ok: bool,
+                   summary: Mapping[str, Any]) -> None: ...
+    def known_dataset(self, folder: str, dataset_name: str) -> str | None: ...
+    def remember_dataset(self, folder: str, dataset_name: str, dataset_id: str) -> None: ...
+    def forget_dataset(self, folder: str) -> None: ...
+    def dataset_of(self, folder: str) -> str | None: ...
+    def load_mark(self, folder: str, dataset_id: str) -> str | None: ...
+    def save_mark(self, folder: str, dataset_id: str, body: str) -> None: ...
+    def drop_mark(self, folder: str) -> None: ...
+    def close(self) -> None: ...
 
 
 class StateStore:
@@ -154,13 +237,19 @@ class StateStore:
             raise StateError(f"state DB {self.path} was written by a newer difysync (schema {version}, "
                              f"this one knows {SCHEMA_VERSION}): upgrade difysync")
         if self.readonly:
-            if version < 1:  # schema 2 only added marks, which readers do not use
+            # Readers take an older schema as it is (a reader cannot migrate): what it
+            # lacks reads as empty (see _files_source).
+            if version < 1:
                 raise StateError(f"state DB {self.path} has no current schema yet: run `difysync reconcile` first")
+            self._files_source = _files_source(set(self.db["files"].columns_dict))
             return
         if version < 1:
             self._migration_1_initial()
         if version < 2:
             self._migration_2_marks()
+        if version < 3:
+            self._migration_3_codes_and_datasets()
+        self._files_source = "files"
 
     def _schema_version(self) -> int:
         if "meta" not in self.db.table_names():
@@ -190,6 +279,27 @@ class StateStore:
                                     pk="folder", if_not_exists=True)
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2')")
 
+    def _migration_3_codes_and_datasets(self) -> None:
+        """Reasons and error states as codes beside their texts; the datasets found by name."""
+        with self.transaction():
+            files = self.db["files"]
+            for column in ("skip_code", "error_kind"):
+                if column not in files.columns_dict:
+                    files.add_column(column, str)
+            # Rows written before the codes existed are classified from their texts,
+            # once, here; nothing else ever reads the texts.
+            self.db.execute("UPDATE files SET error_kind = CASE "
+                            "WHEN last_error LIKE 'waiting%' THEN 'waiting' "
+                            "WHEN last_error LIKE 'indexing failed%' THEN 'indexing_failed' "
+                            "ELSE 'request_failed' END WHERE last_error IS NOT NULL AND error_kind IS NULL")
+            self.db.execute("UPDATE files SET skip_code = CASE "
+                            "WHEN refused_sha256 IS NOT NULL THEN 'refused_by_server' "
+                            "WHEN skip_reason LIKE 'quarantined%' THEN 'quarantined' "
+                            "ELSE 'unreadable' END WHERE skip_reason IS NOT NULL AND skip_code IS NULL")
+            self.db["datasets"].create({"folder": str, "dataset_name": str, "dataset_id": str,
+                                        "resolved_at": float}, pk="folder", if_not_exists=True)
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3')")
+
     # --- reads ------------------------------------------------------------------------
 
     def load_folder(self, folder: str, seen: Mapping[str, LocalFile] | None = None) -> dict[str, FileState]:
@@ -202,7 +312,7 @@ class StateStore:
         # the batch, and on a 100k folder the two would cost ~20 MB of strings.
         cursor = self.db.execute(
             "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, NULL, NULL, "
-            "indexing_status, last_error, skip_reason, refused_sha256, attempts "
+            "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, error_kind "
             "FROM files WHERE folder = ?", [folder])
         out = {}
         for r in cursor:
@@ -214,7 +324,7 @@ class StateStore:
                                   f.inode if f.inode == state.inode else state.inode, state.sha256,
                                   state.document_id, None, None, state.indexing_status,
                                   state.last_error, state.skip_reason, state.refused_sha256,
-                                  state.attempts)
+                                  state.attempts, state.skip_code, state.error_kind)
             out[state.rel_path] = state
         return out
 
@@ -223,7 +333,8 @@ class StateStore:
         that was moved or deleted as a whole)."""
         out: dict[str, FileState] = {}
         columns = ("SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
-                   "indexing_status, last_error, skip_reason, refused_sha256, attempts FROM files ")
+                   "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, "
+                   "error_kind FROM files ")
         for rel in rel_paths:
             key = encode_path(rel)
             # Children sort between "dir/" and "dir0" ("0" follows "/" in code points).
@@ -240,6 +351,7 @@ class StateStore:
                                [folder]).fetchone()[0]
 
     def pending_journal(self, folder: str) -> list[JournalEntry]:
+        """The folder's unsettled intents, oldest first (a pass plans with them)."""
         rows = self.db.execute(
             "SELECT id, rel_path, op, document_name, document_id, sha256 FROM journal "
             "WHERE folder = ? ORDER BY id", [folder]).fetchall()
@@ -249,15 +361,15 @@ class StateStore:
     def journal_count(self) -> int:
         return self.db.execute("SELECT count(*) FROM journal").fetchone()[0]
 
-    def in_flight(self, folder: str | None = None) -> list[tuple[str, str, str, str | None]]:
-        """(folder, rel_path, document_id, batch) of documents still queued or indexing."""
+    def in_flight(self, folder: str | None = None) -> list[InFlight]:
+        """Documents still queued or indexing, with their batches (what the poller asks about)."""
         sql = ("SELECT folder, rel_path, document_id, batch FROM files WHERE document_id IS NOT NULL "
-               "AND indexing_status IN ('waiting','parsing','cleaning','splitting','indexing')")
+               f"AND indexing_status IN {_IN_FLIGHT_SQL}")
         args: list[Any] = []
         if folder is not None:
             sql += " AND folder = ?"
             args.append(folder)
-        return [(r[0], decode_path(r[1]), r[2], r[3]) for r in self.db.execute(sql, args)]
+        return [InFlight(r[0], decode_path(r[1]), r[2], r[3]) for r in self.db.execute(sql, args)]
 
     # --- journal ----------------------------------------------------------------------
 
@@ -294,15 +406,15 @@ class StateStore:
             conn.execute(
                 "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, sha256, "
                 "document_id, document_name, batch, indexing_status, last_error, skip_reason, "
-                "refused_sha256, attempts, updated_at, synced_at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?) "
+                "refused_sha256, attempts, updated_at, synced_at, skip_code, error_kind) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, NULL, NULL) "
                 "ON CONFLICT (folder, rel_path) DO UPDATE SET dataset_id = excluded.dataset_id, "
                 "size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode, "
                 "sha256 = excluded.sha256, document_id = excluded.document_id, "
                 "document_name = excluded.document_name, batch = excluded.batch, "
                 "indexing_status = excluded.indexing_status, last_error = NULL, skip_reason = NULL, "
                 "refused_sha256 = NULL, attempts = excluded.attempts, updated_at = excluded.updated_at, "
-                "synced_at = excluded.synced_at",
+                "synced_at = excluded.synced_at, skip_code = NULL, error_kind = NULL",
                 [folder, encode_path(rel_path), dataset_id, size, mtime_ns, inode, sha256, document_id,
                  document_name, batch, indexing_status, attempts, now, now])
             if journal_id is not None:
@@ -318,59 +430,59 @@ class StateStore:
                 conn.execute("DELETE FROM journal WHERE id = ?", [journal_id])
 
     def settle_failure(self, journal_id: int | None, folder: str, dataset_id: str, rel_path: str,
-                       error: str, *, refused_sha256: str | None = None,
-                       skip_reason: str | None = None, clear_document: bool = False,
-                       count_attempt: bool = False) -> None:
-        """A request did not succeed: keep the file row, note why, close the intent."""
+                       error: str, kind: ErrorKind, *, refused_sha256: str | None = None,
+                       skip: SkipCode | None = None) -> None:
+        """A request did not succeed: keep the file row, note why (``kind`` for code,
+        ``error`` for people), close the intent. With ``skip`` the file is also recorded
+        as refused, with ``error`` as the reason."""
         now = time.time()
         with self.transaction() as conn:
             _unmark(conn, folder)
             conn.execute(
-                "INSERT INTO files (folder, rel_path, dataset_id, last_error, skip_reason, "
-                "refused_sha256, attempts, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                "INSERT INTO files (folder, rel_path, dataset_id, last_error, error_kind, skip_reason, "
+                "skip_code, refused_sha256, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (folder, rel_path) DO UPDATE SET last_error = excluded.last_error, "
+                "error_kind = excluded.error_kind, "
                 "skip_reason = COALESCE(excluded.skip_reason, files.skip_reason), "
+                "skip_code = COALESCE(excluded.skip_code, files.skip_code), "
                 "refused_sha256 = COALESCE(excluded.refused_sha256, files.refused_sha256), "
-                "attempts = files.attempts + excluded.attempts, updated_at = excluded.updated_at",
-                [folder, encode_path(rel_path), dataset_id, error, skip_reason, refused_sha256,
-                 1 if count_attempt else 0, now])
-            if clear_document:
-                conn.execute("UPDATE files SET document_id = NULL, batch = NULL, indexing_status = NULL "
-                             "WHERE folder = ? AND rel_path = ?", [folder, encode_path(rel_path)])
+                "updated_at = excluded.updated_at",
+                [folder, encode_path(rel_path), dataset_id, error, kind.value,
+                 error if skip is not None else None, skip.value if skip is not None else None,
+                 refused_sha256, now])
             if journal_id is not None:
                 conn.execute("DELETE FROM journal WHERE id = ?", [journal_id])
 
-    def record_skips(self, folder: str, dataset_id: str,
-                     skips: Iterable[tuple[LocalFile | None, str, str]]) -> None:
-        """Files refused before sending: (file, rel_path, reason). Visible in ``status``."""
+    def record_skips(self, folder: str, dataset_id: str, skips: Iterable[Skip]) -> None:
+        """Files refused before sending, with why. Visible in ``status``."""
         now = time.time()
-        rows = []
-        for f, rel, reason in skips:
-            rows.append([folder, encode_path(rel), dataset_id, f.size if f else None,
-                         f.mtime_ns if f else None, f.inode if f else None, reason, now])
+        rows = [[folder, encode_path(s.rel_path), dataset_id, s.file.size if s.file else None,
+                 s.file.mtime_ns if s.file else None, s.file.inode if s.file else None, s.reason,
+                 s.code.value, now] for s in skips]
         if not rows:
             return
         with self.transaction() as conn:
             _unmark(conn, folder)
             conn.executemany(
                 "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, skip_reason, "
-                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder, rel_path) DO UPDATE "
+                "skip_code, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (folder, rel_path) "
                 # A row that holds an uploaded version keeps that version's stat: its size,
                 # mtime and inode vouch for its sha256, and the refused file is not that.
-                "SET skip_reason = excluded.skip_reason, "
+                "DO UPDATE SET skip_reason = excluded.skip_reason, skip_code = excluded.skip_code, "
                 "size = CASE WHEN files.sha256 IS NULL THEN excluded.size ELSE files.size END, "
                 "mtime_ns = CASE WHEN files.sha256 IS NULL THEN excluded.mtime_ns ELSE files.mtime_ns END, "
                 "inode = CASE WHEN files.sha256 IS NULL THEN excluded.inode ELSE files.inode END, "
                 "updated_at = excluded.updated_at",
                 rows)
 
-    def record_notes(self, folder: str, notes: Iterable[tuple[str, str | None]]) -> None:
-        """Set last_error (or clear it with None) on existing rows, e.g. "waiting for indexing"."""
-        rows = [(note, folder, encode_path(rel)) for rel, note in notes]
+    def record_waiting(self, folder: str, waits: Iterable[tuple[str, str]]) -> None:
+        """(rel_path, why) of existing rows whose document is busy: the next pass tries again."""
+        rows = [(why, folder, encode_path(rel)) for rel, why in waits]
         if rows:
             with self.transaction() as conn:
                 _unmark(conn, folder)
-                conn.executemany("UPDATE files SET last_error = ? WHERE folder = ? AND rel_path = ?", rows)
+                conn.executemany("UPDATE files SET last_error = ?, error_kind = 'waiting' "
+                                 "WHERE folder = ? AND rel_path = ?", rows)
 
     def update_stats(self, folder: str, files: Iterable[LocalFile]) -> None:
         """Content proved unchanged (same hash) but stat moved: remember the new stat so the
@@ -379,12 +491,13 @@ class StateStore:
         if rows:
             with self.transaction() as conn:
                 _unmark(conn, folder)
-                conn.executemany("UPDATE files SET size = ?, mtime_ns = ?, inode = ?, skip_reason = NULL "
-                                 "WHERE folder = ? AND rel_path = ?", rows)
+                conn.executemany("UPDATE files SET size = ?, mtime_ns = ?, inode = ?, skip_reason = NULL, "
+                                 "skip_code = NULL WHERE folder = ? AND rel_path = ?", rows)
 
     def refresh_statuses(self, folder: str, statuses: Mapping[str, tuple[str, str | None]]) -> None:
-        """Copy indexing status (and error text) from a listing onto the rows that hold the
-        documents; a completed document clears its attempt count."""
+        """Copy indexing status (and error text) from the server onto the rows that hold
+        the documents; a completed document clears its attempt count, and a note about
+        waiting or a failed indexing goes once the status moves on."""
         rows = [(status, error, document_id, folder)
                 for document_id, (status, error) in statuses.items()]
         if rows:
@@ -393,36 +506,62 @@ class StateStore:
                 conn.executemany(
                     "UPDATE files SET indexing_status = ?1, "
                     "last_error = CASE WHEN ?1 = 'error' THEN 'indexing failed in Dify: ' || COALESCE(?2, '') "
-                    "  WHEN last_error LIKE 'indexing failed%' OR last_error LIKE 'waiting%' THEN NULL "
-                    "  ELSE last_error END, "
+                    "  WHEN error_kind IN ('waiting', 'indexing_failed') THEN NULL ELSE last_error END, "
+                    "error_kind = CASE WHEN ?1 = 'error' THEN 'indexing_failed' "
+                    "  WHEN error_kind IN ('waiting', 'indexing_failed') THEN NULL ELSE error_kind END, "
                     "attempts = CASE WHEN ?1 = 'completed' THEN 0 ELSE attempts END "
                     "WHERE document_id = ?3 AND folder = ?4 AND "
                     "(indexing_status IS NOT ?1 OR (?1 = 'error' AND last_error IS NULL))",
                     rows)
 
     def retry(self, folder: str | None = None, rel_path: str | None = None) -> int:
-        """Lift quarantine and refusals so the next pass tries again."""
-        sql = "UPDATE files SET refused_sha256 = NULL, attempts = 0, skip_reason = NULL, last_error = NULL"
+        """Lift quarantine and refusals so the next pass tries again; returns how many
+        files that re-enables (files with nothing to lift are not counted)."""
+        sql = ("UPDATE files SET refused_sha256 = NULL, attempts = 0, skip_reason = NULL, skip_code = NULL, "
+               "last_error = NULL, error_kind = NULL "
+               "WHERE (refused_sha256 IS NOT NULL OR attempts > 0 OR skip_reason IS NOT NULL)")
         args: list[Any] = []
-        where = []
         if folder is not None:
-            where.append("folder = ?")
+            sql += " AND folder = ?"
             args.append(folder)
         if rel_path is not None:
-            where.append("rel_path = ?")
-            args.append(encode_path(rel_path))
-        if where:
-            sql += " WHERE " + " AND ".join(where)
+            key = encode_path(rel_path)
+            sql += " AND (rel_path = ? OR (rel_path >= ? AND rel_path < ?))"  # a file, or a directory's files
+            args.extend([key, key + "/", key + "0"])
         with self.transaction() as conn:
             _unmark(conn, folder)
             return conn.execute(sql, args).rowcount
 
     def record_run(self, folder: str, kind: str, started_at: float, ok: bool,
                    summary: Mapping[str, Any]) -> None:
+        with self.transaction():
+            self.db["runs"].upsert({"folder": folder, "kind": kind, "started_at": started_at,
+                                    "finished_at": time.time(), "ok": int(ok), "summary": json.dumps(dict(summary))},
+                                   pk=("folder", "kind"))
+
+    # --- the datasets found by name -----------------------------------------------------
+
+    def known_dataset(self, folder: str, dataset_name: str) -> str | None:
+        """The id this folder's dataset name was resolved to before, if it still has that name."""
+        row = self.db.execute("SELECT dataset_id FROM datasets WHERE folder = ? AND dataset_name = ?",
+                              [folder, dataset_name]).fetchone()
+        return row[0] if row else None
+
+    def remember_dataset(self, folder: str, dataset_name: str, dataset_id: str) -> None:
+        with self.transaction():
+            self.db["datasets"].upsert({"folder": folder, "dataset_name": dataset_name, "dataset_id": dataset_id,
+                                        "resolved_at": time.time()}, pk="folder")
+
+    def forget_dataset(self, folder: str) -> None:
+        """The remembered id answered "dataset not found": resolve the name again."""
         with self.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO runs (folder, kind, started_at, finished_at, ok, summary) "
-                         "VALUES (?, ?, ?, ?, ?, ?)",
-                         [folder, kind, started_at, time.time(), int(ok), json.dumps(dict(summary))])
+            conn.execute("DELETE FROM datasets WHERE folder = ?", [folder])
+
+    def dataset_of(self, folder: str) -> str | None:
+        """The dataset the folder's rows were synced into (for a service that has not
+        resolved its dataset yet in this run)."""
+        row = self.db.execute("SELECT max(dataset_id) FROM files WHERE folder = ?", [folder]).fetchone()
+        return row[0] if row else None
 
     # --- clean-pass marks (see marks.py) ----------------------------------------------
 
@@ -434,9 +573,9 @@ class StateStore:
     def save_mark(self, folder: str, dataset_id: str, body: str) -> None:
         """Written last by a pass that changed nothing; any later write to the folder's
         rows or journal drops it (``_unmark``), so a mark always describes the state."""
-        with self.transaction() as conn:
-            conn.execute("INSERT OR REPLACE INTO marks (folder, dataset_id, taken_at, body) VALUES (?, ?, ?, ?)",
-                         [folder, dataset_id, time.time(), body])
+        with self.transaction():
+            self.db["marks"].upsert({"folder": folder, "dataset_id": dataset_id, "taken_at": time.time(),
+                                     "body": body}, pk="folder")
 
     def drop_mark(self, folder: str) -> None:
         with self.transaction() as conn:
@@ -446,6 +585,7 @@ class StateStore:
 
     def summaries(self) -> list[FolderSummary]:
         out = []
+        files = self._files_source
         folders = [r[0] for r in self.db.execute(
             "SELECT folder FROM files UNION SELECT folder FROM runs UNION SELECT folder FROM journal "
             "ORDER BY 1")]
@@ -456,11 +596,10 @@ class StateStore:
                 "sum(document_id IS NOT NULL AND (indexing_status = 'waiting')), "
                 "sum(document_id IS NOT NULL AND indexing_status IN "
                 "    ('parsing','cleaning','splitting','indexing')), "
-                "sum(last_error IS NOT NULL AND skip_reason IS NULL AND "
-                "    (indexing_status IS NULL OR indexing_status NOT IN "
-                "    ('waiting','parsing','cleaning','splitting','indexing'))), "
-                "sum(skip_reason IS NOT NULL), max(dataset_id) "
-                "FROM files WHERE folder = ?", [folder]).fetchone()
+                "sum(last_error IS NOT NULL AND skip_reason IS NULL AND error_kind IS NOT 'waiting' AND "
+                f"    (indexing_status IS NULL OR indexing_status NOT IN {_IN_FLIGHT_SQL})), "
+                f"sum(skip_reason IS NOT NULL), max(dataset_id) FROM {files} WHERE folder = ?",
+                [folder]).fetchone()
             run = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'full'",
                                   [folder]).fetchone()
             listed = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'listing' AND ok",
@@ -475,14 +614,15 @@ class StateStore:
 
     def problems(self) -> list[ProblemFile]:
         rows = self.db.execute(
-            "SELECT folder, rel_path, skip_reason, last_error FROM files "
-            "WHERE skip_reason IS NOT NULL OR last_error IS NOT NULL ORDER BY folder, rel_path").fetchall()
+            "SELECT folder, rel_path, skip_reason, last_error, skip_code, error_kind "
+            f"FROM {self._files_source} WHERE skip_reason IS NOT NULL OR "
+            "(last_error IS NOT NULL AND error_kind IS NOT 'waiting') ORDER BY folder, rel_path").fetchall()
         out = []
-        for folder, rel, skip, error in rows:
+        for folder, rel, skip, error, skip_code, error_kind in rows:
             if skip:
-                out.append(ProblemFile(folder, decode_path(rel), "skipped", skip))
+                out.append(ProblemFile(folder, decode_path(rel), "skipped", skip, skip_code))
             else:
-                out.append(ProblemFile(folder, decode_path(rel), "error", error))
+                out.append(ProblemFile(folder, decode_path(rel), "error", error, error_kind))
         return out
 
 
@@ -519,4 +659,19 @@ def _file_state(r: tuple[Any, ...]) -> FileState:
     return FileState(rel_path=decode_path(rel) if rel.startswith("//") else rel, size=r[1],
                      mtime_ns=r[2], inode=r[3], sha256=r[4], document_id=r[5], document_name=r[6],
                      batch=r[7], indexing_status=status, last_error=r[9], skip_reason=r[10],
-                     refused_sha256=r[11], attempts=r[12] or 0)
+                     refused_sha256=r[11], attempts=r[12] or 0,
+                     skip_code=_SKIP_CODES.get(r[13]) if r[13] else None,
+                     error_kind=_ERROR_KINDS.get(r[14]) if r[14] else None)
+
+
+_SKIP_CODES = {c.value: c for c in SkipCode}
+_ERROR_KINDS = {k.value: k for k in ErrorKind}
+
+
+def _files_source(columns: set[str]) -> str:
+    """The ``files`` table as status queries read it: a reader of an older schema sees
+    the columns it lacks as NULL."""
+    missing = [c for c in ("skip_code", "error_kind") if c not in columns]
+    if not missing:
+        return "files"
+    return "(SELECT *, " + ", ".join(f"NULL AS {c}" for c in missing) + " FROM files)"

@@ -45,7 +45,13 @@ class Options:
     refuse_delete_while_indexing: bool = False
     # False: ignore the listing's ``status`` filter, as a server that predates it would
     # (the contract marks it optional); a client must notice and not trust the answer.
-    status_filter: bool = True
+    # None (the default): filter on current servers, ignore it on legacy ones (0.x Dify's
+    # document list reads page, limit and keyword only).
+    status_filter: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.status_filter is None:
+            self.status_filter = not self.legacy
 
     @property
     def size_limit(self) -> int:
@@ -362,6 +368,17 @@ class _Api:
         ds_id, batch = request.path_params["ds"], request.path_params["batch"]
         return JSONResponse({"data": self.store.batch_status(ds_id, batch)})
 
+    async def console(self, request: Request) -> Response:
+        """/console/api/datasets...: the web console's API, which takes a console login
+        token, never a dataset key. Dify 1.14.1 answers any Bearer token it did not issue
+        (a dataset key included) 401 "Invalid token.", and a missing or non-Bearer header
+        401 "Invalid Authorization token."."""
+        header = request.headers.get("authorization") or ""
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() == "bearer" and token.strip():
+            raise ApiError(401, "unauthorized", "Invalid token.")
+        raise ApiError(401, "unauthorized", "Invalid Authorization token.")
+
     async def status_action(self, request: Request) -> Response:
         self.auth(request)
         ds_id = request.path_params["ds"]
@@ -396,6 +413,10 @@ class _Api:
         if not legacy:
             routes.append(Route(v + "/{ds}/documents/status/{action}", self.status_action,
                                 methods=["PATCH"]))
+            everything = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+            routes.append(Route("/console/api/datasets", self.console, methods=everything))
+            routes.append(Route("/console/api/datasets/{rest:path}", self.console,
+                                methods=everything))
         for path in spell(v + "/{ds}/document/create_by_file"):
             routes.append(Route(path, self.create_by_file, methods=["POST"]))
         for path in spell(v + "/{ds}/document/create_by_text"):

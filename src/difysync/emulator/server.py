@@ -54,7 +54,7 @@ class EmulatorServer:
                  allowed_extensions: Iterable[str] | None = None,
                  bare_400_on_create: bool = False,
                  refuse_delete_while_indexing: bool | None = None,
-                 status_filter: bool = True,
+                 status_filter: bool | None = None,
                  state_path: str | os.PathLike[str] | None = None,
                  faults: Faults | None = None,
                  host: str = "127.0.0.1", port: int = 0) -> None:
@@ -172,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=5001)
     parser.add_argument("--api-key", default="test-key")
     parser.add_argument("--legacy", action="store_true",
-                        help="behave like an old (0.x) Dify: underscore paths only, duplicates")
+                        help="behave like an old (0.x) Dify: underscore paths only, duplicates, "
+                             "no status filter, update batches unknown to indexing-status")
     parser.add_argument("--indexing-delay", type=float, default=0.0,
                         help="seconds a document takes from upload to completed")
     parser.add_argument("--state-path", default=None,

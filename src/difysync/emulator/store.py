@@ -30,6 +30,21 @@ _STAGES: tuple[tuple[float, str], ...] = (
     (0.7, "indexing"),
 )
 IN_PROGRESS = frozenset({"parsing", "cleaning", "splitting", "indexing"})
+DISPLAY_STATUSES = frozenset({"queuing", "indexing", "paused", "error", "available", "disabled",
+                              "archived"})
+# Dify 1.14.1 (DocumentService.DISPLAY_STATUS_ALIASES) also takes these for "available".
+_DISPLAY_STATUS_ALIASES = {"active": "available", "enabled": "available"}
+
+
+def normalize_display_status(status: str | None) -> str | None:
+    """The listing's ``status`` filter as Dify 1.14.1 reads it: case-insensitive, with the
+    aliases "active" and "enabled" for "available"; an empty or unknown value is no filter
+    at all (every document comes back), not an empty answer."""
+    if not status:
+        return None
+    normalized = status.lower()
+    normalized = _DISPLAY_STATUS_ALIASES.get(normalized, normalized)
+    return normalized if normalized in DISPLAY_STATUSES else None
 
 
 class ApiError(Exception):
@@ -142,13 +157,31 @@ class Store:
         self._seq += 1
         return self._seq
 
-    def _new_batch(self, dataset_id: str, doc_ids: list[str]) -> str:
+    def _batch_id(self) -> str:
+        """A fresh batch id (timestamp plus random digits, as Dify makes them), not
+        registered anywhere."""
         while True:
             batch = time.strftime("%Y%m%d%H%M%S", time.gmtime(self.clock())) + \
                 f"{random.randint(0, 999999):06d}"
             if batch not in self.batches:
-                self.batches[batch] = (dataset_id, list(doc_ids))
                 return batch
+
+    def _new_batch(self, dataset_id: str, doc_ids: list[str]) -> str:
+        batch = self._batch_id()
+        self.batches[batch] = (dataset_id, list(doc_ids))
+        return batch
+
+    def _move_to_new_batch(self, doc: DocRecord) -> str:
+        """Give a document a new batch. Dify keeps one ``batch`` column per document and
+        the status endpoint selects documents by it, so the old batch no longer finds this
+        document (404 once no document is left in it)."""
+        old = self.batches.get(doc.batch)
+        if old is not None and doc.id in old[1]:
+            old[1].remove(doc.id)
+            if not old[1]:
+                del self.batches[doc.batch]
+        doc.batch = self._new_batch(doc.dataset_id, [doc.id])
+        return doc.batch
 
     def reset(self) -> None:
         """Forget every dataset, document and batch (and the fail patterns)."""
@@ -299,7 +332,12 @@ class Store:
                      doc_language: str | None = None,
                      match_by_name: bool | None = None) -> tuple[DocRecord, str]:
         """Register an upload: re-index a same-named enabled document (current servers) or
-        create a new one. Returns the record and the new batch id."""
+        create a new one. Returns the record and the new batch id.
+
+        As in Dify 1.14.1 a match needs only ``enabled``: an archived (but enabled)
+        document is matched too, re-indexed in place and stays archived. A match moves to
+        the new batch (its old batch stops answering) and shows ``created_from: "api"``
+        again."""
         if match_by_name is None:
             match_by_name = not self.legacy
         if extension is None:
@@ -315,13 +353,17 @@ class Store:
             match = None
             if match_by_name:
                 same = [docs[i] for i in self._names_of(dataset_id).get(name, ())
-                        if i in docs and docs[i].enabled and not docs[i].archived]
+                        if i in docs and docs[i].enabled]
                 match = max(same, key=lambda d: d.seq) if same else None
             if match is not None:
                 self._replace_content(match, content, extension, mime_type, now)
                 self._restart_indexing(match, now)
-                batch = self._new_batch(dataset_id, [match.id])
-                match.batch = batch
+                match.created_from = "api"
+                if doc_form:
+                    match.doc_form = doc_form
+                if doc_language:
+                    match.doc_language = doc_language
+                batch = self._move_to_new_batch(match)
                 self._save()
                 return match, batch
             doc = DocRecord(
@@ -358,7 +400,13 @@ class Store:
     def update_document(self, dataset_id: str, doc_id: str, *, name: str | None = None,
                         content: bytes | None = None, extension: str | None = None,
                         mime_type: str | None = None) -> tuple[DocRecord, str]:
-        """Replace a document's file (and name), keeping its id; refuses like Dify does."""
+        """Replace a document's file (and name), keeping its id; refuses like Dify does.
+
+        Returns the record and the batch the answer carries: on current servers the
+        document's own batch, unchanged (Dify 1.14.1 answers ``document.batch``), so
+        polling it shows the update's progress; on legacy (0.9.x) servers a fresh batch id
+        that was never stored, so the status endpoint answers it 404 (langgenius/dify
+        #9221) while the document's original batch still shows the update's progress."""
         with self.lock:
             doc = self.get_document(dataset_id, doc_id)
             if doc.archived:
@@ -377,8 +425,7 @@ class Store:
             if not self.legacy:
                 doc.created_from = "web"  # what Dify 1.14.1 shows after an update
             self._restart_indexing(doc, now)
-            batch = self._new_batch(dataset_id, [doc.id])
-            doc.batch = batch
+            batch = self._batch_id() if self.legacy else doc.batch
             self._save()
             return doc, batch
 
@@ -474,8 +521,10 @@ class Store:
 
     def list_documents(self, dataset_id: str, page: int, limit: int, keyword: str | None,
                        status: str | None = None) -> dict[str, Any]:
+        """The listing; ``status`` filters by display status as Dify 1.14.1 does (see
+        normalize_display_status) and ``total`` counts only the documents that pass."""
         with self.lock:
-            items = self._view(dataset_id, status)
+            items = self._view(dataset_id, normalize_display_status(status))
             if keyword:
                 items = [d for d in items if keyword in d.name]
             per_page = min(limit, 100)
@@ -509,12 +558,14 @@ class Store:
         return items
 
     def batch_status(self, dataset_id: str, batch: str) -> list[dict[str, Any]]:
+        """The status endpoint: the dataset's documents whose current batch is this one
+        (Dify selects ``Document.batch == batch``); none: 404 "Documents not found."."""
         with self.lock:
             self.get_dataset(dataset_id)
             entry = self.batches.get(batch)
             docs = self.docs.get(dataset_id, {})
             found = [docs[i] for i in (entry[1] if entry and entry[0] == dataset_id else [])
-                     if i in docs]
+                     if i in docs and docs[i].batch == batch]
             if not found:
                 raise ApiError(404, "not_found", "Documents not found.")
             return [self.status_dict(d) for d in found]
@@ -702,5 +753,5 @@ def _segments(content: bytes) -> int:
     return max(1, (len(content) + 499) // 500) if content else 0
 
 
-__all__ = ["ApiError", "DatasetRec", "DocRecord", "Store", "USER_ID", "IN_PROGRESS",
-           "dataset_not_found", "document_not_found"]
+__all__ = ["ApiError", "DISPLAY_STATUSES", "DatasetRec", "DocRecord", "Store", "USER_ID",
+           "IN_PROGRESS", "dataset_not_found", "document_not_found", "normalize_display_status"]

@@ -1,0 +1,290 @@
+"""How a pass sees Dify: the folder's dataset (resolved once and remembered), the listing
+with settled files left out, lookups by name for a targeted pass, the probe of a quiet
+pass, and the one indexing poller that `reconcile --wait` and the service share.
+
+Everything a pass *asks* Dify goes through here, and the cost of each question follows
+the change, not the size of the dataset. It never changes anything remotely (apply.py
+does) and never decides what to do (plan.py does).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from .config import FolderSettings
+from .dify import DifyClient
+from .errors import DatasetMissing, NotFoundError
+from .marks import FLAGGED_STATUSES, ListingRecorder, RemoteFingerprint, fingerprint
+from .models import FileState, JournalEntry, LocalFile, RemoteDocument
+from .naming import document_name
+from .plan import Policy, is_settled
+from .state import InFlight, StateBackend
+
+log = logging.getLogger("difysync")
+
+# A targeted pass looks names up one request each; past this many a listing is cheaper.
+MAX_NAME_LOOKUPS = 20
+
+
+# --- the dataset ------------------------------------------------------------------------
+
+
+class Dataset(NamedTuple):
+    id: str | None
+    remembered: bool  # the id came from the state DB, not from asking Dify just now
+
+
+def resolve_dataset(client: DifyClient, store: StateBackend, folder: FolderSettings, *,
+                    create: bool, remember: bool = True) -> Dataset:
+    """The folder's dataset: its configured id, or the id its name was resolved to before
+    (kept in the state DB), or found by name now (created when absent and ``create``).
+    A remembered id that Dify no longer knows is dropped with ``forget_dataset`` by the
+    caller that saw the "dataset not found", and the next resolve asks again."""
+    if folder.dataset_id:
+        return Dataset(folder.dataset_id, False)
+    known = store.known_dataset(folder.key, folder.dataset_name)
+    if known:
+        return Dataset(known, True)
+    if create:
+        found: str | None = client.ensure_dataset(folder.dataset_name, folder.indexing_technique)
+    else:
+        hit = client.find_dataset(folder.dataset_name)
+        found = str(hit["id"]) if hit else None
+    if found and remember:
+        store.remember_dataset(folder.key, folder.dataset_name, found)
+    return Dataset(found, False)
+
+
+def forget_dataset(store: StateBackend, folder: FolderSettings, error: BaseException) -> bool:
+    """After ``error``: True when it was a remembered id Dify no longer knows, now
+    forgotten, so that resolving again (by name) is worth a try."""
+    if folder.dataset_id or not isinstance(error, DatasetMissing):
+        return False
+    if store.known_dataset(folder.key, folder.dataset_name) is None:
+        return False
+    store.forget_dataset(folder.key)
+    log.info("%s: dataset %r is not where it was; looking it up by name again", folder.key, folder.dataset_name)
+    return True
+
+
+# --- the listing ----------------------------------------------------------------------------
+
+
+@dataclass
+class Unsettled:
+    """A full listing with the settled files taken out of all three inputs."""
+
+    remote: list[RemoteDocument]
+    files: list[LocalFile]
+    rows: dict[str, FileState]
+    settled: int = 0
+    settled_journaled: set[str] = field(default_factory=set)  # settled paths with journal rows
+    status_changes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
+    fingerprint: RemoteFingerprint | None = None
+
+
+class RemoteView:
+    """One dataset as one pass sees it."""
+
+    def __init__(self, client: DifyClient, dataset_id: str) -> None:
+        self.client = client
+        self.dataset_id = dataset_id
+
+    def everything(self) -> list[RemoteDocument]:
+        return self.client.list_documents(self.dataset_id)
+
+    def unsettled(self, files: list[LocalFile], rows: dict[str, FileState],
+                  journal: Sequence[JournalEntry], policy: Policy) -> Unsettled:
+        """The listing minus the documents of settled files, and the files and rows minus
+        the settled ones: on a folder where nothing changed that is everything, and it is
+        let go page by page as the listing arrives, so a no-op pass never holds the
+        dataset twice. ``files`` and ``rows`` are consumed. Settled files cannot change
+        any decision (tests/test_plan.py proves it)."""
+        local = {f.rel_path: f for f in files}
+        files.clear()  # from here on each record lives in ``local`` alone, and goes when settled
+        by_doc = {row.document_id: row for row in rows.values() if row.document_id}
+        journaled = {e.rel_path for e in journal}
+        out = Unsettled([], [], rows)
+        recorder = ListingRecorder()
+
+        def keep(doc: RemoteDocument) -> bool:  # runs on the listing's threads: pops are atomic
+            row = by_doc.get(doc.id)
+            if row is None or not is_settled(local.get(row.rel_path), row, doc, policy):
+                return True
+            if row.indexing_status != doc.indexing_status:
+                out.status_changes[doc.id] = (doc.indexing_status, doc.error)
+            by_doc.pop(doc.id, None)
+            rows.pop(row.rel_path, None)
+            local.pop(row.rel_path, None)
+            out.settled += 1
+            if row.rel_path in journaled:
+                out.settled_journaled.add(row.rel_path)
+            return False
+
+        out.remote = self.client.list_documents(self.dataset_id, keep=keep, on_page=recorder.on_page)
+        out.files = list(local.values())
+        out.fingerprint = recorder.fingerprint()
+        return out
+
+    def for_paths(self, rows: Mapping[str, FileState], files: Sequence[LocalFile]) -> list[RemoteDocument]:
+        """The documents a targeted pass can touch: listing the whole dataset for a
+        handful of paths would defeat the point on big datasets, so look them up by name."""
+        names = {row.document_name for row in rows.values() if row.document_name}
+        names.update(document_name(f.rel_path) for f in files)
+        if len(names) > MAX_NAME_LOOKUPS:
+            return self.everything()
+        out: dict[str, RemoteDocument] = {}
+        for name in sorted(names):
+            for doc in self.client.find_documents(self.dataset_id, name):
+                out[doc.id] = doc
+        return list(out.values())
+
+    def probe(self) -> RemoteFingerprint | None:
+        """The dataset's fingerprint now (see marks.py), from the first page and one
+        filtered listing per flagged status, sent side by side. None when the server
+        ignores the filter or sends no ``total``."""
+        client, dataset_id = self.client, self.dataset_id
+
+        def flagged(status: str) -> list[RemoteDocument] | None:
+            docs = client.list_documents(dataset_id, status=status)
+            return docs if all(d.display_status == status for d in docs) else None
+
+        workers = max(1, min(1 + len(FLAGGED_STATUSES), client.list_workers))
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="difysync-probe") as pool:
+            first = pool.submit(client.document_page, dataset_id, 1)
+            lists = list(pool.map(flagged, FLAGGED_STATUSES))
+            head, total = first.result()
+        if total is None or any(docs is None for docs in lists):
+            return None
+        return fingerprint(total, head, {s: [d.id for d in docs or ()] for s, docs in zip(FLAGGED_STATUSES, lists)})
+
+
+# --- the indexing poller ------------------------------------------------------------------
+
+# The display statuses a document passes through or ends in before "available"; one
+# filtered listing each tells every in-flight document's state at once.
+POLL_STATUSES = ("queuing", "indexing", "paused", "error")
+SETTLED = frozenset({"completed", "error", "paused"})
+
+Status = tuple[str, "str | None"]  # (indexing_status, error text)
+
+
+class IndexingPoller:
+    """Learns the indexing status of the documents in flight, at a cost that follows the
+    number in flight, not the size of the dataset:
+
+    - a few batches: one ``indexing-status`` request per batch (exact, and what Dify
+      offers for this);
+    - more: one ``status=`` listing per display status that is not yet "available"
+      (queuing, indexing, paused, error); a document in none of them has completed;
+    - a server that has neither (an unknown batch and an ignored filter): the listing.
+    """
+
+    def __init__(self, client: DifyClient) -> None:
+        self.client = client
+        self.filters_work: bool | None = None  # learnt from the first filtered listing
+
+    def statuses(self, dataset_id: str, items: Sequence[InFlight]) -> dict[str, Status]:
+        """document id -> (indexing status, error) for each of ``items``."""
+        if not items:
+            return {}
+        found: dict[str, Status] = {}
+        rest = list(items)
+        batches = {i.batch for i in items}
+        if None not in batches and len(batches) <= len(POLL_STATUSES):
+            found, rest = self._by_batch(dataset_id, items)
+        if rest and self.filters_work is not False:
+            by_filter = self._by_filters(dataset_id, rest)
+            if by_filter is not None:
+                return {**found, **by_filter}
+        if rest:
+            found.update(self._by_listing(dataset_id, rest))
+        return found
+
+    def _by_batch(self, dataset_id: str, items: Sequence[InFlight]) -> tuple[dict[str, Status], list[InFlight]]:
+        found: dict[str, Status] = {}
+        lost: list[InFlight] = []
+        for batch in sorted({i.batch for i in items if i.batch}):
+            wanted = [i for i in items if i.batch == batch]
+            try:
+                answer = self.client.indexing_status(dataset_id, batch)
+            except NotFoundError:  # deleted, or an old server that lost the batch (dify #9221)
+                lost.extend(wanted)
+                continue
+            by_id = {str(s.get("id")): s for s in answer}
+            for item in wanted:
+                status = by_id.get(item.document_id)
+                if status is None:
+                    lost.append(item)
+                else:
+                    found[item.document_id] = (str(status.get("indexing_status") or "waiting"),
+                                               status.get("error") or None)
+        return found, lost
+
+    def _by_filters(self, dataset_id: str, items: Sequence[InFlight]) -> dict[str, Status] | None:
+        wanted = {i.document_id for i in items}
+        found: dict[str, Status] = {}
+        for status in POLL_STATUSES:
+            docs = self.client.list_documents(dataset_id, status=status)
+            if any(d.display_status != status for d in docs):
+                log.info("this server ignores the listing's status filter: polling by listing instead")
+                self.filters_work = False
+                return None
+            for d in docs:
+                if d.id in wanted:
+                    found[d.id] = ("paused" if status == "paused" else d.indexing_status, d.error)
+        self.filters_work = True
+        # In none of the lists: it left every in-flight state, so it has completed (or
+        # was deleted meanwhile, which the next full pass sees).
+        return {i: found.get(i, ("completed", None)) for i in wanted}
+
+    def _by_listing(self, dataset_id: str, items: Sequence[InFlight]) -> dict[str, Status]:
+        wanted = {i.document_id for i in items}
+        docs = {d.id: d for d in self.client.list_documents(dataset_id) if d.id in wanted}
+        return {i: (docs[i].indexing_status, docs[i].error) if i in docs else ("gone", None) for i in wanted}
+
+
+def poll_folder(poller: IndexingPoller, store: StateBackend, folder: str, dataset_id: str,
+                only: set[str] | None = None) -> dict[str, Status]:
+    """Ask about the folder's documents in flight (``only`` these, if given) and write
+    what comes back into the state DB. Returns what was learnt."""
+    items = [i for i in store.in_flight(folder) if only is None or i.document_id in only]
+    found = poller.statuses(dataset_id, items)
+    store.refresh_statuses(folder, {d: s for d, s in found.items() if s[0] != "gone"})
+    return found
+
+
+def wait_for_indexing(poller: IndexingPoller, store: StateBackend,
+                      touched: Mapping[tuple[str, str], set[str]], *, timeout: float,
+                      pauses: Callable[[], float], sleep: Callable[[float], None],
+                      clock: Callable[[], float]) -> tuple[bool, dict[str, int]]:
+    """Poll until every touched document is completed, paused, in error or gone, or
+    ``timeout`` passes. Returns (finished, counts by status)."""
+    deadline = clock() + timeout
+    statuses: dict[str, str] = {}
+    while True:
+        for (folder, dataset_id), ids in touched.items():
+            for doc_id, (status, _) in poll_folder(poller, store, folder, dataset_id, only=ids).items():
+                statuses[doc_id] = status
+            for doc_id in ids:
+                statuses.setdefault(doc_id, "completed")  # settled before the first poll
+        if all(s in SETTLED or s == "gone" for s in statuses.values()):
+            return True, _tally(statuses)
+        if clock() >= deadline:
+            return False, _tally(statuses)
+        sleep(min(pauses(), max(0.0, deadline - clock())))
+
+
+def _tally(statuses: Mapping[str, str]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for s in statuses.values():
+        out[s] = out.get(s, 0) + 1
+    return out
+
+
+__all__ = ["Dataset", "IndexingPoller", "RemoteView", "Unsettled", "forget_dataset", "poll_folder",
+           "resolve_dataset", "wait_for_indexing"]

@@ -1,0 +1,220 @@
+"""What a run did, in the shapes people and programs read: the folder and run reports,
+their counts, the ``--json`` objects, and the status table.
+
+It only describes; it decides nothing and sends nothing. The CLI and the demo both print
+through it (so neither imports the other).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+from .apply import Outcome, Result
+from .errors import DifySyncError
+from .models import ScanProblem
+from .plan import Kind, Plan
+from .state import FolderSummary, ProblemFile
+
+COUNT_KEYS = ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed", "waiting")
+
+
+class RemoteCheck(str, Enum):
+    """How a pass saw the remote side."""
+
+    NONE = ""             # not at all (the pass stopped first, or a dry run without a dataset)
+    LISTING = "listing"   # every document
+    PROBE = "probe"       # a few requests proved nothing changed since the last clean pass
+    NAMES = "names"       # lookups by name (a targeted pass)
+
+    def __str__(self) -> str:
+        return self.value
+
+
+@dataclass
+class FolderReport:
+    folder: str
+    dataset_id: str | None
+    plan: Plan | None = None
+    outcomes: list[Outcome] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    problems: list[ScanProblem] = field(default_factory=list)
+    hashed: int = 0
+    fatal: DifySyncError | None = None
+    remote_check: RemoteCheck = RemoteCheck.NONE
+
+    @property
+    def counts(self) -> dict[str, int]:
+        unchanged = self.plan.unchanged if self.plan else 0
+        if self.outcomes or not self.plan:
+            return count_outcomes(self.outcomes, unchanged)
+        return planned_counts(self.plan)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.fatal is None and self.counts["failed"] == 0
+
+    def uploaded(self) -> set[str]:
+        """Ids of the documents this pass uploaded (what ``--wait`` waits for)."""
+        return {o.document_id for o in self.outcomes if o.result is Result.OK and o.document_id
+                and o.action.kind in (Kind.CREATE, Kind.UPDATE, Kind.RENAME, Kind.RECREATE)}
+
+
+@dataclass
+class RunReport:
+    folders: list[FolderReport]
+    dry_run: bool = False
+    seconds: float = 0.0
+
+    @property
+    def counts(self) -> dict[str, int]:
+        total = count_outcomes([])
+        for f in self.folders:
+            for k, v in f.counts.items():
+                total[k] = total.get(k, 0) + v
+        return total
+
+    @property
+    def ok(self) -> bool:
+        return all(f.ok for f in self.folders)
+
+    @property
+    def fatal(self) -> DifySyncError | None:
+        return next((f.fatal for f in self.folders if f.fatal is not None), None)
+
+    @property
+    def hashed(self) -> int:
+        return sum(f.hashed for f in self.folders)
+
+    def touched_documents(self) -> dict[tuple[str, str], set[str]]:
+        """(folder key, dataset id) -> ids of documents this pass uploaded (for --wait)."""
+        return {(f.folder, f.dataset_id): f.uploaded() for f in self.folders if f.dataset_id and f.uploaded()}
+
+
+def count_outcomes(outcomes: Iterable[Outcome], unchanged: int = 0) -> dict[str, int]:
+    """The counts `--json` and the summary line report."""
+    counts = dict.fromkeys(COUNT_KEYS, 0)
+    counts["unchanged"] = unchanged
+    for o in outcomes:
+        if o.result is Result.OK:
+            name = _DONE_COUNTS.get(o.action.kind)
+            if name:
+                counts[name] += 1
+        elif o.result is not Result.GONE:
+            counts[o.result.value] += 1
+    return counts
+
+
+def planned_counts(plan: Plan) -> dict[str, int]:
+    """The counts a plan would give if every action succeeded (a dry run's summary)."""
+    counts = count_outcomes([], plan.unchanged)
+    for a in plan.actions:
+        name = _PLANNED_COUNTS.get(a.kind)
+        if name:
+            counts[name] += 1
+    return counts
+
+
+_DONE_COUNTS = {Kind.CREATE: "created", Kind.RECREATE: "created", Kind.UPDATE: "updated",
+                Kind.RENAME: "renamed", Kind.DELETE: "deleted", Kind.ADOPT: "unchanged"}
+_PLANNED_COUNTS = {**_DONE_COUNTS, Kind.SKIP: "skipped", Kind.WAIT: "waiting"}
+
+
+# --- --json ----------------------------------------------------------------------------
+
+
+def run_json(report: RunReport, waited: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The one object `reconcile --json` prints (README "Commands" documents the keys)."""
+    counts = report.counts
+    out: dict[str, Any] = {k: counts.get(k, 0) for k in COUNT_KEYS}
+    out["hashed"] = report.hashed
+    out["dry_run"] = report.dry_run
+    out["errors"] = run_errors(report)
+    out["remote_checks"] = {f.folder: f.remote_check.value for f in report.folders}
+    out["actions"] = actions_json(report)
+    if waited is not None:
+        out["indexing"] = waited
+    return out
+
+
+def run_errors(report: RunReport) -> list[str]:
+    return [f"{f.folder}: {e}" for f in report.folders for e in f.errors]
+
+
+def actions_json(report: RunReport) -> list[dict[str, Any]]:
+    """Every action but the bookkeeping ones: outcomes once applied, the plan otherwise."""
+    out = []
+    for f in report.folders:
+        if f.outcomes:
+            out.extend({"folder": f.folder, **o.as_dict()} for o in f.outcomes if o.action.kind is not Kind.FORGET)
+        elif f.plan:
+            out.extend({"folder": f.folder, "action": str(a.kind), "path": a.rel_path,
+                        "old_path": a.old_rel_path, "document_id": a.document_id, "result": "planned",
+                        "message": a.reason, "reason_code": a.code.value if a.code else None}
+                       for a in f.plan.actions if a.kind is not Kind.FORGET)
+    return out
+
+
+def summary_line(report: RunReport) -> str:
+    """``3 created, 0 failed, 12 unchanged in 1.2 s`` (``plan (dry run): ...`` for a dry run)."""
+    counts = report.counts
+    summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("created", "failed"))
+    prefix = "plan (dry run): " if report.dry_run else ""
+    return f"{prefix}{summary} in {report.seconds:.1f} s"
+
+
+# --- the status table ------------------------------------------------------------------
+
+
+def print_status(summaries: Sequence[FolderSummary], problems: Sequence[ProblemFile]) -> None:
+    """The `status` command's tables (rich), with the files in error or skipped below."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    # A full pass may be quiet (a probe, not a listing): say when each dataset was last
+    # listed whole, below the table, where it does not crowd an 80-column terminal.
+    table = Table(title="difysync status", caption="\n".join(
+        f"{s.folder}: whole dataset last listed {_when(s.last_full_listing)}" for s in summaries) or None,
+                  caption_justify="left")
+    for col in ("folder", "dataset", "synced", "pending", "indexing", "error", "skipped", "last full pass"):
+        table.add_column(col, overflow="fold", justify="right" if col in (
+            "synced", "pending", "indexing", "error", "skipped") else "left")
+    for s in summaries:
+        table.add_row(s.folder, s.dataset_id or "-", str(s.synced), str(s.pending), str(s.indexing),
+                      str(s.error), str(s.skipped), _when(s.last_full_reconcile))
+    console.print(table)
+    if problems:
+        ptable = Table(title="files in error or skipped")
+        for col in ("folder", "file", "state", "reason"):
+            ptable.add_column(col, overflow="fold")
+        for p in problems:
+            ptable.add_row(p.folder, printable(p.rel_path), p.kind, printable(p.reason))
+        console.print(ptable)
+
+
+def _when(t: float | None) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "never"
+
+
+def printable(value: Any) -> Any:
+    """Strings (recursively) safe to print as UTF-8: a file name that is not UTF-8 keeps
+    its odd bytes as ``\\xNN`` instead of breaking the JSON or the terminal."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {k: printable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [printable(v) for v in value]
+    return value
+
+
+__all__ = ["COUNT_KEYS", "FolderReport", "RemoteCheck", "RunReport", "actions_json", "count_outcomes",
+           "planned_counts", "print_status", "printable", "run_json", "summary_line"]
