@@ -73,6 +73,6 @@ def setup_logging(level: str = "info", fmt: str = "text") -> None:
     handler.addFilter(_redactor)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    for noisy in ("httpx", "httpcore", "watchdog", "apscheduler", "tzlocal", "uvicorn", "uvicorn.error"):
+    for noisy in ("httpx", "httpcore", "watchdog", "uvicorn", "uvicorn.error"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     handler.addFilter(_WatchdogStopNoise())
