@@ -7,9 +7,10 @@ import json
 
 import pytest
 
-from difysync.errors import (AuthError, DatasetMissing, DifyError, DifySyncError, FatalError,
-                             NotDifyAPI, NotFoundError, NotReadyError, QuotaError, RateLimited, RefusedError,
-                             ServerUnreachable, TransientError, error_from_response)
+from difysync.errors import (AuthError, ConfigError, DatasetMissing, DifyError, DifySyncError, FatalError,
+                             LeaseBusy, Next, NotDifyAPI, NotFoundError, NotReadyError, QuotaError, RateLimited,
+                             RefusedError, ServerUnreachable, StateError, StateWriteError, TransientError,
+                             error_from_response, exit_code, verdict)
 
 RATE_LIMIT = ("Sorry, you have reached the knowledge base request rate limit of your "
               "subscription.")
@@ -240,3 +241,42 @@ def test_negative_retry_after_counts_as_zero():
 def test_a_json_body_that_is_not_an_object_is_treated_like_html():
     error = error_from_response(500, b"[1, 2]")
     assert type(error) is TransientError
+
+
+# --- what each class means: errors.verdict, the one table ------------------------------
+
+VERDICTS = [
+    # (error, what happens to the request, to the folder's pass, whether the run stops, exit code)
+    (ServerUnreachable("x"), Next.FAIL, Next.OUTAGE, False, 69),
+    (RateLimited("x"), Next.FAIL, Next.OUTAGE, False, 1),
+    (TransientError("x"), Next.FAIL, Next.OUTAGE, False, 1),
+    (NotReadyError("x"), Next.WAIT, Next.FAIL, False, 1),
+    (RefusedError("x"), Next.SKIP, Next.FAIL, False, 1),
+    (NotFoundError("x"), Next.GONE, Next.FAIL, False, 1),
+    (AuthError("x"), Next.FAIL, Next.STOP, True, 77),
+    (NotDifyAPI("x"), Next.FAIL, Next.STOP, True, 69),
+    (DatasetMissing("x"), Next.FAIL, Next.STOP, False, 1),
+    (QuotaError("x"), Next.FAIL, Next.STOP, False, 1),
+    (FatalError("x"), Next.FAIL, Next.STOP, False, 1),
+    (StateWriteError("disk full"), Next.FAIL, Next.OUTAGE, False, 1),
+    (StateError("corrupt"), Next.FAIL, Next.STOP, True, 78),
+    (ConfigError("bad key"), Next.FAIL, Next.STOP, True, 78),
+    (LeaseBusy("/srv/docs", None, "try later"), Next.FAIL, Next.STOP, False, 75),
+]
+
+
+@pytest.mark.parametrize("error, item, folder, stops_run, code", VERDICTS,
+                         ids=[type(row[0]).__name__ for row in VERDICTS])
+def test_each_error_class_has_one_meaning(error, item, folder, stops_run, code):
+    found = verdict(error)
+    assert (found.item, found.folder, found.stops_run, found.exit_code) == (item, folder, stops_run, code)
+    assert exit_code(error) == code
+
+
+def test_a_service_backs_off_on_everything_that_stops_or_suspends_a_folder():
+    assert verdict(ServerUnreachable("x")).backs_off and verdict(AuthError("x")).backs_off
+    assert not verdict(RefusedError("x")).backs_off and not verdict(NotReadyError("x")).backs_off
+
+
+def test_no_error_is_exit_0():
+    assert exit_code(None) == 0

@@ -177,3 +177,60 @@ def test_schema_1_db_gains_marks_and_keeps_its_rows(tmp_path):
         assert "a.md" in s.load_folder("/f")
         s.save_mark("/f", "ds", "{}")
         assert s.load_mark("/f", "ds") == "{}"
+
+
+def _as_schema_2(path):
+    """A DB as difysync wrote it before codes existed: no skip_code, error_kind, datasets."""
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE files DROP COLUMN skip_code")
+    conn.execute("ALTER TABLE files DROP COLUMN error_kind")
+    conn.execute("DROP TABLE datasets")
+    conn.execute("UPDATE meta SET value = '2' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+
+
+def test_schema_2_rows_get_their_codes_once_from_their_texts(tmp_path):
+    path = tmp_path / "state.db"
+    with StateStore(path) as s:
+        for rel in ("wait.md", "fail.md", "net.md", "refused.md", "poison.md"):
+            s.settle_upload(None, "/f", "ds", rel, document_id=rel, document_name=rel, batch=None,
+                            sha256="x", size=1, mtime_ns=1, inode=1, indexing_status="completed")
+    _as_schema_2(path)
+    conn = sqlite3.connect(path)
+    for rel, error, skip, refused in [("wait.md", "waiting: document is still indexing", None, None),
+                                      ("fail.md", "indexing failed in Dify: boom", None, None),
+                                      ("net.md", "create 'net.md': no answer within the timeout", None, None),
+                                      ("refused.md", None, "refused by Dify: 415", "abc"),
+                                      ("poison.md", None, "quarantined: indexing failed 3 times", None)]:
+        conn.execute("UPDATE files SET last_error = ?, skip_reason = ?, refused_sha256 = ? WHERE rel_path = ?",
+                     [error, skip, refused, rel])
+    conn.commit()
+    conn.close()
+    with StateStore(path, readonly=True) as reader:  # `status` reads it as it is, as it always did
+        assert [x.error for x in reader.summaries()] == [3]
+    with StateStore(path) as s:
+        rows = s.load_folder("/f")
+        assert s.known_dataset("/f", "Docs") is None  # the new table is there
+    assert rows["wait.md"].error_kind is ErrorKind.WAITING
+    assert rows["fail.md"].error_kind is ErrorKind.INDEXING_FAILED
+    assert rows["net.md"].error_kind is ErrorKind.REQUEST_FAILED
+    assert rows["refused.md"].skip_code is SkipCode.REFUSED
+    assert rows["poison.md"].skip_code is SkipCode.QUARANTINED
+    with StateStore(path, readonly=True) as reader:
+        assert [x.error for x in reader.summaries()] == [2]  # waiting is not an error
+
+
+def test_a_remembered_dataset_is_kept_per_folder_and_name(store):
+    store.remember_dataset("/f", "Docs", "ds-1")
+    assert store.known_dataset("/f", "Docs") == "ds-1"
+    assert store.known_dataset("/f", "Other name") is None
+    store.forget_dataset("/f")
+    assert store.known_dataset("/f", "Docs") is None
+
+
+def test_retry_counts_only_what_it_lifts(store):
+    store.settle_upload(None, "/f", "ds", "ok.md", document_id="d", document_name="ok.md", batch=None,
+                        sha256="x", size=1, mtime_ns=1, inode=1, indexing_status="completed")
+    store.record_skips("/f", "ds", [Skip(None, "big.md", "file too large", SkipCode.TOO_LARGE)])
+    assert store.retry() == 1
