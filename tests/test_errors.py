@@ -278,5 +278,10 @@ def test_a_service_backs_off_on_everything_that_stops_or_suspends_a_folder():
     assert not verdict(RefusedError("x")).backs_off and not verdict(NotReadyError("x")).backs_off
 
 
+def test_only_transient_answers_are_sent_again():
+    resent = [type(e).__name__ for e, *_ in VERDICTS if verdict(e).resend]
+    assert resent == ["ServerUnreachable", "RateLimited", "TransientError"]
+
+
 def test_no_error_is_exit_0():
     assert exit_code(None) == 0

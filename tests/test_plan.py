@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from difysync.models import FileState, JournalEntry, LocalFile, RemoteDocument
 from difysync.naming import document_name
-from difysync.plan import Action, Kind, MaxDelete, Plan, Policy, is_settled, plan_folder, refusal_reason
+from difysync.plan import Action, Kind, MaxDelete, Plan, Policy, is_settled, plan_folder, refusal
 
 
 def sha(text: str) -> str:
@@ -127,8 +127,8 @@ def test_unsupported_type_oversize_and_empty_files_are_skipped_with_reasons():
 
 
 def test_extension_check_ignores_case():
-    assert refusal_reason("A.MD", 3, Policy()) is None
-    assert refusal_reason("x.Docx", 3, Policy()) is None
+    assert refusal("A.MD", 3, Policy()) is None
+    assert refusal("x.Docx", 3, Policy()) is None
 
 
 def test_file_refused_by_server_is_not_sent_again_until_it_changes():

@@ -280,11 +280,6 @@ class FolderSettings(_Strict):
         """The folder's identity in the state DB and the lock files: its absolute path."""
         return str(self.path)
 
-    @property
-    def dataset_label(self) -> str:
-        """How to name the target dataset in messages."""
-        return f"id {self.dataset_id}" if self.dataset_id else f"name {self.dataset_name!r}"
-
     def effective_watch_mode(self, settings: Settings) -> WatchMode:
         """This folder's watch mode: its own ``watch_mode`` if set, else ``[watch].mode``."""
         return self.watch_mode or settings.watch.mode

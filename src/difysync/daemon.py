@@ -61,7 +61,6 @@ class Job(str, Enum):
 class WorkerStatus:
     pending_paths: int = 0
     backoff_until: float = 0.0
-    last_full: float | None = None
     last_error: str | None = None
 
 
@@ -208,7 +207,6 @@ class FolderWorker(threading.Thread):
                       should_stop=lambda: self._halt, on_lease_wait=self._waiting_for_lease)
         report = reconcile_folder(env, self.folder, options, hooks)
         if paths is None:
-            self.status.last_full = time.time()
             self.first_pass_done.set()
             self._schedule_full()
         self._after(report)

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import httpx
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, retry_never, stop_after_attempt
+from tenacity import RetryCallState, Retrying, retry_if_exception, retry_never, stop_after_attempt
 from tenacity.wait import wait_base
 
 from . import __version__
 from .backoff import delay_after, request_wait
 from .errors import (DatasetMissing, DifyError, FatalError, NotDifyAPI, NotFoundError,
-                     ServerUnreachable, TransientError, error_from_response)
+                     ServerUnreachable, TransientError, error_from_response, verdict)
 from .models import RemoteDocument
 
 if TYPE_CHECKING:
@@ -170,7 +170,7 @@ class DifyClient:
 
         retrying = Retrying(
             stop=stop_after_attempt(policy.attempts),
-            retry=retry_if_exception_type(TransientError) if retry else retry_never,
+            retry=retry_if_exception(_worth_resending) if retry else retry_never,
             wait=policy.wait(), sleep=self.sleep, before_sleep=note,
             reraise=True)  # the caller sees our exception, never tenacity.RetryError
         try:
@@ -454,6 +454,11 @@ def remote_document(raw: Mapping[str, Any]) -> RemoteDocument:
 # One string object per status value, shared by every document of a 100k listing.
 _SHARED = {s: s for s in ("waiting", "parsing", "cleaning", "splitting", "indexing", "completed", "error",
                           "paused", "queuing", "available", "disabled", "archived")}
+
+
+def _worth_resending(error: BaseException) -> bool:
+    """errors.verdict decides which answers are worth the same request again."""
+    return verdict(error).resend
 
 
 def _transport_reason(exc: httpx.TransportError) -> str:

@@ -292,7 +292,6 @@ def _parse_retry_after(value: str | None) -> float | None:
 class Next(str, Enum):
     """What an error means for the thing it happened to."""
 
-    RETRY = "retry"    # send the same request again after a pause (the client does this)
     WAIT = "wait"      # the document is busy: leave it to a later pass
     SKIP = "skip"      # never accepted as it is: record it, do not resend until it changes
     GONE = "gone"      # the document no longer exists
@@ -303,14 +302,15 @@ class Next(str, Enum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """What one error class means at each level: for the request that raised it (after
-    the client's own retries), for the folder's pass, for the whole run, and for the
-    exit code of a one-shot command."""
+    """What one error class means at each level: whether the client sends the request
+    again after a pause, what becomes of the item once it stops trying, what it means
+    for the folder's pass and for the whole run, and the exit code of a one-shot command."""
 
     item: Next          # FAIL, WAIT, SKIP or GONE
     folder: Next        # FAIL (the pass goes on), STOP or OUTAGE
     stops_run: bool     # no other folder can fare better (the key, the URL)
     exit_code: int
+    resend: bool = False  # worth the same request again after a pause (dify.py's retries)
 
     @property
     def backs_off(self) -> bool:
@@ -327,9 +327,9 @@ _VERDICTS: tuple[tuple[type[DifySyncError], Verdict], ...] = (
     (LeaseAbandoned, Verdict(Next.FAIL, Next.STOP, False, EX_TEMPFAIL)),
     (StateWriteError, Verdict(Next.FAIL, Next.OUTAGE, False, EX_FAILED)),
     (StateError, Verdict(Next.FAIL, Next.STOP, True, EX_CONFIG)),
-    (ServerUnreachable, Verdict(Next.FAIL, Next.OUTAGE, False, EX_UNAVAILABLE)),
-    (RateLimited, Verdict(Next.FAIL, Next.OUTAGE, False, EX_FAILED)),
-    (TransientError, Verdict(Next.FAIL, Next.OUTAGE, False, EX_FAILED)),
+    (ServerUnreachable, Verdict(Next.FAIL, Next.OUTAGE, False, EX_UNAVAILABLE, resend=True)),
+    (RateLimited, Verdict(Next.FAIL, Next.OUTAGE, False, EX_FAILED, resend=True)),
+    (TransientError, Verdict(Next.FAIL, Next.OUTAGE, False, EX_FAILED, resend=True)),
     (NotReadyError, Verdict(Next.WAIT, Next.FAIL, False, EX_FAILED)),
     (RefusedError, Verdict(Next.SKIP, Next.FAIL, False, EX_FAILED)),
     (NotFoundError, Verdict(Next.GONE, Next.FAIL, False, EX_FAILED)),

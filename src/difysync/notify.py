@@ -61,11 +61,6 @@ class Notifier:
     def stopping(self) -> None:
         self.send("STOPPING=1")
 
-    def close(self) -> None:
-        if self._socket is not None:
-            self._socket.close()
-            self._socket = None
-
 
 def _int(value: str | None) -> int | None:
     try:

@@ -145,12 +145,6 @@ def refusal(rel_path: str, size: int, policy: Policy) -> Refusal | None:
     return None
 
 
-def refusal_reason(rel_path: str, size: int, policy: Policy) -> str | None:
-    """The text of ``refusal``, for people."""
-    found = refusal(rel_path, size, policy)
-    return found.text if found else None
-
-
 def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
                 remote: Sequence[RemoteDocument], journal: Sequence[JournalEntry] = (),
                 policy: Policy = Policy()) -> Plan:

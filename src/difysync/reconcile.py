@@ -176,10 +176,10 @@ class _Pass:
         self.view: RemoteView | None = None
 
     def run(self) -> None:
-        dataset = resolve_dataset(self.env.client, self.store, self.folder, create=not self.options.dry_run,
-                                  remember=not self.options.dry_run)
-        self.report.dataset_id = dataset.id
-        self.view = RemoteView(self.env.client, dataset.id) if dataset.id else None
+        dataset_id = resolve_dataset(self.env.client, self.store, self.folder, create=not self.options.dry_run,
+                                     remember=not self.options.dry_run)
+        self.report.dataset_id = dataset_id
+        self.view = RemoteView(self.env.client, dataset_id) if dataset_id else None
         inputs = self._whole() if self.options.paths is None else self._targeted()
         if inputs is None:
             return  # a quiet pass: nothing changed on either side
@@ -462,7 +462,7 @@ def rebuild_state(env: Env) -> list[RebuildReport]:
 
 
 def _rebuild_folder(env: Env, folder: FolderSettings, report: RebuildReport) -> None:
-    dataset_id = resolve_dataset(env.client, env.store, folder, create=False).id
+    dataset_id = resolve_dataset(env.client, env.store, folder, create=False)
     if not dataset_id:
         report.error = f"dataset {folder.dataset_name!r} does not exist yet"
         return

@@ -13,8 +13,6 @@ import logging
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import NamedTuple
-
 from .config import FolderSettings
 from .dify import DifyClient
 from .errors import DatasetMissing, NotFoundError
@@ -33,22 +31,17 @@ MAX_NAME_LOOKUPS = 20
 # --- the dataset ------------------------------------------------------------------------
 
 
-class Dataset(NamedTuple):
-    id: str | None
-    remembered: bool  # the id came from the state DB, not from asking Dify just now
-
-
 def resolve_dataset(client: DifyClient, store: StateBackend, folder: FolderSettings, *,
-                    create: bool, remember: bool = True) -> Dataset:
+                    create: bool, remember: bool = True) -> str | None:
     """The folder's dataset: its configured id, or the id its name was resolved to before
     (kept in the state DB), or found by name now (created when absent and ``create``).
     A remembered id that Dify no longer knows is dropped with ``forget_dataset`` by the
     caller that saw the "dataset not found", and the next resolve asks again."""
     if folder.dataset_id:
-        return Dataset(folder.dataset_id, False)
+        return folder.dataset_id
     known = store.known_dataset(folder.key, folder.dataset_name)
     if known:
-        return Dataset(known, True)
+        return known
     if create:
         found: str | None = client.ensure_dataset(folder.dataset_name, folder.indexing_technique)
     else:
@@ -56,7 +49,7 @@ def resolve_dataset(client: DifyClient, store: StateBackend, folder: FolderSetti
         found = str(hit["id"]) if hit else None
     if found and remember:
         store.remember_dataset(folder.key, folder.dataset_name, found)
-    return Dataset(found, False)
+    return found
 
 
 def forget_dataset(store: StateBackend, folder: FolderSettings, error: BaseException) -> bool:
@@ -286,5 +279,5 @@ def _tally(statuses: Mapping[str, str]) -> dict[str, int]:
     return out
 
 
-__all__ = ["Dataset", "IndexingPoller", "RemoteView", "Unsettled", "forget_dataset", "poll_folder",
+__all__ = ["IndexingPoller", "RemoteView", "Unsettled", "forget_dataset", "poll_folder",
            "resolve_dataset", "wait_for_indexing"]

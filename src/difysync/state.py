@@ -153,7 +153,6 @@ class StateBackend(Protocol):
     def dataset_of(self, folder: str) -> str | None: ...
     def load_mark(self, folder: str, dataset_id: str) -> str | None: ...
     def save_mark(self, folder: str, dataset_id: str, body: str) -> None: ...
-    def drop_mark(self, folder: str) -> None: ...
     def close(self) -> None: ...
 
 
@@ -357,9 +356,6 @@ class StateStore:
             "WHERE folder = ? ORDER BY id", [folder]).fetchall()
         return [JournalEntry(id=r[0], rel_path=decode_path(r[1]), op=r[2], document_name=r[3],
                              document_id=r[4], sha256=r[5]) for r in rows]
-
-    def journal_count(self) -> int:
-        return self.db.execute("SELECT count(*) FROM journal").fetchone()[0]
 
     def in_flight(self, folder: str | None = None) -> list[InFlight]:
         """Documents still queued or indexing, with their batches (what the poller asks about)."""
@@ -576,10 +572,6 @@ class StateStore:
         with self.transaction():
             self.db["marks"].upsert({"folder": folder, "dataset_id": dataset_id, "taken_at": time.time(),
                                      "body": body}, pk="folder")
-
-    def drop_mark(self, folder: str) -> None:
-        with self.transaction() as conn:
-            _unmark(conn, folder)
 
     # --- status -----------------------------------------------------------------------
 
