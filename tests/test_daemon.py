@@ -298,7 +298,10 @@ def test_status_works_while_the_daemon_runs(running):
     assert result.code == 0
     (folder,) = result.json["folders"]
     assert folder["last_full_reconcile"] is not None
+    assert folder["service"]["what"] == "difysync run" and folder["service"]["pid"] == daemon.proc.pid
     assert daemon.stop() == 0
+    (after,) = box.cli("status", "-c", str(box.config), "--json").json["folders"]
+    assert after["service"] is None and after["writing"] is None
 
 
 def test_log_lines_carry_no_timestamps_under_journald_and_never_the_key(tmp_path, emulator):

@@ -174,20 +174,31 @@ def _wait(client: DifyClient, store: StateStore, report: Any, timeout: float) ->
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(config: str | None, as_json: bool) -> None:
     """What the state store says: per-folder counts, and files in error or skipped."""
+    from .lease import FolderLocks
+
     settings = load_config(config)
     with open_store(settings, readonly=True) as store:
         summaries = store.summaries()
         problems = store.problems()
         in_flight = store.in_flight()
+    # Who has the folders now: a service that holds one, a pass that is writing it.
+    held = {s.folder: FolderLocks(Path(settings.state_db), s.folder, what="difysync status") for s in summaries}
+    holders = {key: (locks.daemon_holder(), locks.current_holder()) for key, locks in held.items()}
     if as_json:
         echo_json({
-            "folders": [dataclasses.asdict(s) for s in summaries],
+            "folders": [{**dataclasses.asdict(s), "service": _holder_json(holders[s.folder][0]),
+                         "writing": _holder_json(holders[s.folder][1])} for s in summaries],
             "problems": [dataclasses.asdict(p) for p in problems],
             "in_flight": [{"folder": i.folder, "path": i.rel_path, "document_id": i.document_id}
                           for i in in_flight],
         })
         return
-    print_status(summaries, problems)
+    print_status(summaries, problems, {k: v[0] for k, v in holders.items()})
+
+
+def _holder_json(holder: Any) -> dict[str, Any] | None:
+    return None if holder is None else {"what": holder.what, "pid": holder.pid or None,
+                                        "host": holder.host or None, "since": holder.since or None}
 
 
 @main.command()

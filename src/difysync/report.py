@@ -8,7 +8,7 @@ through it (so neither imports the other).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -169,17 +169,20 @@ def summary_line(report: RunReport) -> str:
 # --- the status table ------------------------------------------------------------------
 
 
-def print_status(summaries: Sequence[FolderSummary], problems: Sequence[ProblemFile]) -> None:
-    """The `status` command's tables (rich), with the files in error or skipped below."""
+def print_status(summaries: Sequence[FolderSummary], problems: Sequence[ProblemFile],
+                 services: Mapping[str, Any] | None = None) -> None:
+    """The `status` command's tables (rich), with the files in error or skipped below.
+    ``services``: folder -> the lease.Holder of the service that holds it, if any."""
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
     # A full pass may be quiet (a probe, not a listing): say when each dataset was last
     # listed whole, below the table, where it does not crowd an 80-column terminal.
-    table = Table(title="difysync status", caption="\n".join(
-        f"{s.folder}: whole dataset last listed {_when(s.last_full_listing)}" for s in summaries) or None,
-                  caption_justify="left")
+    notes = [f"{s.folder}: whole dataset last listed {_when(s.last_full_listing)}" for s in summaries]
+    notes += [f"{folder}: served by {holder.describe()}" for folder, holder in (services or {}).items()
+              if holder is not None]
+    table = Table(title="difysync status", caption="\n".join(notes) or None, caption_justify="left")
     for col in ("folder", "dataset", "synced", "pending", "indexing", "error", "skipped", "last full pass"):
         table.add_column(col, overflow="fold", justify="right" if col in (
             "synced", "pending", "indexing", "error", "skipped") else "left")
