@@ -31,6 +31,7 @@ BENCHMARKS = {  # name -> module (order of the table)
     "economy": "api_economy",
     "memory": "memory",
     "watch": "watch",
+    "polling": "polling",
 }
 
 

@@ -204,7 +204,6 @@ def test_a_cron_reconcile_during_a_burst_waits_its_turn_and_nothing_is_doubled_o
         daemon.wait_ready()
         wait_until(lambda: len(box.docs()) == 20, 30, what="the first 20 uploads")
         emu.reset_requests()
-
         # And in the middle of a burst: 200 new files, 5 edits, 5 deletes
         for i in range(200):
             box.write(f"new-{i}.md", f"new {i}")
@@ -214,25 +213,36 @@ def test_a_cron_reconcile_during_a_burst_waits_its_turn_and_nothing_is_doubled_o
             box.remove(f"old-{i}.md")
         wait_until(lambda: emu.count(method="POST", path_contains="create") >= 5, 20, what="the burst under way")
 
-        # When a cron-style `difysync reconcile` starts
+        # When a cron-style `difysync reconcile` starts, and has to wait for the service's pass
         cron = procs.start(box, "reconcile", "-c", str(box.config))
+        wait_until(lambda: WAITING in cron.err_path.read_text(errors="replace") or cron.proc.poll() is not None,
+                   30, what="the cron reconcile to wait for the lease")
+        # And a second wave lands while it waits, which both writers will want to handle
+        for i in range(30):
+            box.write(f"late-{i}.md", f"late {i}")
+        for i in range(10, 13):
+            box.write(f"old-{i}.md", f"edited again {i}")
+        for i in range(13, 16):
+            box.remove(f"old-{i}.md")
         result = cron.result(timeout=120)
 
-        # Then it waited for the service's pass, then ran its own, and succeeded
+        # Then it waited for the service's pass (naming it), ran its own, and succeeded
         assert result.code == 0, result.stderr
-        assert WAITING in result.stderr and held_by("difysync run", daemon.proc.pid) in result.stderr, result.stderr
+        assert held_by("difysync run", daemon.proc.pid) in result.stderr, result.stderr
         # And the dataset ends up holding every file exactly once (docs() refuses a duplicate name)
         expected = {f"new-{i}.md": f"new {i}".encode() for i in range(200)}
+        expected.update({f"late-{i}.md": f"late {i}".encode() for i in range(30)})
         expected.update({f"old-{i}.md": f"edited {i}".encode() for i in range(5)})
-        expected.update({f"old-{i}.md": f"old {i}".encode() for i in range(10, 20)})
+        expected.update({f"old-{i}.md": f"edited again {i}".encode() for i in range(10, 13)})
+        expected.update({f"old-{i}.md": f"old {i}".encode() for i in range(16, 20)})
         wait_until(lambda: box.contents() == expected, 60, interval=0.2, what="convergence")
         time.sleep(DEBOUNCE + DELETE_DELAY + 0.5)  # whatever either still had queued has run
         assert box.contents() == expected
         assert daemon.stop() == 0
         # And each change was sent once, by one writer or the other, and nothing is left open
-        assert emu.count(method="POST", path_contains="create") == 200
-        assert emu.count(method="POST", path_contains="update") == 5
-        assert emu.count(method="DELETE") == 5
+        assert emu.count(method="POST", path_contains="create") == 230
+        assert emu.count(method="POST", path_contains="update") == 8
+        assert emu.count(method="DELETE") == 8
         assert journal_rows(state_db(box)) == 0
 
 
