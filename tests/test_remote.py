@@ -21,8 +21,8 @@ from difysync.errors import DatasetMissing, NotFoundError
 from difysync.models import FileState, LocalFile
 from difysync.naming import document_name
 from difysync.reconcile import Env, policy_for, reconcile_folder, with_hashes
-from difysync.remote import (MAX_NAME_LOOKUPS, POLL_STATUSES, Dataset, IndexingPoller, RemoteView,
-                             forget_dataset, poll_folder, resolve_dataset, wait_for_indexing)
+from difysync.remote import (MAX_NAME_LOOKUPS, POLL_STATUSES, IndexingPoller, RemoteView, forget_dataset,
+                             poll_folder, resolve_dataset, wait_for_indexing)
 from difysync.scanner import scan_tree
 from difysync.state import InFlight, StateStore
 
@@ -386,7 +386,7 @@ def test_a_document_settled_before_the_first_poll_counts_as_completed_without_a_
 
 def test_a_configured_dataset_id_is_used_as_is_without_a_request(tmp_path, emulator, client, store):
     folder = settings_for(tmp_path, emulator, 'dataset_id = "configured-id"').folders[0]
-    assert resolve_dataset(client, store, folder, create=True) == Dataset("configured-id", False)
+    assert resolve_dataset(client, store, folder, create=True) == "configured-id"
     assert asked(emulator) == []
 
 
@@ -401,8 +401,8 @@ def test_a_dataset_name_is_looked_up_once_and_remembered(tmp_path, emulator, cli
     emulator.reset_requests()
     second = resolve_dataset(client, store, folder, create=True)
     # then only the first asks Dify
-    assert first == Dataset(ds, False) and first_asked == ["datasets"]
-    assert second == Dataset(ds, True) and asked(emulator) == []
+    assert first == ds and first_asked == ["datasets"]
+    assert second == ds and asked(emulator) == []
     assert store.known_dataset(folder.key, "Docs") == ds
 
 
@@ -411,7 +411,7 @@ def test_a_missing_dataset_is_created_and_remembered(tmp_path, emulator, client,
     found = resolve_dataset(client, store, folder, create=True)
     assert [d["name"] for d in emulator.store.list_datasets(1, 100, None)["data"]] == ["Docs"]
     assert asked(emulator) == ["datasets", "POST /v1/datasets"]
-    assert store.known_dataset(folder.key, "Docs") == found.id
+    assert found is not None and store.known_dataset(folder.key, "Docs") == found
 
 
 def test_a_dry_run_resolves_without_remembering(tmp_path, emulator, client, store):
@@ -421,14 +421,14 @@ def test_a_dry_run_resolves_without_remembering(tmp_path, emulator, client, stor
     # when it is resolved twice without remembering
     results = [resolve_dataset(client, store, folder, create=False, remember=False) for _ in range(2)]
     # then both ask, and nothing is written
-    assert results == [Dataset(ds, False)] * 2
+    assert results == [ds] * 2
     assert asked(emulator) == ["datasets"] * 2
     assert store.known_dataset(folder.key, "Docs") is None
 
 
 def test_a_dry_run_never_creates_a_missing_dataset(tmp_path, emulator, client, store):
     folder = settings_for(tmp_path, emulator, 'dataset_name = "Docs"').folders[0]
-    assert resolve_dataset(client, store, folder, create=False, remember=False) == Dataset(None, False)
+    assert resolve_dataset(client, store, folder, create=False, remember=False) is None
     assert asked(emulator) == ["datasets"]
     assert store.known_dataset(folder.key, "Docs") is None
 
@@ -441,7 +441,7 @@ def test_after_the_dataset_is_recreated_forgetting_the_old_id_lets_the_next_reso
     resolve_dataset(client, store, folder, create=False)
     emulator.store.delete_dataset(old)
     new = emulator.store.create_dataset("Docs", "high_quality")
-    assert resolve_dataset(client, store, folder, create=False) == Dataset(old, True)  # trusted till told
+    assert resolve_dataset(client, store, folder, create=False) == old  # trusted till told
     with pytest.raises(DatasetMissing) as missing:
         RemoteView(client, old).everything()
     # when
@@ -450,7 +450,7 @@ def test_after_the_dataset_is_recreated_forgetting_the_old_id_lets_the_next_reso
     again = resolve_dataset(client, store, folder, create=False)
     # then
     assert forgotten is True
-    assert again == Dataset(new, False) and asked(emulator) == ["datasets"]
+    assert again == new and asked(emulator) == ["datasets"]
     assert store.known_dataset(folder.key, "Docs") == new
 
 

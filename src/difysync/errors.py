@@ -190,27 +190,38 @@ def error_from_response(status: int, body: bytes | str | None, *, retry_after: s
     """
     payload = _json_or_none(body)
     if payload is None:
-        snippet = _snippet(body)
-        if status == 413:
-            return RefusedError(f"{about}: file too large for the server or its proxy", status=status)
-        if status == 401:
-            return AuthError(f"{about}: {_HINTS_BY_CLASS[AuthError]}", status=status)
-        if status == 429:
-            return RateLimited(f"{about}: the server asked us to slow down (429)", status=status,
-                               retry_after=_parse_retry_after(retry_after))
-        if status in (502, 503, 504):
-            return ServerUnreachable(f"{about}: the proxy in front of Dify answered {status} "
-                                     f"(Dify itself is down or restarting)", status=status,
-                                     retry_after=_parse_retry_after(retry_after))
-        if status in (404, 405):
-            return NotDifyAPI(f"{about}: the server answered {status} with a web page, not the Dify API"
-                              + (f" ({snippet})" if snippet else "")
-                              + " - check dify.base_url (it must end in /v1)", status=status)
-        return TransientError(
-            f"{about}: the server answered {status} without a Dify JSON body"
-            + (f" ({snippet})" if snippet else "")
-            + " - check dify.base_url (it must end in /v1)",
-            status=status, retry_after=_parse_retry_after(retry_after))
+        return _from_page(status, body, retry_after, about)
+    return _from_dify(status, payload, retry_after, about, on_document=on_document, on_create=on_create)
+
+
+def _from_page(status: int, body: bytes | str | None, retry_after: str | None, about: str) -> DifyError:
+    """An answer without Dify's JSON body: a proxy's page, a web server, an empty body."""
+    snippet = _snippet(body)
+    if status == 413:
+        return RefusedError(f"{about}: file too large for the server or its proxy", status=status)
+    if status == 401:
+        return AuthError(f"{about}: {_HINTS_BY_CLASS[AuthError]}", status=status)
+    if status == 429:
+        return RateLimited(f"{about}: the server asked us to slow down (429)", status=status,
+                           retry_after=_parse_retry_after(retry_after))
+    if status in (502, 503, 504):
+        return ServerUnreachable(f"{about}: the proxy in front of Dify answered {status} "
+                                 f"(Dify itself is down or restarting)", status=status,
+                                 retry_after=_parse_retry_after(retry_after))
+    if status in (404, 405):
+        return NotDifyAPI(f"{about}: the server answered {status} with a web page, not the Dify API"
+                          + (f" ({snippet})" if snippet else "")
+                          + " - check dify.base_url (it must end in /v1)", status=status)
+    return TransientError(
+        f"{about}: the server answered {status} without a Dify JSON body"
+        + (f" ({snippet})" if snippet else "")
+        + " - check dify.base_url (it must end in /v1)",
+        status=status, retry_after=_parse_retry_after(retry_after))
+
+
+def _from_dify(status: int, payload: dict[str, Any], retry_after: str | None, about: str, *,
+               on_document: bool, on_create: bool) -> DifyError:
+    """Dify's own ``{"code", "message", "status"}`` answer: the code first, then the status."""
     code = str(payload.get("code") or "") or None
     message = str(payload.get("message") or "")
     lowered = message.lower()

@@ -152,163 +152,182 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
 
     ``local`` holds every regular file the scan kept; eligible ones must carry their
     sha256 (the caller reuses the stored hash when size, mtime and inode are unchanged).
+    The order of the steps matters: documents of files still present are claimed first,
+    then renames are paired, then each file is decided, then the files that are gone,
+    then the journal's leftovers; the delete guards judge the whole plan last.
     """
     if policy.root_error:
         return Plan(actions=(), errors=(f"{policy.root_error}: nothing synced, nothing deleted",))
+    planner = _Planner(local, state, remote, policy)
+    planner.claim_present()
+    planner.pair_renames()
+    for rel in sorted(planner.local):
+        planner.decide_file(rel)
+    deletes = planner.decide_gone()
+    leftovers = planner.leftovers(journal)
+    return planner.finish(planner.guard(deletes), leftovers)
 
-    actions: list[Action] = []
-    unchanged = policy.settled_elsewhere
-    errors: list[str] = []
-    warnings: list[str] = []
 
-    remote_by_id = {doc.id: doc for doc in remote}
-    by_name = _NameIndex(remote)
+class _Planner:
+    """The working state of one plan_folder call: its inputs indexed, the documents
+    already spoken for, and the actions so far."""
 
-    claimed: set[str] = set()  # remote document ids already spoken for in this plan
-    local_by_path = {f.rel_path: f for f in local}
-    refused: dict[str, Refusal] = {}
-    for f in local:
-        found = refusal(f.rel_path, f.size, policy)
-        if found:
-            refused[f.rel_path] = found
-    any_eligible = len(refused) < len(local_by_path)
+    def __init__(self, local: Sequence[LocalFile], state: Mapping[str, FileState],
+                 remote: Sequence[RemoteDocument], policy: Policy) -> None:
+        self.state, self.policy = state, policy
+        self.local = {f.rel_path: f for f in local}
+        self.remote_by_id = {doc.id: doc for doc in remote}
+        self.by_name = _NameIndex(remote)
+        self.refused = {f.rel_path: found for f in local if (found := refusal(f.rel_path, f.size, policy))}
+        self.claimed: set[str] = set()  # remote document ids already spoken for in this plan
+        self.renamed_from: dict[str, str] = {}  # new rel -> old rel
+        self.actions: list[Action] = []
+        self.errors: list[str] = []  # guard refusals
+        self.warnings: list[str] = []
+        self.unchanged = policy.settled_elsewhere
 
-    def live_doc(row: FileState | None) -> RemoteDocument | None:
+    def live_doc(self, row: FileState | None) -> RemoteDocument | None:
         if row is None or not row.document_id:
             return None
-        return remote_by_id.get(row.document_id)
+        return self.remote_by_id.get(row.document_id)
 
-    # Documents that belong to a state row whose path still exists (eligible or refused)
-    # are claimed first, so name adoption can never steal them.
-    for rel, row in state.items():
-        doc = live_doc(row)
-        if doc is not None and rel in local_by_path:
-            claimed.add(doc.id)
+    def claim_present(self) -> None:
+        """Documents that belong to a state row whose path still exists (eligible or
+        refused) are claimed first, so name adoption can never steal them."""
+        for rel, row in self.state.items():
+            doc = self.live_doc(row)
+            if doc is not None and rel in self.local:
+                self.claimed.add(doc.id)
 
-    # Renames: a tracked document whose file vanished, and a new untracked file with the
-    # same content. Paired one-to-one in path order so the plan is deterministic.
-    vanished_by_sha: dict[str, list[str]] = defaultdict(list)
-    for rel in sorted(state):
-        row = state[rel]
-        doc = live_doc(row)
-        if rel not in local_by_path and doc is not None and row.sha256 and not doc.failed \
-                and doc.enabled and not doc.archived:
-            vanished_by_sha[row.sha256].append(rel)
-    renamed_from: dict[str, str] = {}  # new rel -> old rel
-    for rel in sorted(local_by_path) if vanished_by_sha else ():
-        if rel in refused:
-            continue
-        f = local_by_path[rel]
-        row = state.get(rel)
-        if row is not None and live_doc(row) is not None:
-            continue
-        if by_name.get(document_name(rel)):
-            continue  # a document of that name exists: adoption wins over rename
-        candidates = vanished_by_sha.get(f.sha256 or "")
-        if candidates:
-            renamed_from[rel] = candidates.pop(0)
-    consumed_old = set(renamed_from.values())
+    def pair_renames(self) -> None:
+        """A tracked document whose file vanished, and a new untracked file with the same
+        content. Paired one-to-one in path order so the plan is deterministic."""
+        vanished_by_sha: dict[str, list[str]] = defaultdict(list)
+        for rel in sorted(self.state):
+            row = self.state[rel]
+            doc = self.live_doc(row)
+            if rel not in self.local and doc is not None and row.sha256 and not doc.failed \
+                    and doc.enabled and not doc.archived:
+                vanished_by_sha[row.sha256].append(rel)
+        for rel in sorted(self.local) if vanished_by_sha else ():
+            if rel in self.refused or self.live_doc(self.state.get(rel)) is not None:
+                continue
+            if self.by_name.get(document_name(rel)):
+                continue  # a document of that name exists: adoption wins over rename
+            candidates = vanished_by_sha.get(self.local[rel].sha256 or "")
+            if candidates:
+                self.renamed_from[rel] = candidates.pop(0)
 
-    for rel in sorted(local_by_path):
-        f = local_by_path[rel]
-        row = state.get(rel)
-        name = document_name(rel)
-        if rel in refused:
-            actions.append(Action(Kind.SKIP, rel, name, row.document_id if row else None,
-                                  size=f.size, reason=refused[rel].text, code=refused[rel].code))
-            continue
-        if rel in renamed_from:
-            old_rel = renamed_from[rel]
-            old_row = state[old_rel]
-            doc = remote_by_id[old_row.document_id or ""]
-            claimed.add(doc.id)
-            kind = Kind.WAIT if doc.in_flight else Kind.RENAME
-            reason = "document is still indexing" if doc.in_flight else ""
-            actions.append(Action(kind, rel, name, doc.id, old_rel_path=old_rel,
-                                  sha256=f.sha256, size=f.size, reason=reason))
-            continue
-        doc = live_doc(row)
-        if doc is not None:
-            action = _plan_tracked(f, row, doc, name, policy)  # type: ignore[arg-type]
+    def decide_file(self, rel: str) -> None:
+        """One local file: skip, rename, the tracked cases, adoption or create."""
+        f, row, name = self.local[rel], self.state.get(rel), document_name(rel)
+        if rel in self.refused:
+            self.actions.append(Action(Kind.SKIP, rel, name, row.document_id if row else None, size=f.size,
+                                       reason=self.refused[rel].text, code=self.refused[rel].code))
+        elif rel in self.renamed_from:
+            self.actions.append(self._rename(f, name))
+        elif (doc := self.live_doc(row)) is not None:
+            action = _plan_tracked(f, row, doc, name, self.policy)  # type: ignore[arg-type]
             if action is None:
-                unchanged += 1
+                self.unchanged += 1
             else:
-                actions.append(action)
-            continue
-        # Not tracked, or its document is gone: adopt a document of the same name first.
-        if row is not None and row.refused_sha256 and row.refused_sha256 == f.sha256:
-            actions.append(_refused_again(f, row, name, None))
-            continue
-        candidates = [d for d in by_name.get(name) if d.id not in claimed]
+                self.actions.append(action)
+        elif row is not None and row.refused_sha256 and row.refused_sha256 == f.sha256:
+            self.actions.append(_refused_again(f, row, name, None))
+        else:
+            self.actions.append(self._adopt_or_create(f, row, name))
+
+    def _rename(self, f: LocalFile, name: str) -> Action:
+        old_rel = self.renamed_from[f.rel_path]
+        doc = self.remote_by_id[self.state[old_rel].document_id or ""]
+        self.claimed.add(doc.id)
+        kind = Kind.WAIT if doc.in_flight else Kind.RENAME
+        reason = "document is still indexing" if doc.in_flight else ""
+        return Action(kind, f.rel_path, name, doc.id, old_rel_path=old_rel, sha256=f.sha256, size=f.size,
+                      reason=reason)
+
+    def _adopt_or_create(self, f: LocalFile, row: FileState | None, name: str) -> Action:
+        """Not tracked, or its document is gone: adopt a document of the same name first."""
+        candidates = [d for d in self.by_name.get(name) if d.id not in self.claimed]
         if candidates:
             chosen = candidates[0]
-            claimed.add(chosen.id)
-            actions.append(_plan_adoption(f, chosen, name))
+            self.claimed.add(chosen.id)
             if len(candidates) > 1:
-                warnings.append(f"{rel}: {len(candidates)} documents named {name!r} in Dify; "
-                                f"adopted {chosen.id}, left the others alone")
-            continue
+                self.warnings.append(f"{f.rel_path}: {len(candidates)} documents named {name!r} in Dify; "
+                                     f"adopted {chosen.id}, left the others alone")
+            return _plan_adoption(f, chosen, name)
         reason = "document missing in Dify" if row is not None and row.document_id else ""
-        actions.append(Action(Kind.CREATE, rel, name, sha256=f.sha256, size=f.size, reason=reason))
+        return Action(Kind.CREATE, f.rel_path, name, sha256=f.sha256, size=f.size, reason=reason)
 
-    # Tracked rows whose file is gone (and was not renamed): delete or forget.
-    deletes: list[Action] = []
-    for rel in sorted(state):
-        if rel in local_by_path or rel in consumed_old:
-            continue
-        row = state[rel]
-        doc = live_doc(row)
-        if doc is None:
-            actions.append(Action(Kind.FORGET, rel, row.document_name, row.document_id,
-                                  reason="file and document both gone" if row.document_id else ""))
-        elif doc.id in claimed:
-            actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
-                                  reason="document now belongs to another path"))
-        elif not policy.delete:
-            claimed.add(doc.id)
-            actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
-                                  reason="deletion disabled for this folder; document left in Dify"))
-        elif doc.archived:
-            claimed.add(doc.id)
-            actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
-                                  reason="document archived in Dify; left in place"))
-        else:
-            claimed.add(doc.id)
-            deletes.append(Action(Kind.DELETE, rel, doc.name, doc.id))
-
-    # A create that was sent but never settled may have produced a document whose file has
-    # since vanished: the journal says it is ours, so it goes too (outside the mass-delete
-    # guard, which protects documents that were synced, not our own leftovers).
-    leftovers: list[Action] = []
-    for entry in journal:
-        if entry.op not in ("create", "recreate") or entry.rel_path in local_by_path:
-            continue
-        for doc in by_name.get(entry.document_name):
-            if doc.id in claimed:
+    def decide_gone(self) -> list[Action]:
+        """Tracked rows whose file is gone (and was not renamed): forget them now; the
+        deletes are returned for the guards to judge."""
+        consumed_old = set(self.renamed_from.values())
+        deletes: list[Action] = []
+        for rel in sorted(self.state):
+            if rel in self.local or rel in consumed_old:
                 continue
-            claimed.add(doc.id)
-            if policy.delete:
-                leftovers.append(Action(Kind.DELETE, entry.rel_path, doc.name, doc.id,
-                                        reason="left over from an interrupted create", leftover=True))
+            row = self.state[rel]
+            doc = self.live_doc(row)
+            if doc is None:
+                self.actions.append(Action(Kind.FORGET, rel, row.document_name, row.document_id,
+                                           reason="file and document both gone" if row.document_id else ""))
+                continue
+            if doc.id in self.claimed:
+                self.actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
+                                           reason="document now belongs to another path"))
+                continue
+            self.claimed.add(doc.id)
+            if not self.policy.delete:
+                self.actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
+                                           reason="deletion disabled for this folder; document left in Dify"))
+            elif doc.archived:
+                self.actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
+                                           reason="document archived in Dify; left in place"))
+            else:
+                deletes.append(Action(Kind.DELETE, rel, doc.name, doc.id))
+        return deletes
 
-    tracked = sum(1 for row in state.values() if live_doc(row) is not None) + policy.settled_elsewhere
-    if deletes and policy.whole_folder:
-        folder_empty = not any_eligible and not refused and not policy.settled_elsewhere
+    def leftovers(self, journal: Sequence[JournalEntry]) -> list[Action]:
+        """A create that was sent but never settled may have produced a document whose
+        file has since vanished: the journal says it is ours, so it goes too (outside the
+        mass-delete guard, which protects documents that were synced, not our own leftovers)."""
+        out: list[Action] = []
+        for entry in journal:
+            if entry.op not in ("create", "recreate") or entry.rel_path in self.local:
+                continue
+            for doc in self.by_name.get(entry.document_name):
+                if doc.id in self.claimed:
+                    continue
+                self.claimed.add(doc.id)
+                if self.policy.delete:
+                    out.append(Action(Kind.DELETE, entry.rel_path, doc.name, doc.id,
+                                      reason="left over from an interrupted create", leftover=True))
+        return out
+
+    def guard(self, deletes: list[Action]) -> list[Action]:
+        """The whole-folder guards: an emptied folder, or more deletes than the limit,
+        deletes nothing and says why (``self.errors``)."""
+        policy = self.policy
+        if not deletes or not policy.whole_folder:
+            return deletes
+        tracked = sum(1 for row in self.state.values() if self.live_doc(row) is not None) + policy.settled_elsewhere
+        any_eligible = len(self.refused) < len(self.local)
+        folder_empty = not any_eligible and not self.refused and not policy.settled_elsewhere
         if folder_empty and tracked and not policy.allow_empty:
-            errors.append(f"the folder is empty but {tracked} documents are tracked "
-                          f"(unmounted share?): refusing to delete them")
-            deletes = []
-        else:
-            limit = policy.max_delete.limit(tracked)
-            if len(deletes) > limit:
-                errors.append(f"this pass would delete {len(deletes)} of {tracked} tracked documents, "
-                              f"more than the limit of {limit}: nothing deleted "
-                              f"(use --max-delete to allow it)")
-                deletes = []
-    actions.extend(deletes)
-    actions.extend(leftovers)
-    return Plan(actions=tuple(actions), unchanged=unchanged, errors=tuple(errors),
-                warnings=tuple(warnings))
+            self.errors.append(f"the folder is empty but {tracked} documents are tracked "
+                               f"(unmounted share?): refusing to delete them")
+            return []
+        limit = policy.max_delete.limit(tracked)
+        if len(deletes) > limit:
+            self.errors.append(f"this pass would delete {len(deletes)} of {tracked} tracked documents, "
+                               f"more than the limit of {limit}: nothing deleted (use --max-delete to allow it)")
+            return []
+        return deletes
+
+    def finish(self, deletes: list[Action], leftovers: list[Action]) -> Plan:
+        return Plan(actions=tuple(self.actions + deletes + leftovers), unchanged=self.unchanged,
+                    errors=tuple(self.errors), warnings=tuple(self.warnings))
 
 
 def is_settled(f: LocalFile | None, row: FileState, doc: RemoteDocument, policy: Policy) -> bool:
