@@ -199,7 +199,8 @@ def test_a_batch_that_answers_404_falls_back_to_the_status_listings(emulator, cl
     assert found == {fine.document_id: ("completed", None), moved.document_id: ("indexing", None),
                      deleted.document_id: ("completed", None)}
     assert asked(emulator) == ["batch"] * 3 + [f"status={s}" for s in POLL_STATUSES]
-    assert sorted(r.status for r in emulator.requests if r.path.endswith("/indexing-status")) == [200, 404, 404]
+    answers = sorted(r.status for r in emulator.requests if r.path.endswith("/indexing-status"))
+    assert answers == [200, 404, 404]
 
 
 def test_a_document_found_nowhere_in_the_listing_is_gone(tmp_path):
@@ -231,7 +232,8 @@ def test_a_server_that_ignores_the_status_filter_is_noticed_and_never_trusted_ag
         done = [uploaded(emu, ds, f"done-{i}.md") for i in range(9)]
         many = [queued, busy, failed, *done]
         expected = {queued.document_id: ("waiting", None), busy.document_id: ("indexing", None),
-                    failed.document_id: ("error", "boom"), **{d.document_id: ("completed", None) for d in done}}
+                    failed.document_id: ("error", "boom"),
+                    **{d.document_id: ("completed", None) for d in done}}
         poller = IndexingPoller(client)
         emu.reset_requests()
         # when it is first polled, then polled again, then for three batches only

@@ -34,7 +34,7 @@ from .lease import FolderLocks, Holder
 from .logs import add_secret
 from .notify import Notifier
 from .reconcile import Env, Hooks, PassOptions, reconcile_folder
-from .remote import IndexingPoller, poll_folder
+from .remote import SETTLED, IndexingPoller, poll_folder
 from .report import FolderReport
 from .state import StateBackend, StateStore
 from .watch import DirtyTracker, Watcher
@@ -273,11 +273,15 @@ class FolderWorker(threading.Thread):
         except DifyError as exc:
             if verdict(exc).backs_off:
                 self._enter_backoff(exc.describe())
-            found = {"?": ("waiting", None)}  # look again later
-        if any(status not in ("completed", "error", "paused", "gone") for status, _ in found.values()):
-            with self._cond:
-                self._next_poll = self._clock() + self._polls.next_delay()
+            self._poll_again()
+            return
+        if any(status not in SETTLED and status != "gone" for status, _ in found.values()):
+            self._poll_again()
         self._on_update()
+
+    def _poll_again(self) -> None:
+        with self._cond:
+            self._next_poll = self._clock() + self._polls.next_delay()
 
 
 class Daemon:

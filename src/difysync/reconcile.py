@@ -104,11 +104,11 @@ def reconcile_folder(env: Env, folder: FolderSettings, options: PassOptions = Pa
             report = _attempt(env, folder, options, hooks)
             if report.fatal is not None and forget_dataset(env.store, folder, report.fatal):
                 report = _attempt(env, folder, options, hooks)
-    except DifySyncError as exc:  # the lease (busy, or given up), the state DB
+            if not options.dry_run and options.paths is None:
+                _record_run(env.store, folder.key, started, report)
+    except DifySyncError as exc:  # the lease (busy, or given up): no pass ran, none is recorded
         report.fatal = exc
         report.errors.append(exc.describe())
-    if not options.dry_run and options.paths is None:
-        _record_run(env.store, folder.key, started, report)
     return report
 
 
