@@ -504,7 +504,7 @@ def test_up_to_the_lookup_limit_each_name_costs_one_request(emulator, client, da
     emulator.reset_requests()
     found = RemoteView(client, dataset).for_paths({}, [local(n) for n in names])
     assert sorted(d.name for d in found) == names
-    assert asked(emulator) == [f"keyword={n}" for n in names]
+    assert sorted(asked(emulator)) == [f"keyword={n}" for n in names]  # sent side by side
 
 
 def test_past_the_lookup_limit_the_dataset_is_listed_instead(emulator, client, dataset):
@@ -514,7 +514,20 @@ def test_past_the_lookup_limit_the_dataset_is_listed_instead(emulator, client, d
     emulator.reset_requests()
     found = RemoteView(client, dataset).for_paths({}, [local(n) for n in names])
     assert sorted(d.name for d in found) == names + ["unrelated.md"]
-    assert asked(emulator) == ["listing"]
+    assert asked(emulator) == ["listing"]  # one page: the whole dataset
+
+
+def test_past_the_lookup_limit_a_big_dataset_is_still_asked_by_name(emulator, client, dataset):
+    names = [f"f{i:02d}.md" for i in range(MAX_NAME_LOOKUPS + 1)]
+    for i in range(3000):
+        emulator.store.add_document(dataset, f"other-{i}.md", b"x", match_by_name=False)
+    for name in names:
+        emulator.store.add_document(dataset, name, b"x")
+    emulator.reset_requests()
+    found = RemoteView(client, dataset).for_paths({}, [local(n) for n in names])
+    assert sorted(d.name for d in found) == names
+    # 30 listing pages would cost more than the first page plus 21 lookups
+    assert sorted(asked(emulator)) == sorted(["listing"] + [f"keyword={n}" for n in names])
 
 
 def test_a_targeted_pass_with_no_names_sends_nothing(emulator, client, dataset):
@@ -588,3 +601,36 @@ def test_the_listing_consumes_the_files_and_rows_it_is_given(client, store, sync
     files, rows, journal, policy = pass_inputs(settings, folder, store)
     out = RemoteView(client, ds).unsettled(files, rows, journal, policy)
     assert files == [] and rows == {} and out.rows is rows
+
+
+# --- a pass whose remembered dataset is gone ---------------------------------------------------
+
+
+def test_a_pass_whose_remembered_dataset_vanished_looks_the_name_up_again(tmp_path, emulator, client, store):
+    from difysync.reconcile import Env, PassOptions, reconcile_folder
+
+    settings = settings_for(tmp_path, emulator, 'dataset_name = "Team docs"')
+    folder = settings.folders[0]
+    (tmp_path / "docs" / "a.md").write_text("a")
+    first = reconcile_folder(Env(settings, client, store), folder)
+    old = first.dataset_id
+    emulator.store.delete_dataset(old)
+    new = emulator.store.create_dataset("Team docs", "high_quality")
+    # a dry run finds the new one, and writes nothing
+    dry = reconcile_folder(Env(settings, client, store), folder, PassOptions(dry_run=True))
+    assert dry.fatal is None and dry.dataset_id == new
+    assert store.known_dataset(folder.key, "Team docs") == old
+    # a real pass forgets the old id and remembers the new one
+    again = reconcile_folder(Env(settings, client, store), folder)
+    assert again.fatal is None and again.dataset_id == new and again.counts["created"] == 1
+    assert store.known_dataset(folder.key, "Team docs") == new
+
+
+def test_a_paused_document_counts_as_settled_when_polled_by_listing(emulator, client, store, dataset):
+    doc, batch = emulator.store.add_document(dataset, "p.md", b"x")
+    emulator.store.set_document(dataset, doc.id, indexing_status="paused")
+    store.settle_upload(None, "/f", dataset, "p.md", document_id=doc.id, document_name="p.md", batch=None,
+                        sha256="x", size=1, mtime_ns=1, inode=1, indexing_status="indexing")
+    poller = IndexingPoller(client)
+    poller.filters_work = False  # as on a server without the status filter
+    assert poller.statuses(dataset, store.in_flight("/f")) == {doc.id: ("paused", None)}

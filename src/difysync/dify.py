@@ -327,9 +327,12 @@ class DifyClient:
             page += 1
         return list(docs.values())
 
-    def document_page(self, dataset_id: str, page: int = 1) -> tuple[list[RemoteDocument], int | None]:
-        """One page of the newest-first listing and the ``total`` it announces."""
-        result = self._page(f"/datasets/{dataset_id}/documents", {"limit": PAGE_LIMIT}, page,
+    def document_page(self, dataset_id: str, page: int = 1, *,
+                      status: str | None = None) -> tuple[list[RemoteDocument], int | None]:
+        """One page of the newest-first listing (of one display ``status``, if given) and
+        the ``total`` it announces."""
+        params: dict[str, Any] = {"limit": PAGE_LIMIT, **({"status": status} if status else {})}
+        result = self._page(f"/datasets/{dataset_id}/documents", params, page,
                             f"list documents of dataset {dataset_id}")
         return [remote_document(i) for i in result.items], result.total
 

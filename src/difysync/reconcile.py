@@ -29,7 +29,7 @@ from .errors import DifySyncError, verdict
 from .lease import FolderLocks, Holder
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
 from .plan import Kind, MaxDelete, Plan, Policy, plan_folder, refusal
-from .remote import RemoteView, forget_dataset, resolve_dataset
+from .remote import RemoteView, forget_dataset, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
 from .scanner import scan_tree, sha256_file, stat_paths
 from .state import Skip, StateBackend
@@ -102,8 +102,10 @@ def reconcile_folder(env: Env, folder: FolderSettings, options: PassOptions = Pa
     try:
         with _lease(env, folder, options, hooks):
             report = _attempt(env, folder, options, hooks)
-            if report.fatal is not None and forget_dataset(env.store, folder, report.fatal):
-                report = _attempt(env, folder, options, hooks)
+            if report.fatal is not None and stale_dataset(env.store, folder, report.fatal):
+                if not options.dry_run:  # a dry run writes nothing: it only looks again
+                    forget_dataset(env.store, folder, report.fatal)
+                report = _attempt(env, folder, options, hooks, recall=False)
             if not options.dry_run and options.paths is None:
                 _record_run(env.store, folder.key, started, report)
     except DifySyncError as exc:  # the lease (busy, or given up): no pass ran, none is recorded
@@ -120,9 +122,11 @@ def _lease(env: Env, folder: FolderSettings, options: PassOptions, hooks: Hooks)
     return locks.pass_lease(options.lock_timeout, hooks.should_stop, hooks.on_lease_wait)
 
 
-def _attempt(env: Env, folder: FolderSettings, options: PassOptions, hooks: Hooks) -> FolderReport:
-    """One try at the pass; Dify's and the state DB's errors end up in the report."""
-    run = _Pass(env, folder, options, hooks)
+def _attempt(env: Env, folder: FolderSettings, options: PassOptions, hooks: Hooks, *,
+             recall: bool = True) -> FolderReport:
+    """One try at the pass (``recall=False``: without the remembered dataset id); Dify's
+    and the state DB's errors end up in the report."""
+    run = _Pass(env, folder, options, hooks, recall=recall)
     try:
         run.run()
     except Stopped as stop:
@@ -166,8 +170,10 @@ class _Inputs:
 class _Pass:
     """One pass over one folder, step by step; each step is a method below."""
 
-    def __init__(self, env: Env, folder: FolderSettings, options: PassOptions, hooks: Hooks) -> None:
+    def __init__(self, env: Env, folder: FolderSettings, options: PassOptions, hooks: Hooks, *,
+                 recall: bool = True) -> None:
         self.env, self.folder, self.options, self.hooks = env, folder, options, hooks
+        self.recall = recall
         self.store = env.store
         self.key = folder.key
         self.root = Path(folder.path)
@@ -177,7 +183,7 @@ class _Pass:
 
     def run(self) -> None:
         dataset_id = resolve_dataset(self.env.client, self.store, self.folder, create=not self.options.dry_run,
-                                     remember=not self.options.dry_run)
+                                     remember=not self.options.dry_run, recall=self.recall)
         self.report.dataset_id = dataset_id
         self.view = RemoteView(self.env.client, dataset_id) if dataset_id else None
         inputs = self._whole() if self.options.paths is None else self._targeted()

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from .config import FolderSettings
-from .dify import DifyClient
+from .dify import PAGE_LIMIT, DifyClient
 from .errors import DatasetMissing, NotFoundError
 from .marks import FLAGGED_STATUSES, ListingRecorder, RemoteFingerprint, fingerprint
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument
@@ -32,14 +32,15 @@ MAX_NAME_LOOKUPS = 20
 
 
 def resolve_dataset(client: DifyClient, store: StateBackend, folder: FolderSettings, *,
-                    create: bool, remember: bool = True) -> str | None:
+                    create: bool, remember: bool = True, recall: bool = True) -> str | None:
     """The folder's dataset: its configured id, or the id its name was resolved to before
-    (kept in the state DB), or found by name now (created when absent and ``create``).
-    A remembered id that Dify no longer knows is dropped with ``forget_dataset`` by the
-    caller that saw the "dataset not found", and the next resolve asks again."""
+    (kept in the state DB; not with ``recall=False``), or found by name now (created when
+    absent and ``create``; kept when ``remember``). A remembered id that Dify no longer
+    knows is dropped with ``forget_dataset`` by the caller that saw the "dataset not
+    found", and the next resolve asks again."""
     if folder.dataset_id:
         return folder.dataset_id
-    known = store.known_dataset(folder.key, folder.dataset_name)
+    known = store.known_dataset(folder.key, folder.dataset_name) if recall else None
     if known:
         return known
     if create:
@@ -52,12 +53,17 @@ def resolve_dataset(client: DifyClient, store: StateBackend, folder: FolderSetti
     return found
 
 
-def forget_dataset(store: StateBackend, folder: FolderSettings, error: BaseException) -> bool:
-    """After ``error``: True when it was a remembered id Dify no longer knows, now
-    forgotten, so that resolving again (by name) is worth a try."""
+def stale_dataset(store: StateBackend, folder: FolderSettings, error: BaseException) -> bool:
+    """After ``error``: True when it says that the remembered id of the folder's dataset
+    is one Dify no longer knows, so that resolving the name again is worth a try."""
     if folder.dataset_id or not isinstance(error, DatasetMissing):
         return False
-    if store.known_dataset(folder.key, folder.dataset_name) is None:
+    return store.known_dataset(folder.key, folder.dataset_name) is not None
+
+
+def forget_dataset(store: StateBackend, folder: FolderSettings, error: BaseException) -> bool:
+    """``stale_dataset``, and if so the remembered id is forgotten."""
+    if not stale_dataset(store, folder, error):
         return False
     store.forget_dataset(folder.key)
     log.info("%s: dataset %r is not where it was; looking it up by name again", folder.key, folder.dataset_name)
@@ -125,15 +131,21 @@ class RemoteView:
 
     def for_paths(self, rows: Mapping[str, FileState], files: Sequence[LocalFile]) -> list[RemoteDocument]:
         """The documents a targeted pass can touch: listing the whole dataset for a
-        handful of paths would defeat the point on big datasets, so look them up by name."""
-        names = {row.document_name for row in rows.values() if row.document_name}
-        names.update(document_name(f.rel_path) for f in files)
+        handful of paths would defeat the point on big datasets, so look them up by name
+        (one request each, side by side), unless the listing takes fewer requests."""
+        names = sorted({row.document_name for row in rows.values() if row.document_name}
+                       | {document_name(f.rel_path) for f in files})
         if len(names) > MAX_NAME_LOOKUPS:
-            return self.everything()
+            first, total = self.client.document_page(self.dataset_id, 1)
+            if total is not None and total <= len(first):
+                return first  # the whole dataset was one page
+            if total is None or -(-total // PAGE_LIMIT) <= len(names):
+                return self.everything()
         out: dict[str, RemoteDocument] = {}
-        for name in sorted(names):
-            for doc in self.client.find_documents(self.dataset_id, name):
-                out[doc.id] = doc
+        with ThreadPoolExecutor(max_workers=max(1, self.client.list_workers),
+                                thread_name_prefix="difysync-lookup") as pool:
+            for found in pool.map(lambda name: self.client.find_documents(self.dataset_id, name), names):
+                out.update((doc.id, doc) for doc in found)
         return list(out.values())
 
     def probe(self) -> RemoteFingerprint | None:
@@ -143,8 +155,7 @@ class RemoteView:
         client, dataset_id = self.client, self.dataset_id
 
         def flagged(status: str) -> list[RemoteDocument] | None:
-            docs = client.list_documents(dataset_id, status=status)
-            return docs if all(d.display_status == status for d in docs) else None
+            return filtered_listing(client, dataset_id, status)
 
         workers = max(1, min(1 + len(FLAGGED_STATUSES), client.list_workers))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="difysync-probe") as pool:
@@ -154,6 +165,20 @@ class RemoteView:
         if total is None or any(docs is None for docs in lists):
             return None
         return fingerprint(total, head, {s: [d.id for d in docs or ()] for s, docs in zip(FLAGGED_STATUSES, lists)})
+
+
+def filtered_listing(client: DifyClient, dataset_id: str, status: str) -> list[RemoteDocument] | None:
+    """Every document of one display status, or None when the server ignores the filter
+    (then it answers with documents of other statuses: noticed on the first page, so a
+    server that lists everything is not paged through for nothing)."""
+    docs, total = client.document_page(dataset_id, 1, status=status)
+    out = list(docs)
+    page = 2
+    while docs and total is not None and len(out) < total and all(d.display_status == status for d in out):
+        docs, _ = client.document_page(dataset_id, page, status=status)
+        out.extend(docs)
+        page += 1
+    return out if all(d.display_status == status for d in out) else None
 
 
 # --- the indexing poller ------------------------------------------------------------------
@@ -222,8 +247,8 @@ class IndexingPoller:
         wanted = {i.document_id for i in items}
         found: dict[str, Status] = {}
         for status in POLL_STATUSES:
-            docs = self.client.list_documents(dataset_id, status=status)
-            if any(d.display_status != status for d in docs):
+            docs = filtered_listing(self.client, dataset_id, status)
+            if docs is None:
                 log.info("this server ignores the listing's status filter: polling by listing instead")
                 self.filters_work = False
                 return None
@@ -238,7 +263,12 @@ class IndexingPoller:
     def _by_listing(self, dataset_id: str, items: Sequence[InFlight]) -> dict[str, Status]:
         wanted = {i.document_id for i in items}
         docs = {d.id: d for d in self.client.list_documents(dataset_id) if d.id in wanted}
-        return {i: (docs[i].indexing_status, docs[i].error) if i in docs else ("gone", None) for i in wanted}
+        return {i: (_status_of(docs[i]), docs[i].error) if i in docs else ("gone", None) for i in wanted}
+
+
+def _status_of(doc: RemoteDocument) -> str:
+    """A listed document's indexing status; pausing shows only in its display status."""
+    return "paused" if doc.display_status == "paused" else doc.indexing_status
 
 
 def poll_folder(poller: IndexingPoller, store: StateBackend, folder: str, dataset_id: str,
@@ -279,5 +309,5 @@ def _tally(statuses: Mapping[str, str]) -> dict[str, int]:
     return out
 
 
-__all__ = ["IndexingPoller", "RemoteView", "Unsettled", "forget_dataset", "poll_folder",
-           "resolve_dataset", "wait_for_indexing"]
+__all__ = ["IndexingPoller", "RemoteView", "Unsettled", "filtered_listing", "forget_dataset", "poll_folder",
+           "resolve_dataset", "stale_dataset", "wait_for_indexing"]

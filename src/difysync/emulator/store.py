@@ -631,7 +631,10 @@ class Store:
                 "dataset_process_rule_id": doc.process_rule_id, "name": doc.name,
                 "created_from": doc.created_from, "created_by": USER_ID,
                 "created_at": int(doc.created_at), "tokens": words if completed else 0,
-                "indexing_status": status, "error": error, "enabled": doc.enabled,
+                # Dify keeps a paused document's stage in indexing_status (is_paused is a
+                # flag of its own): only display_status and the batch status say "paused".
+                "indexing_status": "indexing" if status == "paused" else status,
+                "error": error, "enabled": doc.enabled,
                 "disabled_at": int(doc.disabled_at) if doc.disabled_at else None,
                 "disabled_by": doc.disabled_by, "archived": doc.archived,
                 "display_status": self.display_status(doc, status),
