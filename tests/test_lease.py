@@ -270,6 +270,32 @@ def test_threads_with_their_own_locks_exclude_each_other(db):
     assert not overlaps and not any(t.is_alive() for t in threads)
 
 
+def test_a_waiter_behind_a_waiter_names_the_one_next_in_line(db):
+    # given a lease held by a thread, and a second one waiting for it (next in line)
+    holder = FolderLocks(db, "/srv/docs", what="holder")
+    next_in_line = FolderLocks(db, "/srv/docs", what="next in line")
+    release = threading.Event()
+    with holder.pass_lease(None):
+        holder.pass_path.write_bytes(b"")  # between a release and the next poll: no record
+        waiter = threading.Thread(target=lambda: _hold_until(next_in_line, release))
+        waiter.start()
+        time.sleep(0.3)  # it is through the turnstile, polling the pass lock
+        # when a third one has to wait
+        named: list = []
+        with pytest.raises(LeaseBusy):
+            with FolderLocks(db, "/srv/docs", what="third").pass_lease(0.5, on_wait=named.append):
+                pass
+    release.set()
+    waiter.join(timeout=5)
+    # then it names the one ahead of it
+    assert [h.what if h else None for h in named] == ["next in line"]
+
+
+def _hold_until(locks: FolderLocks, release: threading.Event) -> None:
+    with locks.pass_lease(10):
+        release.wait(5)
+
+
 # -- crashes and stopping ------------------------------------------------------------------
 
 def test_lease_of_a_sigkilled_holder_is_taken_over_at_once(db, spawn):

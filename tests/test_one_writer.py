@@ -293,6 +293,8 @@ def test_dry_run_and_status_do_not_wait_for_a_held_lease(tmp_path, emulator):
     assert status_took < 15, f"took {status_took:.1f} s"
     (folder,) = status.json["folders"]
     assert folder["synced"] + folder["pending"] + folder["indexing"] == 1  # a.md, from the first pass
+    assert (folder["writing"]["what"], folder["writing"]["pid"]) == ("test holder", os.getpid())  # names the writer
+    assert folder["service"] is None
     # And neither wrote anything
     assert emulator.mutating_requests() == []
     assert set(box.docs()) == {"a.md"}
@@ -402,11 +404,6 @@ main()
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a pass queued behind a waiting one-shot cannot name it: on_wait reads only the pass "
-    "file, which is empty between the last holder's release and the waiter's next poll, "
-    "and the turnstile carries no record; on_wait is called once, so the service logs "
-    "'held by another process' for the whole wait"))
 def test_a_service_queued_behind_a_waiting_cron_reconcile_names_it(tmp_path, emulator, procs):
     # Given a cron reconcile waiting for a lease held by someone else (so it holds the turnstile)
     box = daemon_box(tmp_path, emulator)

@@ -158,15 +158,18 @@ class FolderLocks:
         """Turnstile, then pass lock, then turnstile released: a waiter goes before a re-taker."""
         gate = self._open(self.turnstile_path)
         try:
-            wait.until_locked(gate)
+            # Behind the turnstile, the one in the way is the lease's holder or the one
+            # next in line; once through it, only the lease's holder.
+            wait.until_locked(gate, ahead=(self.pass_path, self.turnstile_path))
+            self._claim(gate)  # next in line: whoever queues behind us can name us
             fd = self._open(self.pass_path)
             try:
-                wait.until_locked(fd)
+                wait.until_locked(fd, ahead=(self.pass_path,))
             except BaseException:
                 os.close(fd)
                 raise
         finally:
-            os.close(gate)
+            _release(gate)
         return fd
 
     # -- files ----------------------------------------------------------------------------
@@ -200,6 +203,10 @@ class FolderLocks:
 class _Wait:
     """One acquisition's wait budget: deadline, stop check, and the one on_wait call."""
 
+    # How long a waiter looks for a name before it says "another process": the one ahead
+    # may be between taking a lock and writing its record.
+    NAME_GRACE = 1.0
+
     def __init__(self, locks: FolderLocks, timeout: float | None,
                  should_stop: Callable[[], bool],
                  on_wait: Callable[[Holder | None], None] | None) -> None:
@@ -208,23 +215,31 @@ class _Wait:
         self.should_stop = should_stop
         self.on_wait = on_wait
         self.waited = False
+        self.started = time.monotonic()
 
-    def until_locked(self, fd: int) -> None:
-        """Poll ``fd`` with LOCK_NB until it is ours; raise LeaseBusy/LeaseAbandoned."""
+    def until_locked(self, fd: int, ahead: tuple[Path, ...]) -> None:
+        """Poll ``fd`` with LOCK_NB until it is ours; raise LeaseBusy/LeaseAbandoned.
+        ``ahead``: the lock files that name whoever is in the way, in order."""
         while not _try_lock(fd):
-            self._tick()
+            self._tick(ahead)
 
-    def _tick(self) -> None:
+    def _tick(self, ahead: tuple[Path, ...]) -> None:
         if not self.waited:
-            self.waited = True
-            if self.on_wait is not None:
-                self.on_wait(read_holder(self.locks.pass_path))
+            holder = _first_named(ahead)
+            if holder is not None or time.monotonic() - self.started >= self.NAME_GRACE:
+                self.waited = True
+                if self.on_wait is not None:
+                    self.on_wait(holder)
         if self.should_stop():
             raise LeaseAbandoned(self.locks.folder)
         left = POLL_INTERVAL if self.deadline is None else self.deadline - time.monotonic()
         if left <= 0:
-            raise LeaseBusy(self.locks.folder, read_holder(self.locks.pass_path), PASS_HINT)
+            raise LeaseBusy(self.locks.folder, _first_named(ahead), PASS_HINT)
         time.sleep(min(POLL_INTERVAL, left))
+
+
+def _first_named(paths: tuple[Path, ...]) -> Holder | None:
+    return next((h for h in map(read_holder, paths) if h is not None), None)
 
 
 def locks_dir(state_db: Path) -> Path:
