@@ -286,6 +286,67 @@ def test_listed_document_carries_the_uploaded_size(target, client):
     assert created.document.size == 1234
 
 
+# ------------------------------------------------ what the indexing poller relies on (remote.py)
+def _until_settled(target: Target, client: DifyClient, batch: str) -> list[dict[str, Any]]:
+    deadline = time.monotonic() + (REAL_WAIT if target.real else 10.0)
+    while True:
+        statuses = client.indexing_status(target.dataset_id, batch)
+        if all(s.get("indexing_status") in ("completed", "error", "paused") for s in statuses) \
+                or time.monotonic() > deadline:
+            return statuses
+        time.sleep(0.5)
+
+
+def test_indexing_status_of_a_batch_names_its_document_until_it_completes(target, client):
+    created = target.create(client, "polled.md", b"# polled\n\nsome words to index\n")
+    statuses = _until_settled(target, client, created.batch or "")
+    assert [(s["id"], s["indexing_status"]) for s in statuses] == [(created.document.id, "completed")]
+
+
+def test_an_update_is_polled_by_the_batch_it_answers(target, client):
+    created = target.create(client, "updated.md", b"one")
+    target.wait_available(client, created.document.id)
+    updated = client.update_by_file(target.dataset_id, created.document.id, target.name("updated.md"),
+                                    b"two, longer", DATA)
+    if target.kind != "legacy":  # Dify 1.14.1 answers the document's own batch
+        assert updated.batch == created.batch
+        statuses = _until_settled(target, client, updated.batch or "")
+        assert [(s["id"], s["indexing_status"]) for s in statuses] == [(created.document.id, "completed")]
+    else:  # old servers answered a batch they never stored (langgenius/dify #9221)
+        expect(NotFoundError, client.indexing_status, target.dataset_id, updated.batch or "")
+
+
+def test_the_batch_of_a_deleted_document_is_not_found(target, client):
+    created = target.create(client, "deleted.md")
+    target.wait_available(client, created.document.id)
+    client.delete_document(target.dataset_id, created.document.id)
+    expect(NotFoundError, client.indexing_status, target.dataset_id, created.batch or "")
+
+
+def test_a_status_filtered_page_holds_that_status_only_and_counts_it(target, client):
+    created = target.create(client, "filtered.md")
+    target.wait_available(client, created.document.id)
+    docs, total = client.document_page(target.dataset_id, 1, status="available")
+    if target.kind == "legacy":  # 0.x listings have no status filter: everything comes back
+        assert total is not None and total >= 1
+        return
+    assert docs and all(d.display_status == "available" for d in docs) and total == len(docs)
+    assert client.document_page(target.dataset_id, 1, status="error") == ([], 0)
+
+
+def test_the_poller_follows_one_upload_to_completed(target, client):
+    from difysync.remote import IndexingPoller
+    from difysync.state import InFlight
+
+    created = target.create(client, "poller.md", b"# poller\n")
+    item = InFlight("/f", "poller.md", created.document.id, created.batch)
+    poller = IndexingPoller(client)
+    deadline = time.monotonic() + (REAL_WAIT if target.real else 10.0)
+    while (found := poller.statuses(target.dataset_id, [item]))[created.document.id][0] != "completed":
+        assert time.monotonic() < deadline, found
+        time.sleep(0.5)
+
+
 def test_remote_document_takes_the_size_from_the_upload_file_detail():
     raw = {"id": "d1", "name": "a.md", "indexing_status": "completed",
            "display_status": "available", "created_at": 1700000000,
