@@ -30,6 +30,20 @@ class Result:
         return json.loads(self.stdout)
 
 
+class FakeClock:
+    """A clock for code that takes one (the watcher's tracker, the service's worker):
+    time moves only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
 class Sandbox:
     def __init__(self, tmp_path: Path, emu: EmulatorServer, *, dataset_name: str = "Docs",
                  extra_dify: str = "", extra_folder: str = "", by_name: bool = False) -> None:

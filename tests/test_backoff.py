@@ -80,11 +80,7 @@ def test_request_wait_reads_retry_after_from_the_exception_inside_tenacity():
                    RateLimited("slow down", status=429, retry_after=999.0),
                    ServerUnreachable("down", status=503)])
 
-    def call() -> str:
-        error = next(errors, None)
-        if error is not None:
-            raise error
-        return "ok"
+    call = _raising_then_ok(errors)
 
     retrying = tenacity.Retrying(wait=request_wait(0.5, 30.0, 60.0), sleep=sleeps.append,
                                  retry=tenacity.retry_if_exception_type(TransientError),
@@ -98,11 +94,7 @@ def test_an_exception_without_retry_after_gets_the_exponential_pause():
     sleeps: list[float] = []
     errors = iter([ValueError("no attribute at all")])
 
-    def call() -> str:
-        error = next(errors, None)
-        if error is not None:
-            raise error
-        return "ok"
+    call = _raising_then_ok(errors)
 
     retrying = tenacity.Retrying(wait=request_wait(0.5, 30.0, 60.0), sleep=sleeps.append,
                                  stop=tenacity.stop_after_attempt(2))
@@ -301,3 +293,13 @@ def test_an_untrusted_certificate_is_not_retried():
     assert "not trusted" in str(info.value)
     assert info.value.__cause__ is None and info.value.__suppress_context__
     assert sleeps == []
+
+
+def _raising_then_ok(errors):
+    """A call that raises each of ``errors`` in turn, then answers "ok"."""
+    def call() -> str:
+        error = next(errors, None)
+        if error is not None:
+            raise error
+        return "ok"
+    return call

@@ -13,20 +13,11 @@ import pytest
 
 from difysync.watch import DirtyTracker, Watcher, auto_watch_mode, filesystem_type
 
+from .sandbox import FakeClock
+
 # watchdog itself warns when a directory and its subdirectory are created faster than it
 # adds their watches (mkdir -p); the watch is simply replaced.
 pytestmark = pytest.mark.filterwarnings("ignore:Callback with id:RuntimeWarning")
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture

@@ -16,20 +16,9 @@ from difysync.emulator import EmulatorServer, FaultRule
 from difysync.remote import IndexingPoller
 from difysync.state import StateStore
 
-from .sandbox import Sandbox
+from .sandbox import FakeClock, Sandbox
 
 POLL, POLL_MAX, FULL_MINUTES = 2.0, 5.0, 1.0
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @pytest.fixture
