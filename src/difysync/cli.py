@@ -24,8 +24,8 @@ import click
 from . import __version__
 from .config import Settings, find_config_path, load_api_key, load_settings, render_problems
 from .dify import DifyClient
-from .errors import (EX_CONFIG, EX_FAILED, EX_NOPERM, EX_TEMPFAIL, AuthError, ConfigError, DifyError,
-                     DifySyncError, FatalError, LeaseBusy, StateError, exit_code)
+from .errors import (EX_CONFIG, EX_FAILED, EX_TEMPFAIL, ConfigError, DifyError, FatalError, LeaseBusy,
+                     StateError, exit_code)
 from .logs import add_secret, setup_logging
 from .plan import MaxDelete
 from .report import print_status, printable, run_errors, run_json, summary_line
@@ -68,7 +68,7 @@ def open_store(settings: Settings, *, readonly: bool = False) -> Iterator[StateS
     try:
         store = StateStore(settings.state_db, readonly=readonly)
     except StateError as exc:
-        _die(str(exc), EX_CONFIG)
+        _die(str(exc), exit_code(exc))
     try:
         yield store
     finally:
@@ -229,7 +229,7 @@ def check(config: str | None) -> None:
                     click.echo(f"{where} -> dataset {folder.dataset_name!r}: {state}")
             except FatalError as exc:
                 click.echo(f"{where}: {exc}")
-                code = max(code, EX_FAILED) if not isinstance(exc, AuthError) else EX_NOPERM
+                code = max(code, exit_code(exc))
             except DifyError as exc:
                 _die(str(exc), exit_code(exc))
     sys.exit(code)
