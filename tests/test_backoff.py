@@ -279,22 +279,6 @@ def test_a_lost_create_is_looked_up_after_the_pause_not_sent_again(emu, ds):
     assert emu.count("POST", "create_by_file") == 1
 
 
-def test_an_untrusted_certificate_is_not_retried():
-    def refuse(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED] certificate verify failed",
-                                 request=request)
-
-    sleeps: list[float] = []
-    with DifyClient("https://dify.example.com/v1", KEY, sleep=sleeps.append,
-                    transport=httpx.MockTransport(refuse)) as c:
-        with pytest.raises(ServerUnreachable) as info:
-            c.check_key()
-        assert c.stats == {"requests": 1, "mutating": 0, "retries": 0}
-    assert "not trusted" in str(info.value)
-    assert info.value.__cause__ is None and info.value.__suppress_context__
-    assert sleeps == []
-
-
 def _raising_then_ok(errors):
     """A call that raises each of ``errors`` in turn, then answers "ok"."""
     def call() -> str:

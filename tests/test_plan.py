@@ -10,9 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from difysync.models import FileState, JournalEntry, LocalFile, RemoteDocument
+from difysync.models import NO_TAGS, FileState, JournalEntry, LocalFile, RemoteDocument, SkipCode
 from difysync.naming import document_name
 from difysync.plan import Action, Kind, MaxDelete, Plan, Policy, is_settled, plan_folder, refusal
+from difysync.tags import expected as expected_tags
 
 
 def sha(text: str) -> str:
@@ -187,11 +188,99 @@ def _with(row: FileState, **changes) -> FileState:
     return replace(row, **changes)
 
 
+# --- owners: what difysync may touch in a shared dataset (metadata on) -------------------
+
+ME = Policy(owner="host-a")
+
+
+def tagged(doc_id: str, path: str, owner: str | None, content: str = "x", **kw) -> RemoteDocument:
+    """A listed document carrying difysync's metadata (owner None: a document with none of ours)."""
+    tags = expected_tags(path, sha(content), owner, 1) if owner else NO_TAGS
+    return remote(doc_id, path, size=len(content), tags=tags, **kw)
+
+
+def test_a_new_file_whose_name_another_owner_holds_is_skipped_naming_the_holder():
+    plan = plan_folder([local("README.md")], {}, [tagged("b1", "README.md", "host-b")], policy=ME)
+    (action,) = plan.actions
+    assert action.kind is Kind.SKIP and action.code is SkipCode.NAME_HELD
+    assert 'owner "host-b"' in action.reason and "name_prefix" in action.reason
+
+
+def test_a_new_file_whose_name_a_person_holds_is_skipped():
+    plan = plan_folder([local("notes.md")], {}, [tagged("p1", "notes.md", None)], policy=ME)
+    assert [(a.kind, a.code) for a in plan.actions] == [(Kind.SKIP, SkipCode.NAME_HELD)]
+    assert "did not make" in plan.actions[0].reason
+
+
+def test_an_untagged_document_of_an_interrupted_create_is_ours():
+    journal = [JournalEntry(1, "notes.md", "create", "notes.md")]
+    plan = plan_folder([local("notes.md")], {}, [tagged("d1", "notes.md", None)], journal, ME)
+    assert kinds(plan) == [("adopt", "notes.md")]
+
+
+def test_our_tagged_document_is_adopted_only_on_an_equal_hash():
+    same = plan_folder([local("a.md", "v1")], {}, [tagged("d1", "a.md", "host-a", "v1")], policy=ME)
+    edited = plan_folder([local("a.md", "v2")], {}, [tagged("d1", "a.md", "host-a", "v1")], policy=ME)
+    assert [(a.kind, a.sha256) for a in same.actions] == [(Kind.ADOPT, sha("v1"))]
+    assert [(a.kind, a.document_id) for a in edited.actions] == [(Kind.UPDATE, "d1")]
+
+
+def test_without_a_hash_a_file_newer_than_the_upload_is_sent_again_even_at_the_same_size():
+    upload_second = 1_700_000_000
+    newer = LocalFile("a.md", 2, (upload_second + 60) * 10**9, 1, sha("v2"))
+    older = LocalFile("a.md", 2, (upload_second - 60) * 10**9, 1, sha("v1"))
+    doc = remote("d1", "a.md", size=2, uploaded_at=upload_second)  # an old server: no metadata at all
+    assert kinds(plan_folder([newer], {}, [doc])) == [("update", "a.md")]
+    assert kinds(plan_folder([older], {}, [doc])) == [("adopt", "a.md")]
+
+
+def test_a_tracked_document_another_owner_took_is_neither_updated_nor_deleted():
+    state = {"a.md": tracked("a.md", "d1", "v1"), "gone.md": tracked("gone.md", "d2")}
+    docs = [tagged("d1", "a.md", "host-b", "v1"), tagged("d2", "gone.md", "host-b")]
+    plan = plan_folder([local("a.md", "v2")], state, docs, policy=ME)
+    assert sorted((str(a.kind), a.rel_path) for a in plan.actions) == [("forget", "gone.md"), ("skip", "a.md")]
+
+
+def test_stale_metadata_alone_is_a_tag_action_and_fresh_metadata_is_nothing():
+    row = tracked("a.md", "d1")
+    fresh = plan_folder([local("a.md")], {"a.md": row}, [tagged("d1", "a.md", "host-a")], policy=ME)
+    missing = plan_folder([local("a.md")], {"a.md": row}, [tagged("d1", "a.md", None)], policy=ME)
+    assert fresh.actions == () and fresh.unchanged == 1
+    assert kinds(missing) == [("tag", "a.md")]
+    assert not is_settled(local("a.md"), row, tagged("d1", "a.md", None), ME)
+    assert is_settled(local("a.md"), row, tagged("d1", "a.md", "host-a"), ME)
+
+
+def test_others_metadata_rides_along_with_an_update():
+    theirs = (("f1", "team", "docs"),)
+    doc = tagged("d1", "a.md", "host-a", "v1", other_metadata=theirs)
+    plan = plan_folder([local("a.md", "v2")], {"a.md": tracked("a.md", "d1", "v1")}, [doc], policy=ME)
+    assert [(a.kind, a.keep_metadata) for a in plan.actions] == [(Kind.UPDATE, theirs)]
+
+
+def test_a_name_prefix_goes_in_front_of_every_document_name():
+    plan = plan_folder([local("guides/a.md")], {}, [], policy=Policy(name_prefix="host-a/"))
+    assert plan.actions[0].document_name == document_name("host-a/guides/a.md") == "host-a∕guides∕a.md"
+
+
+def test_with_metadata_off_ownership_is_the_state_dbs_as_before():
+    plan = plan_folder([local("README.md")], {}, [tagged("b1", "README.md", "host-b")], policy=Policy())
+    assert kinds(plan) == [("adopt", "README.md")]
+
+
 # --- properties -------------------------------------------------------------------------
 
 paths = st.sampled_from(["a.md", "b.md", "c.txt", "d/e.md", "d/f.pdf", "g.png", "h.csv", "i/j/k.md"])
 contents = st.sampled_from(["one", "two", "three"])
 statuses = st.sampled_from(["completed", "completed", "completed", "indexing", "waiting", "error"])
+# Whose a listed document is by its metadata: none listed (an old server), none of ours, or an owner's.
+holders = st.sampled_from(["no metadata", "untagged", "host-a", "host-b"])
+
+
+def _tags(holder: str, path: str, content: str):
+    if holder == "no metadata":
+        return None
+    return NO_TAGS if holder == "untagged" else expected_tags(path, sha(content), holder, 1)
 
 
 @st.composite
@@ -207,17 +296,19 @@ def worlds(draw):
         state[p] = tracked(p, doc_id, content)
         if draw(st.booleans()) or draw(st.booleans()):  # mostly still remote
             docs[doc_id] = remote(doc_id, p, status=draw(statuses), size=len(content),
-                                  enabled=draw(st.sampled_from([True, True, True, False])))
+                                  enabled=draw(st.sampled_from([True, True, True, False])),
+                                  tags=_tags(draw(holders), p, content))
     for p in draw(st.sets(paths, max_size=3)):  # foreign or orphaned docs sharing our names
         doc_id = f"r{next(ids)}"
-        docs[doc_id] = remote(doc_id, p, status=draw(statuses), size=3)
+        docs[doc_id] = remote(doc_id, p, status=draw(statuses), size=3, tags=_tags(draw(holders), p, "abc"))
     for p in draw(st.sets(st.sampled_from(["x.md", "y.md"]), max_size=2)):
         doc_id = f"f{next(ids)}"
-        docs[doc_id] = remote(doc_id, p)
+        docs[doc_id] = remote(doc_id, p, tags=_tags(draw(holders), p, "x"))
     journal = [JournalEntry(i, p, "create", document_name(p))
                for i, p in enumerate(draw(st.sets(paths, max_size=2)))]
     max_delete = draw(st.sampled_from([MaxDelete(), MaxDelete(count=1000), MaxDelete(count=0)]))
-    policy = Policy(delete=draw(st.booleans()), max_delete=max_delete)
+    policy = Policy(delete=draw(st.booleans()), max_delete=max_delete,
+                    owner=draw(st.sampled_from([None, "host-a"])))
     return list(local_files.values()), state, list(docs.values()), journal, policy
 
 
@@ -260,13 +351,24 @@ def test_deletes_only_touch_documents_difysync_made(world):
             assert policy.delete
 
 
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(worlds())
+def test_no_action_ever_touches_or_takes_a_document_another_owner_holds(world):
+    files, state, docs, journal, policy = world
+    plan = plan_folder(files, state, docs, journal, policy)
+    by_id = {d.id: d for d in docs}
+    for a in plan.actions:
+        if a.document_id and (a.mutating or a.kind is Kind.ADOPT) and policy.owner is not None:
+            assert by_id[a.document_id].owner in (None, policy.owner), a
+
+
 @settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
 @given(worlds())
 def test_deletes_never_exceed_the_limit(world):
     files, state, docs, journal, policy = world
     plan = plan_folder(files, state, docs, journal, policy)
     tracked_count = sum(1 for r in state.values() if r.document_id in {d.id for d in docs})
-    synced_deletes = [a for a in plan.actions if a.kind is Kind.DELETE and "interrupted" not in a.reason]
+    synced_deletes = [a for a in plan.actions if a.kind is Kind.DELETE and not a.leftover]
     assert len(synced_deletes) <= policy.max_delete.limit(tracked_count)
 
 

@@ -115,10 +115,11 @@ def test_tls_certificates_are_verified(tmp_path, secret_emulator):
                                                              f"https://127.0.0.1:{port}/v1"))
         box.write("a.md", "a")
         secret_emulator.reset_requests()
-        result = box.reconcile()
+        result = box.cli("--log-level", "debug", "reconcile", "-c", str(box.config), "--json")
         assert result.code == 69
         assert "not trusted" in " ".join(result.json["errors"])
-        assert secret_emulator.requests == []  # nothing got through, and nothing was retried
+        assert secret_emulator.requests == []  # nothing got through
+        assert "retrying" not in result.stderr  # and nothing was tried again
     finally:
         server.should_exit = True
         thread.join(timeout=5)

@@ -3,7 +3,10 @@ mutation before it is sent and settling it (with the file row) after.
 
 Workers only read files and talk HTTP; every SQLite write happens on the calling thread,
 so the store needs no locking and the journal row always exists before its request
-leaves. Deletes run last and only when nothing else in the pass failed.
+leaves. Uploads run first, then difysync's metadata on what they touched (and on the
+documents whose metadata alone was stale), in batches; deletes run last and only when
+nothing else in the pass failed. A metadata write that fails is retried by a later pass
+and never fails a file.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from .dify import DifyClient, Upload
+from . import tags
 from .errors import DifyError, Next, NotFoundError, verdict
-from .models import ErrorKind, FileState, LocalFile, SkipCode
-from .plan import Action, Kind
+from .models import ErrorKind, FileState, LocalFile, SkipCode, Tags
+from .plan import UPLOADS, Action, Kind
 from .scanner import FileTooLarge, read_for_upload
 from .state import Skip, StateBackend
 
@@ -36,6 +40,7 @@ class Result(str, Enum):
     SKIPPED = "skipped"
     WAITING = "waiting"
     GONE = "gone"  # the file vanished before it could be sent
+    DEFERRED = "deferred"  # metadata not written this time; a later pass tries again (not a failure)
 
     def __str__(self) -> str:
         return self.value
@@ -68,6 +73,9 @@ class FolderContext:
     create_data: Mapping[str, Any]  # the `data` form field for create-by-file
     update_data: Mapping[str, Any]  # ... and for update-by-file
     max_bytes: int
+    owner: str | None = None  # write difysync's metadata as this owner; None: metadata is off
+    # The dataset's ids of difysync's fields (made once, remembered), None without a metadata API.
+    metadata_fields: Callable[[], Mapping[str, str] | None] = lambda: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +145,12 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
                                 inode=f.inode if f and a.sha256 else None, indexing_status=None)
             done(Outcome(a, Result.OK, a.reason, a.document_id))
 
-    uploads = [a for a in actions if a.kind in (Kind.CREATE, Kind.UPDATE, Kind.RENAME, Kind.RECREATE)]
+    uploads = [a for a in actions if a.kind in UPLOADS]
     deletes = [a for a in actions if a.kind is Kind.DELETE]
-    fatal = _run_pool(uploads, ctx, client, store, rows, concurrency, done, should_stop)
+    tagger = Tagger(ctx, [a for a in actions if a.kind is Kind.TAG], local)
+    fatal = _run_pool(uploads, ctx, client, store, rows, concurrency, done, should_stop, tagger)
+    if fatal is None:
+        tagger.flush(client, store, done)
     if fatal is None and deletes:
         if any(o.result is Result.FAILED for o in outcomes):
             for a in deletes:
@@ -153,7 +164,7 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
 
 def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient, store: StateBackend,
               rows: Mapping[str, FileState], concurrency: int, done: Callable[[Outcome], None],
-              should_stop: Callable[[], bool]) -> DifyError | None:
+              should_stop: Callable[[], bool], tagger: Tagger | None = None) -> DifyError | None:
     """A sliding window of ``concurrency`` requests; journal rows are written only for
     requests about to be sent, so a crash leaves at most that many unsettled."""
     pending: dict[Future[_Sent], tuple[Action, int]] = {}
@@ -175,7 +186,7 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
             finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in finished:
                 action, journal_id = pending.pop(future)
-                error = _settle(future, action, journal_id, ctx, store, rows, done)
+                error = _settle(future, action, journal_id, ctx, store, rows, done, tagger)
                 if isinstance(error, _Unreachable):
                     streak += 1
                     if streak >= outage_after and fatal is None:
@@ -218,7 +229,7 @@ def _send(action: Action, ctx: FolderContext, client: DifyClient) -> _Sent:
 
 def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderContext,
             store: StateBackend, rows: Mapping[str, FileState],
-            done: Callable[[Outcome], None]) -> DifyError | _Unreachable | None:
+            done: Callable[[Outcome], None], tagger: Tagger | None = None) -> DifyError | _Unreachable | None:
     """Record one finished request; returns an error that must stop the pass, if any."""
     try:
         sent = future.result()
@@ -233,6 +244,8 @@ def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderC
         return None
     _settle_upload(sent, action, journal_id, ctx, store, rows)
     assert sent.upload is not None
+    if tagger is not None:
+        tagger.uploaded(action, sent)
     done(Outcome(action, Result.OK, action.reason, sent.upload.document.id))
     return None
 
@@ -302,6 +315,73 @@ def _settle_upload(sent: _Sent, action: Action, journal_id: int, ctx: FolderCont
         store.settle_removal(None, ctx.key, action.old_rel_path)
 
 
+class Tagger:
+    """difysync's metadata for one pass: the documents this pass uploaded and those whose
+    metadata alone is stale (TAG actions), written in batches once the uploads are done."""
+
+    def __init__(self, ctx: FolderContext, retags: Sequence[Action], local: Mapping[str, LocalFile]) -> None:
+        self.ctx = ctx
+        self.local = local
+        # document id -> (the TAG action, or None for an upload), the values, the others' values
+        self.items: dict[str, tuple[Action | None, str, Tags, tuple[tuple[str, str, str | None], ...]]] = {}
+        for a in retags:
+            f = local.get(a.rel_path)
+            self._add(a, a.rel_path, a.document_id or "", a.sha256, f.mtime_ns if f else None, a.keep_metadata)
+
+    def uploaded(self, action: Action, sent: _Sent) -> None:
+        assert sent.upload is not None
+        f = self.local.get(action.rel_path)
+        mtime = sent.stat.st_mtime_ns if sent.stat is not None else (f.mtime_ns if f else None)
+        self._add(None, action.rel_path, sent.upload.document.id, sent.sha256, mtime, action.keep_metadata)
+
+    def _add(self, action: Action | None, rel: str, document_id: str, sha256: str | None, mtime_ns: int | None,
+             keep: tuple[tuple[str, str, str | None], ...]) -> None:
+        if self.ctx.owner is not None and document_id and sha256:
+            self.items[document_id] = (action, rel, tags.expected(rel, sha256, self.ctx.owner, mtime_ns), keep)
+
+    def flush(self, client: DifyClient, store: StateBackend, done: Callable[[Outcome], None]) -> None:
+        """Send what was collected, journaled per document; failures wait for a later pass."""
+        if not self.items:
+            return
+        try:
+            fields = self.ctx.metadata_fields()
+        except DifyError as exc:
+            self._deferred(list(self.items), f"metadata fields not ready: {exc.describe()}", done)
+            return
+        if fields is None:  # no metadata API on this server (said once, at INFO, when learnt)
+            for action, *_ in self.items.values():
+                if action is not None:
+                    done(Outcome(action, Result.DEFERRED, "this server has no metadata API"))
+            return
+        for batch in tags.batches(list(self.items)):
+            self._send(batch, fields, client, store, done)
+
+    def _send(self, batch: list[str], fields: Mapping[str, str], client: DifyClient, store: StateBackend,
+              done: Callable[[Outcome], None]) -> None:
+        key, ds = self.ctx.key, self.ctx.dataset_id
+        journal = store.journal_begin_many(key, ds, str(Kind.TAG), [
+            (self.items[d][1], None, d, self.items[d][2].sha256) for d in batch])
+        try:
+            client.set_document_metadata(ds, [tags.operation(d, self.items[d][2], fields, self.items[d][3])
+                                              for d in batch])
+        except DifyError as exc:
+            store.clear_journal(journal)  # nothing to recover: the next listing shows what is missing
+            self._deferred(batch, f"metadata not written: {exc.describe()}", done)
+            return
+        store.clear_journal(journal)
+        for d in batch:
+            action = self.items[d][0]
+            if action is not None:
+                done(Outcome(action, Result.OK, action.reason, d))
+
+    def _deferred(self, batch: list[str], why: str, done: Callable[[Outcome], None]) -> None:
+        log.warning("%s: %s (%d document(s)); a later pass tries again", self.ctx.key, why, len(batch))
+        for d in batch:
+            action = self.items[d][0]
+            if action is not None:
+                done(Outcome(action, Result.DEFERRED, why, d))
+
+
 def _skip_recorded(action: Action, row: FileState | None, f: LocalFile | None) -> bool:
     """The state already says this, for this very file: nothing to write or announce."""
     if row is None or f is None or row.skip_reason != action.reason:
@@ -329,10 +409,12 @@ def _log_outcome(outcome: Outcome) -> None:
         log.info("gone    %s: %s", a.rel_path, outcome.message)
     elif outcome.result is Result.WAITING:
         log.info("waiting %s: %s", a.rel_path, outcome.message)
+    elif outcome.result is Result.DEFERRED:
+        log.debug("deferred %s: %s", a.rel_path, outcome.message)
     else:
         log.warning("failed  %s %s: %s", a.kind, a.rel_path, outcome.message)
 
 
 _DONE_VERBS = {Kind.CREATE: "created", Kind.UPDATE: "updated", Kind.RENAME: "renamed",
                Kind.RECREATE: "recreated", Kind.DELETE: "deleted", Kind.ADOPT: "adopted",
-               Kind.FORGET: "forgot"}
+               Kind.FORGET: "forgot", Kind.TAG: "tagged"}

@@ -186,6 +186,7 @@ def status(config: str | None, as_json: bool) -> None:
     holders = {key: (locks.daemon_holder(), locks.current_holder()) for key, locks in held.items()}
     if as_json:
         echo_json({
+            "owner": settings.owner, "metadata": settings.metadata.enabled,
             "folders": [{**dataclasses.asdict(s), "service": _holder_json(holders[s.folder][0]),
                          "writing": _holder_json(holders[s.folder][1])} for s in summaries],
             "problems": [dataclasses.asdict(p) for p in problems],
@@ -193,7 +194,8 @@ def status(config: str | None, as_json: bool) -> None:
                           for i in in_flight],
         })
         return
-    print_status(summaries, problems, {k: v[0] for k, v in holders.items()})
+    print_status(summaries, problems, {k: v[0] for k, v in holders.items()},
+                 owner=settings.owner if settings.metadata.enabled else None)
 
 
 def _holder_json(holder: Any) -> dict[str, Any] | None:
@@ -207,6 +209,8 @@ def check(config: str | None) -> None:
     """Validate the config, reach the server, verify the key and each dataset."""
     settings = load_config(config)
     click.echo(f"config {settings.config_path}: ok ({len(settings.folders)} folders)")
+    click.echo(f"owner {settings.owner!r}: " + ("written into difysync_owner on every document it makes"
+                                                 if settings.metadata.enabled else "metadata off"))
     code = EX_OK
     with make_client(settings) as client:
         try:

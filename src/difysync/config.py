@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import logging
+import socket
 import os
 import re
 import sys
@@ -49,6 +50,7 @@ else:  # pragma: no cover - exercised on 3.10 only
 __all__ = [
     "DifySettings",
     "FolderSettings",
+    "MetadataSettings",
     "ScheduleSettings",
     "Settings",
     "WatchSettings",
@@ -213,6 +215,12 @@ class WatchSettings(_Strict):
     poll_interval_seconds: float = Field(30.0, gt=0)
 
 
+class MetadataSettings(_Strict):
+    """difysync's own metadata fields on its documents (owner, path, content hash, mtime)."""
+
+    enabled: bool = True
+
+
 class ScheduleSettings(_Strict):
     """Timers that run regardless of events."""
 
@@ -232,6 +240,9 @@ class FolderSettings(_Strict):
     include: list[str] = Field(default_factory=lambda: ["**/*"])
     exclude: list[str] = Field(default_factory=list)
     delete: bool = True
+    # Put in front of every document name of this folder ("host-a/" -> "host-a∕..."), so two
+    # hosts can mirror trees with the same paths into one dataset.
+    name_prefix: str = ""
     watch_mode: WatchMode | None = None
     process_rule: dict[str, Any] = Field(default_factory=lambda: {"mode": "automatic"})
 
@@ -308,10 +319,14 @@ class Settings(BaseSettings):
     )
 
     state_db: Path = Path("difysync.db")
+    # Who this difysync is, in the difysync_owner field of its documents: a dataset shared
+    # by several hosts (or people) is safe as long as each has its own.
+    owner: str = Field(default_factory=lambda: socket.gethostname() or "difysync")
     shutdown_timeout_seconds: float = Field(20.0, gt=0)
     dify: DifySettings = Field(default_factory=DifySettings)
     watch: WatchSettings = Field(default_factory=WatchSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
+    metadata: MetadataSettings = Field(default_factory=MetadataSettings)
     folders: list[FolderSettings] = Field(min_length=1)
 
     _config_path: Path | None = PrivateAttr(default=None)
@@ -327,6 +342,16 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Earlier wins: init kwargs > DIFYSYNC_* environment > the TOML file > defaults.
         return init_settings, env_settings, _TomlDataSource(settings_cls)
+
+    @field_validator("owner")
+    @classmethod
+    def _check_owner(cls, value: str) -> str:
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty (it names this difysync in its documents' metadata)")
+        if len(value) > 255:
+            raise ValueError("must be at most 255 characters")
+        return value
 
     @field_validator("state_db", mode="before")
     @classmethod

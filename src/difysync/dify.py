@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import ssl
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +28,7 @@ from .backoff import delay_after, request_wait
 from .errors import (DatasetMissing, DifyError, FatalError, NotDifyAPI, NotFoundError,
                      ServerUnreachable, TransientError, error_from_response, verdict)
 from .models import RemoteDocument
+from .tags import parse as tags_of_listing
 
 if TYPE_CHECKING:
     from .config import DifySettings
@@ -200,9 +202,9 @@ class DifyClient:
         except httpx.TimeoutException:
             error: DifyError = ServerUnreachable(f"{about}: no answer within the timeout")
         except httpx.TransportError as exc:
-            reason = _transport_reason(exc)
-            error = ServerUnreachable(f"{about}: cannot reach {self._host()} ({reason})")
-            if "TLS" in reason:
+            tls = _tls_failure(exc)
+            error = ServerUnreachable(f"{about}: cannot reach {self._host()} ({_transport_reason(exc, tls)})")
+            if tls is not None:
                 raise _NoRetry(error) from None  # a certificate does not fix itself: no retries
         else:
             if response.status_code < 300:
@@ -394,6 +396,30 @@ class DifyClient:
             return False
         return True
 
+    # --- metadata -------------------------------------------------------------------------
+
+    def metadata_fields(self, dataset_id: str) -> list[dict[str, Any]] | None:
+        """The dataset's metadata fields (``id``, ``name``, ``type``), or None when the
+        server has no metadata API (an old release answers the route with a 404 page)."""
+        about = f"metadata fields of dataset {dataset_id}"
+        try:
+            response = self._request("GET", f"/datasets/{dataset_id}/metadata", about=about)
+        except NotDifyAPI:
+            return None
+        fields = self._json(response, about).get("doc_metadata")
+        return [f for f in fields if isinstance(f, dict)] if isinstance(fields, list) else []
+
+    def create_metadata_field(self, dataset_id: str, name: str, kind: str) -> dict[str, Any]:
+        response = self._request("POST", f"/datasets/{dataset_id}/metadata", json={"type": kind, "name": name},
+                                 about=f"create metadata field {name!r}", mutating=True)
+        return self._json(response, "create metadata field")
+
+    def set_document_metadata(self, dataset_id: str, operations: list[dict[str, Any]]) -> None:
+        """Set metadata values on several documents in one request (tags.operation builds
+        each entry). Safe to re-send: it sets values, it makes nothing."""
+        self._request("POST", f"/datasets/{dataset_id}/documents/metadata", json={"operation_data": operations},
+                      about=f"set metadata of {len(operations)} document(s)", mutating=True)
+
     def indexing_status(self, dataset_id: str, batch: str) -> list[dict[str, Any]]:
         response = self._request("GET", f"/datasets/{dataset_id}/documents/{batch}/indexing-status",
                                  about=f"indexing status of batch {batch}", on_document=True)
@@ -437,11 +463,15 @@ class DifyClient:
 def remote_document(raw: Mapping[str, Any]) -> RemoteDocument:
     """Reduce a document object D to the fields a sync decision needs."""
     size = None
+    uploaded = 0
     detail = raw.get("data_source_detail_dict")
     if isinstance(detail, dict):
         upload = detail.get("upload_file")
         if isinstance(upload, dict) and isinstance(upload.get("size"), int):
             size = upload["size"]
+        if isinstance(upload, dict) and isinstance(upload.get("created_at"), (int, float)):
+            uploaded = int(upload["created_at"])
+    tags, others = tags_of_listing(raw["doc_metadata"]) if "doc_metadata" in raw else (None, ())
     created = raw.get("created_at")
     status = str(raw.get("indexing_status") or "completed")
     display = raw.get("display_status")
@@ -451,7 +481,8 @@ def remote_document(raw: Mapping[str, Any]) -> RemoteDocument:
         display_status=_SHARED.get(display, display) if isinstance(display, str) else display,
         enabled=bool(raw.get("enabled", True)), archived=bool(raw.get("archived", False)),
         error=raw.get("error") or None, size=size,
-        created_at=int(created) if isinstance(created, (int, float)) else 0)
+        created_at=int(created) if isinstance(created, (int, float)) else 0, uploaded_at=uploaded,
+        tags=tags, other_metadata=others)
 
 
 # One string object per status value, shared by every document of a 100k listing.
@@ -464,11 +495,22 @@ def _worth_resending(error: BaseException) -> bool:
     return verdict(error).resend
 
 
-def _transport_reason(exc: httpx.TransportError) -> str:
-    text = str(exc)
-    if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    """The TLS error behind a transport error (httpx raises its own, from ssl's), if any."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short; never loop on a cycle
+        if seen is None:
+            return None
+        if isinstance(seen, ssl.SSLError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _transport_reason(exc: httpx.TransportError, tls: ssl.SSLError | None) -> str:
+    if isinstance(tls, ssl.SSLCertVerificationError):
         return "its TLS certificate is not trusted; install the CA in the system trust store"
-    if "SSL" in text or "TLS" in text:
+    if tls is not None:
         return "TLS handshake failed"
     if isinstance(exc, httpx.ConnectError):
         return "connection refused or host not found"

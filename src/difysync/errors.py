@@ -252,7 +252,8 @@ def _from_dify(status: int, payload: dict[str, Any], retry_after: str | None, ab
         return NotFoundError(text, status=status, code=code)
     if status == 400:
         # "during indexing", not "indexing": "indexing_technique is required." is no wait
-        if "not available" in lowered or "during indexing" in lowered:
+        # ("another ... metadata operation is running, please wait": a per-document lock)
+        if "not available" in lowered or "during indexing" in lowered or "please wait" in lowered:
             return NotReadyError(text, status=status, code=code)
         if any(h in lowered for h in ("dataset is not exist", "dataset does not exist",
                                       "dataset not found")):

@@ -119,7 +119,8 @@ def scan_digest(files: Iterable[LocalFile], problems: Iterable[ScanProblem]) -> 
 def policy_key(policy: Policy, dataset_id: str, include: Sequence[str], exclude: Sequence[str]) -> str:
     """Everything besides the files that decides a plan; a new difysync version counts too."""
     parts = (__version__, dataset_id, sorted(policy.allowed_extensions), policy.max_bytes,
-             policy.delete, policy.quarantine_after, list(include), list(exclude))
+             policy.delete, policy.quarantine_after, list(include), list(exclude), policy.owner,
+             policy.name_prefix)
     return hashlib.blake2b(repr(parts).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 

@@ -25,6 +25,7 @@ class SkipCode(str, Enum):
     QUARANTINED = "quarantined"            # indexing failed quarantine_after times
     DISABLED = "disabled_in_dify"          # someone disabled the document in Dify
     ARCHIVED = "archived_in_dify"          # ... or archived it
+    NAME_HELD = "name_held"                # the document name belongs to another owner or a person
 
     def __str__(self) -> str:
         return self.value
@@ -97,6 +98,19 @@ class FileState:
     error_kind: ErrorKind | None = None
 
 
+class Tags(NamedTuple):
+    """difysync's own metadata values on a document (``difysync_path``, ``_sha256``,
+    ``_owner``, ``_mtime``), as strings, the way the listing shows them; None where unset."""
+
+    path: str | None = None
+    sha256: str | None = None
+    owner: str | None = None
+    mtime: str | None = None
+
+
+NO_TAGS = Tags()
+
+
 @dataclass(frozen=True, slots=True)
 class RemoteDocument:
     """One document of the remote listing, reduced to what a sync decision needs."""
@@ -110,6 +124,15 @@ class RemoteDocument:
     error: str | None = None
     size: int | None = None
     created_at: int = 0
+    uploaded_at: int = 0  # when the file now behind the document was uploaded (upload_file.created_at)
+    # None: the server lists no metadata at all (an old release); NO_TAGS: none of ours.
+    tags: Tags | None = None
+    # (field id, name, value) of values other people set on the document: kept when we write ours.
+    other_metadata: tuple[tuple[str, str, str | None], ...] = ()
+
+    @property
+    def owner(self) -> str | None:
+        return self.tags.owner if self.tags is not None else None
 
     @property
     def in_flight(self) -> bool:

@@ -18,6 +18,7 @@ from typing import NamedTuple
 
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, SkipCode
 from .naming import document_name
+from .tags import expected as expected_tags
 
 
 class Kind(str, Enum):
@@ -30,12 +31,14 @@ class Kind(str, Enum):
     FORGET = "forget"      # drop a state row whose document is gone or no longer ours to delete
     SKIP = "skip"          # refused (type, size, empty, quarantined): recorded, never sent
     WAIT = "wait"          # the document is queued/indexing: send nothing until it settles
+    TAG = "tag"            # content in step, difysync's metadata on the document missing or stale
 
     def __str__(self) -> str:
         return self.value
 
 
-MUTATING = frozenset({Kind.CREATE, Kind.UPDATE, Kind.RENAME, Kind.RECREATE, Kind.DELETE})
+MUTATING = frozenset({Kind.CREATE, Kind.UPDATE, Kind.RENAME, Kind.RECREATE, Kind.DELETE, Kind.TAG})
+UPLOADS = frozenset({Kind.CREATE, Kind.UPDATE, Kind.RENAME, Kind.RECREATE})
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,9 @@ class Action:
     # A DELETE of a document an interrupted create left behind (the journal says it is
     # ours): outside the mass-delete guards, which protect documents that were synced.
     leftover: bool = False
+    # (field id, name, value) of other people's metadata on the document: written back
+    # with ours, for servers that replace a document's whole set of values.
+    keep_metadata: tuple[tuple[str, str, str | None], ...] = ()
 
     @property
     def mutating(self) -> bool:
@@ -109,6 +115,13 @@ class Policy:
     # they count as unchanged, as present and as tracked for the guards.
     settled_elsewhere: int = 0
     root_error: str | None = None
+    # Who we are in difysync_owner; None: metadata is off, ownership is the state DB's alone.
+    owner: str | None = None
+    name_prefix: str = ""  # in front of every document name of the folder
+
+    def name_of(self, rel_path: str) -> str:
+        """The document name of a file of this folder."""
+        return document_name(self.name_prefix + rel_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,7 +171,7 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
     """
     if policy.root_error:
         return Plan(actions=(), errors=(f"{policy.root_error}: nothing synced, nothing deleted",))
-    planner = _Planner(local, state, remote, policy)
+    planner = _Planner(local, state, remote, policy, journal)
     planner.claim_present()
     planner.pair_renames()
     for rel in sorted(planner.local):
@@ -173,8 +186,10 @@ class _Planner:
     already spoken for, and the actions so far."""
 
     def __init__(self, local: Sequence[LocalFile], state: Mapping[str, FileState],
-                 remote: Sequence[RemoteDocument], policy: Policy) -> None:
+                 remote: Sequence[RemoteDocument], policy: Policy, journal: Sequence[JournalEntry]) -> None:
         self.state, self.policy = state, policy
+        # Names our interrupted creates may have left (documents not tagged yet, but ours).
+        self.journaled = {e.document_name for e in journal if e.op in ("create", "recreate")}
         self.local = {f.rel_path: f for f in local}
         self.remote_by_id = {doc.id: doc for doc in remote}
         self.by_name = _NameIndex(remote)
@@ -207,12 +222,12 @@ class _Planner:
             row = self.state[rel]
             doc = self.live_doc(row)
             if rel not in self.local and doc is not None and row.sha256 and not doc.failed \
-                    and doc.enabled and not doc.archived:
+                    and doc.enabled and not doc.archived and _holder(doc, self.policy) is None:
                 vanished_by_sha[row.sha256].append(rel)
         for rel in sorted(self.local) if vanished_by_sha else ():
             if rel in self.refused or self.live_doc(self.state.get(rel)) is not None:
                 continue
-            if self.by_name.get(document_name(rel)):
+            if self.by_name.get(self.policy.name_of(rel)):
                 continue  # a document of that name exists: adoption wins over rename
             candidates = vanished_by_sha.get(self.local[rel].sha256 or "")
             if candidates:
@@ -220,22 +235,31 @@ class _Planner:
 
     def decide_file(self, rel: str) -> None:
         """One local file: skip, rename, the tracked cases, adoption or create."""
-        f, row, name = self.local[rel], self.state.get(rel), document_name(rel)
+        f, row, name = self.local[rel], self.state.get(rel), self.policy.name_of(rel)
         if rel in self.refused:
             self.actions.append(Action(Kind.SKIP, rel, name, row.document_id if row else None, size=f.size,
                                        reason=self.refused[rel].text, code=self.refused[rel].code))
         elif rel in self.renamed_from:
             self.actions.append(self._rename(f, name))
         elif (doc := self.live_doc(row)) is not None:
-            action = _plan_tracked(f, row, doc, name, self.policy)  # type: ignore[arg-type]
-            if action is None:
-                self.unchanged += 1
-            else:
-                self.actions.append(action)
+            self._tracked(f, row, doc, name)  # type: ignore[arg-type]
         elif row is not None and row.refused_sha256 and row.refused_sha256 == f.sha256:
             self.actions.append(_refused_again(f, row, name, None))
         else:
             self.actions.append(self._adopt_or_create(f, row, name))
+
+    def _tracked(self, f: LocalFile, row: FileState, doc: RemoteDocument, name: str) -> None:
+        """The file is tracked and its document exists: act unless another owner took it."""
+        holder = _holder(doc, self.policy)
+        if holder is not None:
+            self.actions.append(Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size, code=SkipCode.NAME_HELD,
+                                       reason=f'document now held by owner "{holder}": left alone'))
+            return
+        action = _plan_tracked(f, row, doc, name, self.policy) or _retag(f, row, doc, name, self.policy)
+        if action is None:
+            self.unchanged += 1
+        else:
+            self.actions.append(action)
 
     def _rename(self, f: LocalFile, name: str) -> Action:
         old_rel = self.renamed_from[f.rel_path]
@@ -244,20 +268,34 @@ class _Planner:
         kind = Kind.WAIT if doc.in_flight else Kind.RENAME
         reason = "document is still indexing" if doc.in_flight else ""
         return Action(kind, f.rel_path, name, doc.id, old_rel_path=old_rel, sha256=f.sha256, size=f.size,
-                      reason=reason)
+                      reason=reason, keep_metadata=doc.other_metadata)
 
     def _adopt_or_create(self, f: LocalFile, row: FileState | None, name: str) -> Action:
-        """Not tracked, or its document is gone: adopt a document of the same name first."""
+        """Not tracked, or its document is gone: adopt a document of the same name that is
+        ours; a name that another owner (or a person) holds is not sent at all."""
         candidates = [d for d in self.by_name.get(name) if d.id not in self.claimed]
-        if candidates:
-            chosen = candidates[0]
+        mine = [d for d in candidates if self._may_adopt(d)]
+        if mine:
+            chosen = mine[0]
             self.claimed.add(chosen.id)
             if len(candidates) > 1:
                 self.warnings.append(f"{f.rel_path}: {len(candidates)} documents named {name!r} in Dify; "
                                      f"adopted {chosen.id}, left the others alone")
             return _plan_adoption(f, chosen, name)
+        if candidates:
+            return _name_held(f, name, candidates[0])
         reason = "document missing in Dify" if row is not None and row.document_id else ""
         return Action(Kind.CREATE, f.rel_path, name, sha256=f.sha256, size=f.size, reason=reason)
+
+    def _may_adopt(self, doc: RemoteDocument) -> bool:
+        """Ours to take over by name: tagged with our owner, or (untagged) left by an
+        interrupted create of ours; without metadata (off, or an old server), any, as
+        the state DB alone cannot tell."""
+        if self.policy.owner is None or doc.tags is None:
+            return True
+        if doc.tags.owner is None:
+            return doc.name in self.journaled
+        return doc.tags.owner == self.policy.owner
 
     def decide_gone(self) -> list[Action]:
         """Tracked rows whose file is gone (and was not renamed): forget them now; the
@@ -278,7 +316,11 @@ class _Planner:
                                            reason="document now belongs to another path"))
                 continue
             self.claimed.add(doc.id)
-            if not self.policy.delete:
+            holder = _holder(doc, self.policy)
+            if holder is not None:
+                self.actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
+                                           reason=f'document now held by owner "{holder}"; left in place'))
+            elif not self.policy.delete:
                 self.actions.append(Action(Kind.FORGET, rel, doc.name, doc.id,
                                            reason="deletion disabled for this folder; document left in Dify"))
             elif doc.archived:
@@ -297,7 +339,7 @@ class _Planner:
             if entry.op not in ("create", "recreate") or entry.rel_path in self.local:
                 continue
             for doc in self.by_name.get(entry.document_name):
-                if doc.id in self.claimed:
+                if doc.id in self.claimed or _holder(doc, self.policy) is not None:
                     continue
                 self.claimed.add(doc.id)
                 if self.policy.delete:
@@ -340,8 +382,39 @@ def is_settled(f: LocalFile | None, row: FileState, doc: RemoteDocument, policy:
     return (f is not None and f.rel_path == row.rel_path and row.sha256 is not None
             and f.sha256 == row.sha256 and doc.indexing_status == "completed"
             and doc.enabled and not doc.archived and not doc.failed
-            and doc.name == document_name(row.rel_path)
-            and refusal(f.rel_path, f.size, policy) is None)
+            and doc.name == policy.name_of(row.rel_path)
+            and refusal(f.rel_path, f.size, policy) is None
+            and _holder(doc, policy) is None and not _stale_tags(row, doc, policy))
+
+
+def _holder(doc: RemoteDocument, policy: Policy) -> str | None:
+    """The other owner whose tag the document carries; None when it is ours, untagged,
+    or metadata is off."""
+    if policy.owner is None or doc.tags is None or doc.tags.owner is None:
+        return None
+    return doc.tags.owner if doc.tags.owner != policy.owner else None
+
+
+def _stale_tags(row: FileState, doc: RemoteDocument, policy: Policy) -> bool:
+    """Our metadata on the document is missing or says something other than the state."""
+    if policy.owner is None or doc.tags is None or row.sha256 is None:
+        return False
+    return doc.tags != expected_tags(row.rel_path, row.sha256, policy.owner, row.mtime_ns)
+
+
+def _retag(f: LocalFile, row: FileState, doc: RemoteDocument, name: str, policy: Policy) -> Action | None:
+    """Content and name in step: a metadata-only action if our values on it are stale."""
+    if doc.archived or not doc.enabled or doc.failed or not _stale_tags(row, doc, policy):
+        return None
+    return Action(Kind.TAG, f.rel_path, name, doc.id, sha256=row.sha256, size=f.size,
+                  reason="difysync's metadata missing or out of date", keep_metadata=doc.other_metadata)
+
+
+def _name_held(f: LocalFile, name: str, doc: RemoteDocument) -> Action:
+    who = f'owner "{doc.owner}"' if doc.owner else "a document difysync did not make (uploaded by hand?)"
+    return Action(Kind.SKIP, f.rel_path, name, None, size=f.size, code=SkipCode.NAME_HELD,
+                  reason=f"name held by {who}: not sent; set this folder's name_prefix (or rename the file) "
+                         "to mirror it beside that document")
 
 
 def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
@@ -367,7 +440,7 @@ def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
                           code=SkipCode.QUARANTINED)
         return Action(Kind.RECREATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
                       reason=f"indexing failed in Dify: {doc.error}" if doc.error else
-                      "indexing failed in Dify")
+                      "indexing failed in Dify", keep_metadata=doc.other_metadata)
     if content_same and name_same:
         return None
     if row.refused_sha256 and row.refused_sha256 == f.sha256:
@@ -379,8 +452,10 @@ def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
                       reason="document is still indexing")
     if content_same:
         return Action(Kind.RENAME, f.rel_path, name, doc.id, old_rel_path=f.rel_path,
-                      sha256=f.sha256, size=f.size, reason="document name out of date")
-    return Action(Kind.UPDATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size)
+                      sha256=f.sha256, size=f.size, reason="document name out of date",
+                      keep_metadata=doc.other_metadata)
+    return Action(Kind.UPDATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
+                  keep_metadata=doc.other_metadata)
 
 
 def _refused_again(f: LocalFile, row: FileState, name: str, document_id: str | None) -> Action:
@@ -391,19 +466,31 @@ def _refused_again(f: LocalFile, row: FileState, name: str, document_id: str | N
 
 
 def _plan_adoption(f: LocalFile, doc: RemoteDocument, name: str) -> Action:
-    """A remote document already carries this file's name: take it over, never duplicate."""
+    """A remote document of ours already carries this file's name: take it over, never
+    duplicate. Its content hash decides where it carries one; else size and age do: a file
+    newer than the upload behind the document is sent again even at the same size."""
+    keep = doc.other_metadata
     if doc.failed:
         return Action(Kind.RECREATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
-                      reason="adopted document had failed indexing")
-    same_size = doc.size is not None and doc.size == f.size
-    if same_size or not doc.enabled or doc.archived:
-        return Action(Kind.ADOPT, f.rel_path, name, doc.id, sha256=f.sha256 if same_size else None,
+                      reason="adopted document had failed indexing", keep_metadata=keep)
+    tagged = doc.tags.sha256 if doc.tags is not None else None
+    if tagged is not None and tagged == f.sha256:
+        return Action(Kind.ADOPT, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
+                      reason="matched by name and content hash")
+    same_size = doc.size is not None and doc.size == f.size and tagged is None
+    # (in whole seconds, as the server gives the upload's time: a file written in the very
+    # second of its upload is not taken for an edit made after it)
+    newer = bool(doc.uploaded_at) and f.mtime_ns // 1_000_000_000 > doc.uploaded_at
+    if not doc.enabled or doc.archived or (same_size and not newer):
+        return Action(Kind.ADOPT, f.rel_path, name, doc.id, sha256=f.sha256 if same_size and not newer else None,
                       size=f.size, reason="matched by name" + (" and size" if same_size else ""))
     if doc.in_flight:
         return Action(Kind.ADOPT, f.rel_path, name, doc.id, sha256=None, size=f.size,
                       reason="matched by name; content checked once indexing settles")
+    why = "content differs" if tagged is not None else \
+        "the file is newer than the upload" if same_size else "size differs"
     return Action(Kind.UPDATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
-                  reason="matched by name; size differs")
+                  reason=f"matched by name; {why}", keep_metadata=keep)
 
 
 class _NameIndex:

@@ -29,7 +29,7 @@ from .errors import DifySyncError, verdict
 from .lease import FolderLocks, Holder
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
 from .plan import Kind, MaxDelete, Plan, Policy, plan_folder, refusal
-from .remote import RemoteView, forget_dataset, resolve_dataset, stale_dataset
+from .remote import RemoteView, forget_dataset, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
 from .scanner import scan_tree, sha256_file, stat_paths
 from .state import Skip, StateBackend
@@ -74,7 +74,9 @@ def policy_for(settings: Settings, folder: FolderSettings, max_delete: MaxDelete
                   max_bytes=int(settings.dify.max_file_size_mb * 1024 * 1024),
                   delete=folder.delete, max_delete=max_delete or MaxDelete(),
                   allow_empty=max_delete is not None,
-                  quarantine_after=settings.dify.quarantine_after)
+                  quarantine_after=settings.dify.quarantine_after,
+                  owner=settings.owner if settings.metadata.enabled else None,
+                  name_prefix=folder.name_prefix)
 
 
 def reconcile(env: Env, options: PassOptions = PassOptions(), hooks: Hooks = Hooks()) -> RunReport:
@@ -185,7 +187,10 @@ class _Pass:
         dataset_id = resolve_dataset(self.env.client, self.store, self.folder, create=not self.options.dry_run,
                                      remember=not self.options.dry_run, recall=self.recall)
         self.report.dataset_id = dataset_id
-        self.view = RemoteView(self.env.client, dataset_id) if dataset_id else None
+        known = self.store.known_metadata(dataset_id) if dataset_id else None
+        if known is not None and not known.supported:  # no metadata API there: own by the state DB alone
+            self.policy = replace(self.policy, owner=None)
+        self.view = RemoteView(self.env.client, dataset_id, self.policy.name_of) if dataset_id else None
         inputs = self._whole() if self.options.paths is None else self._targeted()
         if inputs is None:
             return  # a quiet pass: nothing changed on either side
@@ -313,7 +318,10 @@ class _Pass:
                                                        for p in inputs.problems])
         ctx = FolderContext(key=self.key, root=self.root, dataset_id=dataset_id,
                             create_data=create_data(self.folder), update_data=update_data(self.folder),
-                            max_bytes=self.policy.max_bytes)
+                            max_bytes=self.policy.max_bytes, owner=self.policy.owner,
+                            metadata_fields=lambda: metadata_fields(
+                                self.env.client, self.store, self.key, dataset_id,
+                                recheck_after=self.env.settings.schedule.full_listing_minutes * 60))
         self.report.outcomes = apply_actions(plan.actions, ctx, self.env.client, self.store, inputs.rows,
                                              concurrency=self.env.settings.dify.concurrency,
                                              local={f.rel_path: f for f in inputs.files},

@@ -10,12 +10,14 @@ does) and never decides what to do (plan.py does).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from .config import FolderSettings
 from .dify import PAGE_LIMIT, DifyClient
-from .errors import DatasetMissing, NotFoundError
+from . import tags
+from .errors import DatasetMissing, NotFoundError, RefusedError
 from .marks import FLAGGED_STATUSES, ListingRecorder, RemoteFingerprint, fingerprint
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument
 from .naming import document_name
@@ -70,6 +72,51 @@ def forget_dataset(store: StateBackend, folder: FolderSettings, error: BaseExcep
     return True
 
 
+# --- difysync's metadata fields ----------------------------------------------------------
+
+
+def metadata_fields(client: DifyClient, store: StateBackend, folder: str, dataset_id: str, *,
+                    recheck_after: float) -> dict[str, str] | None:
+    """The ids of difysync's four fields in the dataset (name -> id), made where missing
+    and remembered in the state DB; None when the server has no metadata API (then it is
+    asked again only after ``recheck_after`` seconds: a server can be upgraded)."""
+    known = store.known_metadata(dataset_id)
+    if known is not None and known.supported and tags.NAMES <= known.fields.keys():
+        return known.fields
+    if known is not None and not known.supported and time.time() - known.checked_at < recheck_after:
+        return None
+    listed = client.metadata_fields(dataset_id)
+    if listed is None:
+        log.info("%s: this server has no metadata API; difysync's metadata fields are off for dataset %s",
+                 folder, dataset_id)
+        store.remember_metadata(dataset_id, False, {})
+        return None
+    by_name = {str(f.get("name")): str(f.get("id")) for f in listed}
+    for name, kind in tags.FIELDS:
+        if name not in by_name:
+            by_name[name] = _create_field(client, store, folder, dataset_id, name, kind)
+    fields = {name: by_name[name] for name in tags.NAMES}
+    store.remember_metadata(dataset_id, True, fields)
+    return fields
+
+
+def _create_field(client: DifyClient, store: StateBackend, folder: str, dataset_id: str, name: str,
+                  kind: str) -> str:
+    """Make one field, journaled; a name taken meanwhile (another host made it) is found again."""
+    journal = store.journal_begin(folder, dataset_id, "field", "", name)
+    try:
+        made = client.create_metadata_field(dataset_id, name, kind)
+    except RefusedError:
+        again = {str(f.get("name")): str(f.get("id")) for f in client.metadata_fields(dataset_id) or ()}
+        if name not in again:
+            raise
+        made = {"id": again[name]}
+    finally:
+        store.clear_journal([journal])
+    log.info("%s: made the metadata field %s in dataset %s", folder, name, dataset_id)
+    return str(made["id"])
+
+
 # --- the listing ----------------------------------------------------------------------------
 
 
@@ -89,9 +136,11 @@ class Unsettled:
 class RemoteView:
     """One dataset as one pass sees it."""
 
-    def __init__(self, client: DifyClient, dataset_id: str) -> None:
+    def __init__(self, client: DifyClient, dataset_id: str,
+                 name_of: Callable[[str], str] = document_name) -> None:
         self.client = client
         self.dataset_id = dataset_id
+        self.name_of = name_of  # the folder's path -> document name (its name_prefix included)
 
     def everything(self) -> list[RemoteDocument]:
         return self.client.list_documents(self.dataset_id)
@@ -134,7 +183,7 @@ class RemoteView:
         handful of paths would defeat the point on big datasets, so look them up by name
         (one request each, side by side), unless the listing takes fewer requests."""
         names = sorted({row.document_name for row in rows.values() if row.document_name}
-                       | {document_name(f.rel_path) for f in files})
+                       | {self.name_of(f.rel_path) for f in files})
         if len(names) > MAX_NAME_LOOKUPS:
             first, total = self.client.document_page(self.dataset_id, 1)
             if total is not None and total <= len(first):
@@ -309,5 +358,5 @@ def _tally(statuses: Mapping[str, str]) -> dict[str, int]:
     return out
 
 
-__all__ = ["IndexingPoller", "RemoteView", "Unsettled", "filtered_listing", "forget_dataset", "poll_folder",
+__all__ = ["IndexingPoller", "metadata_fields", "RemoteView", "Unsettled", "filtered_listing", "forget_dataset", "poll_folder",
            "resolve_dataset", "stale_dataset", "wait_for_indexing"]

@@ -19,7 +19,7 @@ from .models import ScanProblem
 from .plan import Kind, Plan
 from .state import FolderSummary, ProblemFile
 
-COUNT_KEYS = ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed", "waiting")
+COUNT_KEYS = ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed", "waiting", "tagged")
 
 
 class RemoteCheck(str, Enum):
@@ -103,7 +103,7 @@ def count_outcomes(outcomes: Iterable[Outcome], unchanged: int = 0) -> dict[str,
             name = _DONE_COUNTS.get(o.action.kind)
             if name:
                 counts[name] += 1
-        elif o.result is not Result.GONE:
+        elif o.result not in (Result.GONE, Result.DEFERRED):
             counts[o.result.value] += 1
     return counts
 
@@ -119,7 +119,7 @@ def planned_counts(plan: Plan) -> dict[str, int]:
 
 
 _DONE_COUNTS = {Kind.CREATE: "created", Kind.RECREATE: "created", Kind.UPDATE: "updated",
-                Kind.RENAME: "renamed", Kind.DELETE: "deleted", Kind.ADOPT: "unchanged"}
+                Kind.RENAME: "renamed", Kind.DELETE: "deleted", Kind.ADOPT: "unchanged", Kind.TAG: "tagged"}
 _PLANNED_COUNTS = {**_DONE_COUNTS, Kind.SKIP: "skipped", Kind.WAIT: "waiting"}
 
 
@@ -170,9 +170,10 @@ def summary_line(report: RunReport) -> str:
 
 
 def print_status(summaries: Sequence[FolderSummary], problems: Sequence[ProblemFile],
-                 services: Mapping[str, Any] | None = None) -> None:
+                 services: Mapping[str, Any] | None = None, owner: str | None = None) -> None:
     """The `status` command's tables (rich), with the files in error or skipped below.
-    ``services``: folder -> the lease.Holder of the service that holds it, if any."""
+    ``services``: folder -> the lease.Holder of the service that holds it, if any;
+    ``owner``: this difysync's name in its documents' metadata (None: metadata off)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -182,6 +183,8 @@ def print_status(summaries: Sequence[FolderSummary], problems: Sequence[ProblemF
     notes = [f"{s.folder}: whole dataset last listed {_when(s.last_full_listing)}" for s in summaries]
     notes += [f"{folder}: served by {holder.describe()}" for folder, holder in (services or {}).items()
               if holder is not None]
+    if owner is not None:
+        notes.append(f"owner: {owner}")
     table = Table(title="difysync status", caption="\n".join(notes) or None, caption_justify="left")
     for col in ("folder", "dataset", "synced", "pending", "indexing", "error", "skipped", "last full pass"):
         table.add_column(col, overflow="fold", justify="right" if col in (

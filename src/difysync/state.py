@@ -33,7 +33,7 @@ import sqlite_utils
 from .errors import StateError, StateWriteError
 from .models import ErrorKind, FileState, JournalEntry, LocalFile, SkipCode
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _FILE_COLUMNS = {
     "folder": str, "rel_path": str, "dataset_id": str, "size": int, "mtime_ns": int,
@@ -84,6 +84,15 @@ class ProblemFile:
     code: str | None = None  # the SkipCode or ErrorKind value beside the text
 
 
+class KnownMetadata(NamedTuple):
+    """What was learnt of a dataset's metadata API: whether it has one, difysync's field
+    ids there (name -> id), and when that was checked."""
+
+    supported: bool
+    fields: dict[str, str]
+    checked_at: float
+
+
 class InFlight(NamedTuple):
     """A document the state says is queued or indexing, with the batch its upload got."""
 
@@ -126,6 +135,23 @@ class StateBackend(Protocol):
                       document_name: str | None, document_id: str | None = None,
                       sha256: str | None = None) -> int:
         """Record an intent before its request is sent; returns the row to settle."""
+    def journal_begin_many(self, folder: str, dataset_id: str, op: str,
+                           items: Iterable[tuple[str, str | None, str | None, str | None]]) -> list[int]:
+        """``journal_begin`` for a batch sent as one request: (rel_path, document name,
+        document id, sha256) each; one transaction, one row each."""
+        ids = []
+        with self.transaction() as conn:
+            _unmark(conn, folder)
+            for rel, name, document_id, sha in items:
+                cur = conn.execute(
+                    "INSERT INTO journal (folder, dataset_id, op, rel_path, document_name, document_id, "
+                    "sha256, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [folder, dataset_id, op, encode_path(rel), name, document_id, sha, time.time()])
+                ids.append(int(cur.lastrowid or 0))
+        return ids
+
+    def journal_begin_many(self, folder: str, dataset_id: str, op: str,
+                           items: Iterable[tuple[str, str | None, str | None, str | None]]) -> list[int]: ...
     def clear_journal(self, ids: Iterable[int]) -> None:
         """Drop intents a pass resolved."""
     def settle_upload(self, journal_id: int | None, folder: str, dataset_id: str, rel_path: str, *,
@@ -150,6 +176,9 @@ class StateBackend(Protocol):
     def known_dataset(self, folder: str, dataset_name: str) -> str | None: ...
     def remember_dataset(self, folder: str, dataset_name: str, dataset_id: str) -> None: ...
     def forget_dataset(self, folder: str) -> None: ...
+    def known_metadata(self, dataset_id: str) -> KnownMetadata | None: ...
+    def remember_metadata(self, dataset_id: str, supported: bool, fields: Mapping[str, str]) -> None: ...
+    def forget_metadata(self, dataset_id: str) -> None: ...
     def dataset_of(self, folder: str) -> str | None: ...
     def load_mark(self, folder: str, dataset_id: str) -> str | None: ...
     def save_mark(self, folder: str, dataset_id: str, body: str) -> None: ...
@@ -248,6 +277,8 @@ class StateStore:
             self._migration_2_marks()
         if version < 3:
             self._migration_3_codes_and_datasets()
+        if version < 4:
+            self._migration_4_metadata_fields()
         self._files_source = "files"
 
     def _schema_version(self) -> int:
@@ -298,6 +329,13 @@ class StateStore:
             self.db["datasets"].create({"folder": str, "dataset_name": str, "dataset_id": str,
                                         "resolved_at": float}, pk="folder", if_not_exists=True)
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3')")
+
+    def _migration_4_metadata_fields(self) -> None:
+        """Per dataset: whether it has a metadata API, and the ids of difysync's fields."""
+        with self.transaction():
+            self.db["metadata"].create({"dataset_id": str, "supported": int, "fields": str, "checked_at": float},
+                                       pk="dataset_id", if_not_exists=True)
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '4')")
 
     # --- reads ------------------------------------------------------------------------
 
@@ -381,6 +419,21 @@ class StateStore:
                 [folder, dataset_id, op, encode_path(rel_path), document_name, document_id, sha256,
                  time.time()])
             return int(cur.lastrowid or 0)
+
+    def journal_begin_many(self, folder: str, dataset_id: str, op: str,
+                           items: Iterable[tuple[str, str | None, str | None, str | None]]) -> list[int]:
+        """``journal_begin`` for a batch sent as one request: (rel_path, document name,
+        document id, sha256) each; one transaction, one row each."""
+        ids = []
+        with self.transaction() as conn:
+            _unmark(conn, folder)
+            for rel, name, document_id, sha in items:
+                cur = conn.execute(
+                    "INSERT INTO journal (folder, dataset_id, op, rel_path, document_name, document_id, "
+                    "sha256, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    [folder, dataset_id, op, encode_path(rel), name, document_id, sha, time.time()])
+                ids.append(int(cur.lastrowid or 0))
+        return ids
 
     def clear_journal(self, ids: Iterable[int]) -> None:
         ids = list(ids)
@@ -558,6 +611,26 @@ class StateStore:
         resolved its dataset yet in this run)."""
         row = self.db.execute("SELECT max(dataset_id) FROM files WHERE folder = ?", [folder]).fetchone()
         return row[0] if row else None
+
+    # --- each dataset's metadata fields --------------------------------------------------
+
+    def known_metadata(self, dataset_id: str) -> KnownMetadata | None:
+        row = self.db.execute("SELECT supported, fields, checked_at FROM metadata WHERE dataset_id = ?",
+                              [dataset_id]).fetchone()
+        if row is None:
+            return None
+        return KnownMetadata(bool(row[0]), json.loads(row[1] or "{}"), row[2])
+
+    def remember_metadata(self, dataset_id: str, supported: bool, fields: Mapping[str, str]) -> None:
+        with self.transaction():
+            self.db["metadata"].upsert({"dataset_id": dataset_id, "supported": int(supported),
+                                        "fields": json.dumps(dict(fields)), "checked_at": time.time()},
+                                       pk="dataset_id")
+
+    def forget_metadata(self, dataset_id: str) -> None:
+        """A write with the remembered field ids failed: look the fields up again next time."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM metadata WHERE dataset_id = ?", [dataset_id])
 
     # --- clean-pass marks (see marks.py) ----------------------------------------------
 
