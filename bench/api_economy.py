@@ -1,9 +1,12 @@
 """Benchmark 4: requests per file on a first import with --wait (status polls included),
-and the requests of the no-op passes after it (the first lists, the next one probes)."""
+the requests of the no-op passes after it (the first lists, the next one probes), and what
+difysync's metadata costs: requests per file on the import, per edited file, and none on
+a no-op pass."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 from common import Context, Row, check_ok, difysync, make_small_tree, start_emulator, write_config
 
@@ -32,6 +35,10 @@ def run(ctx: Context) -> list[Row]:
         emu.reset_requests()
         out3 = check_ok(difysync(config), "quiet no-op pass")
         quiet = emu.requests
+        edited = _edit_some(root, EDITS)
+        emu.reset_requests()
+        out4 = check_ok(difysync(config), "pass after edits")
+        after_edits = emu.requests
     finally:
         emu.stop()
     docs = files
@@ -64,4 +71,41 @@ def run(ctx: Context) -> list[Row]:
              met=len(q_lists) == len(quiet) and len(quiet) <= expected)
     r3.notes.append(f"{len(q_lists)} list calls ({sum('status=' in r.query for r in q_lists)} of them "
                     f"filtered by status); remote check {out3.get('remote_checks')}")
-    return [r1, r2, r3]
+    return [r1, r2, r3, *_metadata_rows(first, files, after_edits, edited, out4)]
+
+
+EDITS = 20
+
+
+def _edit_some(root: Path, n: int) -> int:
+    """Append a line to the first ``n`` supported files (sorted by path); returns how many."""
+    picked = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix[1:] in ("md", "txt", "csv", "html"))[:n]
+    for p in picked:
+        with p.open("a") as f:
+            f.write("\nedited\n")
+    return len(picked)
+
+
+def _metadata_rows(first: list, files: int, after_edits: list, edited: int, out: dict) -> list[Row]:
+    meta_import = [r for r in first if "/metadata" in r.path]
+    per_file = len(meta_import) / files if files else float("inf")
+    r1 = Row(name=f"metadata requests, first import of {files:,} files", figure=per_file, unit="req/file",
+             floor=1.0, floor_desc="one per changed file", ratio=per_file, goal="<= 1 per changed file, batched",
+             met=per_file <= 1.0)
+    r1.notes.append(", ".join(f"{v} {k}" for k, v in sorted(_kinds(meta_import).items())))
+    meta_edit = [r for r in after_edits if "/metadata" in r.path]
+    per_edit = len(meta_edit) / edited if edited else float("inf")
+    r2 = Row(name=f"metadata requests, a pass after {edited} edits", figure=per_edit, unit="req/file",
+             floor=1.0, floor_desc="one per changed file", ratio=per_edit, goal="<= 1 per changed file, batched",
+             met=per_edit <= 1.0 and out.get("updated") == edited)
+    r2.notes.append(", ".join(f"{v} {k}" for k, v in sorted(_kinds(meta_edit).items()))
+                    + f"; pass output updated={out.get('updated')}")
+    return [r1, r2]
+
+
+def _kinds(requests: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for r in requests:
+        k = f"{r.method} {r.path.split('/datasets/', 1)[-1].split('/', 1)[-1]}"
+        out[k] = out.get(k, 0) + 1
+    return out

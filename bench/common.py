@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 API_KEY = "bench-key"
+OWNER = "bench"  # the owner of every config the bench writes (difysync_owner on its documents)
 SUPPORTED = ("md", "txt", "csv", "html")
 UNSUPPORTED = ("png",)
 
@@ -195,6 +196,7 @@ def write_config(where: Path, emu: Any, root: Path, dataset_id: str, *, concurre
     cfg = where / "sync.toml"
     cfg.write_text(
         f'state_db = "{state_db}"\n'
+        f'owner = "{OWNER}"\n'
         "[dify]\n"
         f'base_url = "{emu.base_url}"\n'
         f"concurrency = {concurrency}\n"
@@ -332,11 +334,16 @@ def fmt_s(x: float) -> str:
 
 def preload_documents(emu: Any, dataset_id: str, root: Path) -> int:
     """Put every supported file of ``root`` into the emulator directly (no HTTP), named as
-    difysync names them, with identical content: a following reconcile adopts them (no
-    upload). Used to build the synced state of big trees quickly. Returns the count."""
+    difysync names them, with identical content and with the metadata difysync would have
+    written (owner OWNER): a following reconcile adopts them (no upload). Used to build the
+    synced state of big trees quickly. Returns the count."""
+    import hashlib
+
+    from difysync import tags
     from difysync.naming import document_name
 
-    n = 0
+    fields = {name: emu.store.create_metadata(dataset_id, kind, name)["id"] for name, kind in tags.FIELDS}
+    operations = []
     for dirpath, _dirs, files in os.walk(root):
         for name in files:
             ext = name.rsplit(".", 1)[-1].lower()
@@ -344,9 +351,13 @@ def preload_documents(emu: Any, dataset_id: str, root: Path) -> int:
                 continue
             p = Path(dirpath) / name
             rel = p.relative_to(root).as_posix()
-            emu.store.add_document(dataset_id, document_name(rel), p.read_bytes(), match_by_name=False)
-            n += 1
-    return n
+            content = p.read_bytes()
+            doc, _ = emu.store.add_document(dataset_id, document_name(rel), content, match_by_name=False)
+            op = tags.operation(doc.id, tags.expected(rel, hashlib.sha256(content).hexdigest(), OWNER,
+                                                      p.stat().st_mtime_ns), fields)
+            operations.append((doc.id, [(m["id"], m["name"], m["value"]) for m in op["metadata_list"]], True))
+    emu.store.update_documents_metadata(dataset_id, operations)
+    return len(operations)
 
 
 # --------------------------------------------------------------------------- shared synced trees

@@ -46,7 +46,8 @@ class FakeClock:
 
 class Sandbox:
     def __init__(self, tmp_path: Path, emu: EmulatorServer, *, dataset_name: str = "Docs",
-                 extra_dify: str = "", extra_folder: str = "", by_name: bool = False) -> None:
+                 extra_dify: str = "", extra_folder: str = "", by_name: bool = False,
+                 owner: str = "test-host") -> None:
         self.tmp = tmp_path
         self.emu = emu
         self.root = tmp_path / "docs"
@@ -58,8 +59,10 @@ class Sandbox:
             self.dataset_id = emu.store.create_dataset(dataset_name, "high_quality")
             dataset_line = f'dataset_id = "{self.dataset_id}"'
         self.config = tmp_path / "sync.toml"
+        self.owner = owner
         self.config.write_text(
             'state_db = "state.db"\n'
+            f'owner = "{owner}"\n'
             "[dify]\n"
             f'base_url = "{emu.base_url}"\n'
             "timeout_seconds = 5\n"
@@ -111,6 +114,29 @@ class Sandbox:
 
     # --- the remote side --------------------------------------------------------------
 
+    def preload(self, files: dict[str, str | bytes], owner: str | None = None) -> None:
+        """Write these files and put their documents straight into the emulator, tagged as
+        difysync (of ``owner``, default this box's) would have tagged them: the synced
+        state of a big tree without uploading it. A following pass adopts them."""
+        import hashlib
+
+        from difysync import tags
+        from difysync.naming import document_name
+
+        store, ds = self.emu.store, self.dataset
+        fields = {name: (store.metadata_field(ds, name) or store.create_metadata(ds, kind, name))
+                  for name, kind in tags.FIELDS}
+        ids = {name: f["id"] if isinstance(f, dict) else f.id for name, f in fields.items()}
+        operations = []
+        for rel, content in files.items():
+            path = self.write(rel, content)
+            data = path.read_bytes()
+            doc, _ = store.add_document(ds, document_name(rel), data, match_by_name=False)
+            values = tags.expected(rel, hashlib.sha256(data).hexdigest(), owner or self.owner, path.stat().st_mtime_ns)
+            op = tags.operation(doc.id, values, ids)
+            operations.append((doc.id, [(m["id"], m["name"], m["value"]) for m in op["metadata_list"]], True))
+        store.update_documents_metadata(ds, operations)
+
     @property
     def dataset(self) -> str:
         if self.dataset_id:
@@ -130,4 +156,9 @@ class Sandbox:
         return {name: doc.content for name, doc in self.docs().items()}
 
     def mutations(self) -> int:
+        """Every request that changes something, difysync's metadata writes included."""
         return len(self.emu.mutating_requests())
+
+    def uploads(self) -> int:
+        """Mutating requests on documents themselves (creates, updates, deletes), not their metadata."""
+        return sum(1 for r in self.emu.mutating_requests() if "/metadata" not in r.path)

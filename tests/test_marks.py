@@ -33,11 +33,7 @@ def synced_box(tmp_path, emu: EmulatorServer, **kwargs) -> Sandbox:
 def synced(box: Sandbox) -> Sandbox:
     """N Markdown files and a PNG, mirrored (preloaded, then adopted), and one more full
     pass, which leaves a mark."""
-    emu = box.emu
-    for i in range(N):
-        rel = f"d{i // 60:02d}/f{i:04d}.md"
-        box.write(rel, f"document {i}")
-        emu.store.add_document(box.dataset, document_name(rel), f"document {i}".encode(), match_by_name=False)
+    box.preload({f"d{i // 60:02d}/f{i:04d}.md": f"document {i}" for i in range(N)})
     box.write("picture.png", b"\x89PNG")
     adopt = box.reconcile()
     assert adopt.code == 0 and adopt.json["unchanged"] == N, adopt.stdout[:300]

@@ -90,7 +90,7 @@ def test_unsupported_and_oversize_files_are_skipped_without_a_request(box):
     result = box.reconcile()
     assert result.code == 0
     assert result.json["skipped"] == 3 and result.json["created"] == 1
-    assert box.mutations() == 1
+    assert box.uploads() == 1
     status = box.cli("status", "-c", str(box.config), "--json")
     reasons = {p["rel_path"]: p["reason"] for p in status.json["problems"]}
     assert reasons["image.png"] == "unsupported file type (.png)"

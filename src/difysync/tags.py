@@ -25,8 +25,18 @@ BATCH = 100
 
 def expected(rel_path: str, sha256: str | None, owner: str, mtime_ns: int | None) -> Tags:
     """The values a document holding this file's content should carry, as a listing shows them."""
-    return Tags(path=rel_path, sha256=sha256, owner=owner,
+    return Tags(path=path_value(rel_path), sha256=sha256, owner=owner,
                 mtime=str(mtime_ns // 1_000_000_000) if mtime_ns is not None else None)
+
+
+def path_value(rel_path: str) -> str:
+    """The path as a metadata value: text, so a byte that is not UTF-8 (a surrogate escape
+    of os.fsdecode) is written as ``\\xNN``."""
+    try:
+        rel_path.encode("utf-8")
+        return rel_path
+    except UnicodeEncodeError:
+        return rel_path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def parse(doc_metadata: Any) -> tuple[Tags, tuple[tuple[str, str, str | None], ...]]:

@@ -8,8 +8,10 @@ requests and injects faults, including dropped connections, which a router canno
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -21,8 +23,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from . import metadata as md
 from .faults import Faults
-from .store import ApiError, Store
+from .store import BUILT_IN_FIELDS, ApiError, Store
 
 DEFAULT_EXTENSIONS = ("txt", "markdown", "md", "mdx", "pdf", "html", "htm", "xlsx", "xls",
                       "docx", "csv", "vtt", "properties")
@@ -31,6 +34,15 @@ FORBIDDEN_CHARS_LEGACY = "/\\"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _NOT_FOUND_MSG = ("The requested URL was not found on the server. If you entered the URL "
                   "manually please check your spelling and try again.")
+# Werkzeug's <uuid:...> converter: a path segment that is not this is no route at all
+_UUID_SEGMENT = re.compile(r"^[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-"
+                           r"[A-Fa-f0-9]{12}$")
+# the emulator's path parameters spelled as Dify's Flask rules (for "did you mean")
+_FLASK_PARAMS = {"{ds}": "<uuid:dataset_id>", "{doc}": "<uuid:document_id>",
+                 "{batch}": "<string:batch>", "{metadata_id}": "<uuid:metadata_id>",
+                 "{action}": "<string:action>", "{rest:path}": "<path:rest>"}
+_FLASK_RULE_PARAMS = re.compile("(<.*>)")  # flask_restx's RE_RULES (greedy, as there)
+EVERY_METHOD = ["GET", "POST", "PUT", "PATCH", "DELETE"]
 
 
 @dataclass
@@ -48,6 +60,10 @@ class Options:
     # None (the default): filter on current servers, ignore it on legacy ones (0.x Dify's
     # document list reads page, limit and keyword only).
     status_filter: bool | None = None
+    # True: documents/metadata honours each operation's ``partial_update`` (Dify 1.11 and
+    # later). False: the flag is ignored, unvalidated, and every write replaces the
+    # document's values and bindings, as on servers before 1.11.
+    partial_update: bool = True
 
     def __post_init__(self) -> None:
         if self.status_filter is None:
@@ -122,6 +138,7 @@ class _Api:
         self.store = store
         self.faults = faults
         self.opt = options
+        self.flask_rules: list[str] = []  # filled by routes()
 
     # helpers ----------------------------------------------------------------
     def auth(self, request: Request) -> None:
@@ -360,8 +377,22 @@ class _Api:
             raise HTTPException(404)
         if request.method == "PATCH":
             return await self.update_by_file(request)
-        doc = self.store.get_document(ds_id, doc_id)
-        return JSONResponse(self.store.document_dict(doc, detail=True))
+        self.store.get_dataset(ds_id)
+        try:
+            doc = self.store.get_document(ds_id, doc_id)
+        except ApiError as exc:  # the detail route words it so in Dify 1.14.1
+            raise ApiError(404, "not_found", "Document not found.") from exc
+        mode = request.query_params.get("metadata", "all")
+        if mode not in ("all", "only", "without"):
+            raise ApiError(400, "invalid_metadata", f"Invalid metadata value: {mode}")
+        if mode == "only":
+            return JSONResponse({"id": doc.id, "doc_type": None, "doc_metadata":
+                                 self.store.doc_metadata_details(doc, typed=True)})
+        data = self.store.document_dict(doc, detail=True)
+        data["doc_type"] = None
+        if mode == "without":
+            del data["doc_metadata"], data["doc_type"]
+        return JSONResponse(data)
 
     async def indexing_status(self, request: Request) -> Response:
         self.auth(request)
@@ -390,6 +421,105 @@ class _Api:
         self.store.set_status(ds_id, request.path_params["action"], ids)
         return JSONResponse({"result": "success"})
 
+    # metadata ----------------------------------------------------------------
+    # Dify 1.14.1's api/controllers/service_api/dataset/metadata.py over
+    # MetadataService (the state rules are in Store). Current servers only: a legacy
+    # server has none of these routes (404 as any unknown route).
+    def _help_on_404(self, path: str, message: str) -> str:
+        """flask_restx appends "did you mean" to a 404 when the path is close (difflib,
+        cutoff 0.6) to a rule with its parameters cut out (e.g. metadata/built-in and
+        documents/metadata, not metadata or metadata/{id})."""
+        rules = {_FLASK_RULE_PARAMS.sub("", r): r for r in self.flask_rules}
+        close = difflib.get_close_matches(path, list(rules))
+        if not close:
+            return message
+        return (message.rstrip(".") + ". " if message else "") + \
+            f"You have requested this URI [{path}] but did you mean " + \
+            " or ".join(rules[m] for m in close) + " ?"
+
+    def metadata_prelude(self, request: Request, methods: tuple[str, ...],
+                         uuid_params: tuple[str, ...] = ("ds",)) -> str:
+        """What Dify checks before a metadata handler runs, in its order: the route (a
+        non-UUID id is no route: 404), the method (405), the key, the dataset (404, with
+        flask_restx's hint where it gives one). Returns the (lower-case) dataset id."""
+        for name in uuid_params:
+            if not _UUID_SEGMENT.match(request.path_params[name]):
+                raise HTTPException(404)
+        if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
+            raise HTTPException(405)
+        self.auth(request)
+        ds_id = request.path_params["ds"].lower()
+        try:
+            self.store.get_dataset(ds_id)
+        except ApiError as exc:
+            raise ApiError(exc.status, exc.code,
+                           self._help_on_404(request.url.path, exc.message)) from None
+        return ds_id
+
+    @staticmethod
+    async def flask_json(request: Request) -> Any:
+        """Flask's request.get_json() as Dify's routes call it: 415 unless the body is
+        declared JSON, 400 bad_request when it does not parse (an empty body included)."""
+        mimetype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not (mimetype == "application/json" or
+                (mimetype.startswith("application/") and mimetype.endswith("+json"))):
+            raise ApiError(415, "unsupported_media_type",
+                           "Did not attempt to load JSON data because the request "
+                           "Content-Type was not 'application/json'.")
+        raw = await request.body()
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ApiError(400, "bad_request", "The browser (or proxy) sent a request that "
+                           "this server could not understand.") from None
+
+    async def metadata(self, request: Request) -> Response:
+        """GET: ``{"doc_metadata": [{id, name, type, count}], "built_in_field_enabled"}``.
+        POST ``{"type", "name"}``: 201 ``{id, type, name}``."""
+        ds_id = self.metadata_prelude(request, ("GET", "POST"))
+        if request.method == "GET":
+            return JSONResponse(self.store.list_metadata(ds_id))
+        args = md.validate(md.MetadataArgs, await self.flask_json(request))
+        return JSONResponse(self.store.create_metadata(ds_id, args.type, args.name),
+                            status_code=201)
+
+    async def metadata_field(self, request: Request) -> Response:
+        """PATCH ``{"name"}``: 200 ``{id, type, name}`` (all None for an unknown id).
+        DELETE: 204, known id or not."""
+        ds_id = self.metadata_prelude(request, ("PATCH", "DELETE"), ("ds", "metadata_id"))
+        field_id = request.path_params["metadata_id"].lower()
+        if request.method == "PATCH":
+            args = md.validate(md.MetadataUpdatePayload, await self.flask_json(request))
+            return JSONResponse(self.store.rename_metadata(ds_id, field_id, args.name))
+        self.store.delete_metadata(ds_id, field_id)
+        return Response(status_code=204, media_type="application/json")  # as Dify sends it
+
+    async def metadata_built_in(self, request: Request) -> Response:
+        """GET: ``{"fields": [{name, type}]}``, the five built-in fields."""
+        self.metadata_prelude(request, ("GET",))
+        return JSONResponse({"fields": [{"name": n, "type": t} for n, t in BUILT_IN_FIELDS]})
+
+    async def metadata_built_in_action(self, request: Request) -> Response:
+        """POST .../built-in/enable|disable: ``{"result": "success"}``; any other action
+        is a successful no-op, as in Dify."""
+        ds_id = self.metadata_prelude(request, ("POST",))
+        action = request.path_params["action"]
+        if action in ("enable", "disable"):
+            self.store.set_built_in(ds_id, action == "enable")
+        return JSONResponse({"result": "success"})
+
+    async def no_route(self, request: Request) -> Response:
+        raise HTTPException(404)
+
+    async def documents_metadata(self, request: Request) -> Response:
+        """POST ``{"operation_data": [{"document_id", "metadata_list": [{"id", "name",
+        "value"}], "partial_update"?}]}``: ``{"result": "success"}``."""
+        ds_id = self.metadata_prelude(request, ("POST",))
+        ops = md.operations(await self.flask_json(request),
+                            partial_update=bool(self.opt.partial_update))
+        self.store.update_documents_metadata(ds_id, ops)
+        return JSONResponse({"result": "success"})
+
     # routing -----------------------------------------------------------------
     def routes(self) -> list[Route]:
         legacy = self.opt.legacy
@@ -405,6 +535,25 @@ class _Api:
             Route(v + "/{ds}", self.dataset, methods=["GET", "DELETE"] + ([] if legacy else
                                                                           ["PATCH"])),
             Route(v + "/{ds}/documents", self.documents, methods=["GET"]),
+        ]
+        if not legacy:
+            # every method, so that the handler answers 404/405 in Dify's order (and
+            # documents/metadata and metadata/built-in win over {doc} and {metadata_id})
+            routes += [
+                Route(v + "/{ds}/metadata", self.metadata, methods=EVERY_METHOD),
+                Route(v + "/{ds}/metadata/built-in", self.metadata_built_in,
+                      methods=EVERY_METHOD),
+                Route(v + "/{ds}/metadata/built-in/{action}", self.metadata_built_in_action,
+                      methods=EVERY_METHOD),
+                Route(v + "/{ds}/metadata/{metadata_id}", self.metadata_field,
+                      methods=EVERY_METHOD),
+                Route(v + "/{ds}/documents/metadata", self.documents_metadata,
+                      methods=EVERY_METHOD),
+            ]
+        else:  # no such route (not even {doc}: "metadata" is no UUID): the plain 404
+            routes.append(Route(v + "/{ds}/documents/metadata", self.no_route,
+                                methods=EVERY_METHOD))
+        routes += [
             Route(v + "/{ds}/documents/{batch}/indexing-status", self.indexing_status,
                   methods=["GET"]),
             Route(v + "/{ds}/documents/{doc}", self.document,
@@ -425,6 +574,13 @@ class _Api:
             routes.append(Route(path, self.update_by_file, methods=["POST"]))
         for path in spell(v + "/{ds}/documents/{doc}/update_by_text"):
             routes.append(Route(path, self.update_by_text, methods=["POST"]))
+        rules = []
+        for route in routes:
+            rule = route.path
+            for ours, flask in _FLASK_PARAMS.items():
+                rule = rule.replace(ours, flask)
+            rules.append(rule)
+        self.flask_rules = rules
         return routes
 
 

@@ -72,12 +72,16 @@ class Faults:
 
     Rates are probabilities in 0..1 drawn from a ``seed``ed generator (setting ``seed``
     re-seeds). Counters (``rate_limit_403``, ``rate_limit_429``) count down per
-    request they hit. ``quota_exceeded``, ``provider_not_initialize`` and
+    request they hit. ``metadata_error_rate`` fails only the metadata routes (paths
+    containing "/metadata"), with a status from ``error_statuses``. ``quota_exceeded``, ``provider_not_initialize`` and
     ``document_limit`` make create/update calls fail the way a misconfigured or full
     workspace does.
     """
 
     error_rate: float = 0.0
+    # like error_rate, for the metadata routes only (a path containing "/metadata":
+    # /datasets/{ds}/metadata..., /datasets/{ds}/documents/metadata); same statuses
+    metadata_error_rate: float = 0.0
     error_statuses: list[int] = field(default_factory=lambda: [500, 502, 503])
     latency: float = 0.0
     slow_rate: float = 0.0
@@ -159,6 +163,10 @@ class Faults:
                 self.rate_limit_403 -= 1
                 return _respond(d, 403, "forbidden", RATE_LIMIT_MESSAGE)
             if self._hit(self.error_rate) and self.error_statuses:
+                status = self._rng.choice(self.error_statuses)  # type: ignore[attr-defined]
+                return _error_status(d, status)
+            if ("/metadata" in path and self._hit(self.metadata_error_rate)
+                    and self.error_statuses):
                 status = self._rng.choice(self.error_statuses)  # type: ignore[attr-defined]
                 return _error_status(d, status)
             if self._hit(self.drop_rate):

@@ -46,7 +46,8 @@ class EmulatorServer:
 
     Use as a context manager (``with EmulatorServer() as emu:``) or call ``start()`` /
     ``stop()``. ``base_url`` ends in ``/v1``; ``store`` and ``faults`` can be changed from
-    the test thread while requests are served.
+    the test thread while requests are served. ``partial_update=False`` makes the
+    metadata write ignore ``partial_update`` (every write replaces), as servers before 1.11.
     """
 
     def __init__(self, api_key: str = "test-key", *, legacy: bool = False,
@@ -55,6 +56,7 @@ class EmulatorServer:
                  bare_400_on_create: bool = False,
                  refuse_delete_while_indexing: bool | None = None,
                  status_filter: bool | None = None,
+                 partial_update: bool = True,
                  state_path: str | os.PathLike[str] | None = None,
                  faults: Faults | None = None,
                  host: str = "127.0.0.1", port: int = 0) -> None:
@@ -65,7 +67,8 @@ class EmulatorServer:
             allowed_extensions=tuple(e.lower().lstrip(".") for e in allowed_extensions)
             if allowed_extensions is not None else DEFAULT_EXTENSIONS,
             bare_400_on_create=bare_400_on_create,
-            refuse_delete_while_indexing=refuse_delete_while_indexing, status_filter=status_filter)
+            refuse_delete_while_indexing=refuse_delete_while_indexing, status_filter=status_filter,
+            partial_update=partial_update)
         self.api_key = api_key
         self.host = host
         self.port = port

@@ -80,6 +80,18 @@ class DatasetRec:
     updated_at: float = 0.0
     process_rule_id: str = ""
     next_position: int = 1
+    built_in_field_enabled: bool = False
+
+
+@dataclass
+class MetadataField:
+    """A dataset's metadata field (Dify's DatasetMetadata row)."""
+
+    id: str
+    dataset_id: str
+    name: str
+    type: str
+    created_at: float = 0.0
 
 
 @dataclass
@@ -110,6 +122,9 @@ class DocRecord:
     status_override: str | None = None  # forced by set_document; cleared by a re-index
     error_override: str | None = None
     updated_at: float = 0.0
+    # Dify's Document.doc_metadata column: name -> value (str, int, float or None), plus
+    # the built-in keys while built-in fields are (or were) enabled. None until written.
+    doc_metadata: dict[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -121,6 +136,13 @@ class DocRecord:
 
 
 USER_ID = "00000000-0000-4000-8000-00000000e3a1"  # the emulated API key's "account"
+USER_NAME = "admin"  # that account's name: the built-in "uploader" value
+METADATA_TYPES = ("string", "number", "time")
+BUILT_IN_FIELDS: tuple[tuple[str, str], ...] = (
+    ("document_name", "string"), ("uploader", "string"), ("upload_date", "time"),
+    ("last_update_date", "time"), ("source", "string"))
+BUILT_IN_ID = "built-in"
+_SOURCE = "file_upload"  # the built-in "source" of an upload_file document (MetadataDataSource)
 _SETTABLE = {"enabled", "archived", "name", "indexing_status", "error", "created_from",
              "doc_form", "content", "disabled_by"}
 
@@ -149,6 +171,12 @@ class Store:
         self._views: dict[tuple[str, str | None], tuple[int, float, list[DocRecord]]] = {}
         self._version = 0
         self._seq = 0
+        # dataset id -> field id -> field, in creation order (Dify lists them so)
+        self.metadata_fields: dict[str, dict[str, MetadataField]] = {}
+        # document id -> the field ids bound to it, in insertion order, duplicates kept
+        # (Dify's DatasetMetadataBinding rows; a binding may name a field that does not
+        # exist or no longer does: it is then invisible, as in Dify)
+        self.metadata_bindings: dict[str, list[str]] = {}
         if self.state_path and os.path.exists(self.state_path):
             self._load()
 
@@ -190,6 +218,8 @@ class Store:
             self.docs.clear()
             self.batches.clear()
             self._names.clear()
+            self.metadata_fields.clear()
+            self.metadata_bindings.clear()
             self.fail_patterns = []
             self._save()
 
@@ -249,7 +279,9 @@ class Store:
         with self.lock:
             self.get_dataset(dataset_id)
             del self.datasets[dataset_id]
-            self.docs.pop(dataset_id, None)
+            for doc_id in self.docs.pop(dataset_id, {}):
+                self.metadata_bindings.pop(doc_id, None)
+            self.metadata_fields.pop(dataset_id, None)
             self._names.pop(dataset_id, None)
             for batch, (ds_id, _) in list(self.batches.items()):
                 if ds_id == dataset_id:
@@ -287,7 +319,9 @@ class Store:
                                                                    "reranking_model_name": ""},
                     "top_k": 2, "score_threshold_enabled": False, "score_threshold": None},
                 "tags": [], "doc_form": ds.doc_form, "external_knowledge_info": None,
-            }
+            } | ({} if self.legacy else {
+                "doc_metadata": self.dataset_doc_metadata(ds),
+                "built_in_field_enabled": ds.built_in_field_enabled})
 
     # ---------------------------------------------------------------- documents
     def _names_of(self, dataset_id: str) -> dict[str, list[str]]:
@@ -448,6 +482,7 @@ class Store:
             if docs.pop(doc_id, None) is None:
                 raise document_not_found()
             self._names.pop(dataset_id, None)
+            self.metadata_bindings.pop(doc_id, None)
             for batch, (ds_id, ids) in list(self.batches.items()):
                 if doc_id in ids:
                     ids.remove(doc_id)
@@ -570,6 +605,218 @@ class Store:
                 raise ApiError(404, "not_found", "Documents not found.")
             return [self.status_dict(d) for d in found]
 
+    # ----------------------------------------------------------------- metadata
+    # Dify 1.14.1's MetadataService, Document.doc_metadata_details and
+    # Dataset.doc_metadata, step by step (see docs in the emulator's app for the routes).
+    def _fields_of(self, dataset_id: str) -> dict[str, MetadataField]:
+        self.get_dataset(dataset_id)
+        return self.metadata_fields.setdefault(dataset_id, {})
+
+    def metadata_field(self, dataset_id: str, name: str) -> MetadataField | None:
+        """The dataset's field with exactly this name (for tests)."""
+        with self.lock:
+            return next((f for f in self._fields_of(dataset_id).values() if f.name == name),
+                        None)
+
+    def dataset_doc_metadata(self, ds: DatasetRec) -> list[dict[str, Any]]:
+        """The dataset object's ``doc_metadata``: its fields, then (when enabled) the five
+        built-in ones with id "built-in"."""
+        with self.lock:
+            out = [{"id": f.id, "name": f.name, "type": f.type}
+                   for f in self.metadata_fields.get(ds.id, {}).values()]
+            if ds.built_in_field_enabled:
+                out += [{"id": BUILT_IN_ID, "name": n, "type": t} for n, t in BUILT_IN_FIELDS]
+            return out
+
+    def list_metadata(self, dataset_id: str) -> dict[str, Any]:
+        """GET /datasets/{ds}/metadata: each field with the number of its bindings (one
+        per binding row: a document bound twice counts twice)."""
+        with self.lock:
+            ds = self.get_dataset(dataset_id)
+            fields_ = self._fields_of(dataset_id)
+            counts = dict.fromkeys(fields_, 0)
+            for doc_id in self.docs.get(dataset_id, {}):
+                for field_id in self.metadata_bindings.get(doc_id, ()):
+                    if field_id in counts:
+                        counts[field_id] += 1
+            return {"doc_metadata": [{"id": f.id, "name": f.name, "type": f.type,
+                                      "count": counts[f.id]} for f in fields_.values()],
+                    "built_in_field_enabled": ds.built_in_field_enabled}
+
+    def _check_field_name(self, dataset_id: str, name: str) -> None:
+        if len(name) > 255:
+            raise ApiError(400, "invalid_param", "Metadata name cannot exceed 255 characters.")
+        if any(f.name == name for f in self._fields_of(dataset_id).values()):
+            raise ApiError(400, "invalid_param", "Metadata name already exists.")
+        if any(name == n for n, _ in BUILT_IN_FIELDS):
+            raise ApiError(400, "invalid_param",
+                           "Metadata name already exists in Built-in fields.")
+
+    def create_metadata(self, dataset_id: str, type_: str, name: str) -> dict[str, Any]:
+        """A new field: the answer ``{id, type, name}``. Names are compared exactly (case
+        and spaces count); "" is a valid name."""
+        if type_ not in METADATA_TYPES:
+            raise ValueError(f"bad metadata type {type_!r}")
+        with self.lock:
+            self._check_field_name(dataset_id, name)
+            field = MetadataField(id=str(uuid.uuid4()), dataset_id=dataset_id, name=name,
+                                  type=type_, created_at=self.clock())
+            self._fields_of(dataset_id)[field.id] = field
+            self._save()
+            return {"id": field.id, "type": field.type, "name": field.name}
+
+    def _working(self, doc: DocRecord) -> bool:
+        """Dify's "working" documents (get_working_documents_by_dataset_id and
+        get_document_by_ids): enabled, completed and not archived. Only these see renames,
+        field deletes and built-in switches."""
+        return doc.enabled and not doc.archived and self.indexing_status(doc) == "completed"
+
+    def _store_values(self, doc: DocRecord, values: dict[str, Any], now: float) -> None:
+        """Write a document's doc_metadata. Like SQLAlchemy, which skips the UPDATE (and
+        so the ``updated_at`` bump) when the new JSON equals the old one."""
+        if values != doc.doc_metadata:
+            doc.doc_metadata = values
+            doc.updated_at = now
+
+    def _bound_working_docs(self, dataset_id: str, field_id: str) -> list[DocRecord]:
+        docs = self.docs.get(dataset_id, {})
+        return [d for d in docs.values() if field_id in self.metadata_bindings.get(d.id, ())
+                and self._working(d)]
+
+    def rename_metadata(self, dataset_id: str, field_id: str, name: str) -> dict[str, Any]:
+        """PATCH: the new name must not exist yet (its own current name included) nor be a
+        built-in one. An unknown id answers ``{id: None, type: None, name: None}`` (Dify
+        swallows the error). Bound working documents get their value moved to the new key
+        (None when they had none)."""
+        with self.lock:
+            self._check_field_name(dataset_id, name)
+            field = self._fields_of(dataset_id).get(field_id)
+            if field is None:
+                return {"id": None, "type": None, "name": None}
+            old, now = field.name, self.clock()
+            field.name = name
+            for doc in self._bound_working_docs(dataset_id, field_id):
+                values = dict(doc.doc_metadata or {})
+                values[name] = values.pop(old, None)
+                self._store_values(doc, values, now)
+            self._save()
+            return {"id": field.id, "type": field.type, "name": field.name}
+
+    def delete_metadata(self, dataset_id: str, field_id: str) -> None:
+        """DELETE: drops the field and its value from the bound working documents (others
+        keep the value, invisible). An unknown id does nothing (Dify answers 204)."""
+        with self.lock:
+            fields_ = self._fields_of(dataset_id)
+            field = fields_.get(field_id)
+            if field is None:
+                return
+            now = self.clock()
+            for doc in self._bound_working_docs(dataset_id, field_id):
+                values = dict(doc.doc_metadata or {})
+                values.pop(field.name, None)
+                self._store_values(doc, values, now)
+            del fields_[field_id]
+            self._save()
+
+    def _built_in_values(self, doc: DocRecord) -> dict[str, Any]:
+        """What Dify writes into doc_metadata for the built-in keys (floats for the dates)."""
+        return {"document_name": doc.name, "uploader": USER_NAME,
+                "upload_date": float(int(doc.created_at)),
+                "last_update_date": round(doc.updated_at, 6),
+                "source": _SOURCE}
+
+    def set_built_in(self, dataset_id: str, enabled: bool) -> None:
+        """POST metadata/built-in/enable|disable: a no-op when already so; otherwise every
+        working document gets the built-in keys written (or removed)."""
+        with self.lock:
+            ds = self.get_dataset(dataset_id)
+            if ds.built_in_field_enabled == enabled:
+                return
+            now = self.clock()
+            for doc in self.docs.get(dataset_id, {}).values():
+                if not self._working(doc):
+                    continue
+                values = dict(doc.doc_metadata or {})
+                if enabled:
+                    values.update(self._built_in_values(doc))
+                else:
+                    for key, _ in BUILT_IN_FIELDS:
+                        values.pop(key, None)
+                self._store_values(doc, values, now)
+            ds.built_in_field_enabled = enabled
+            self._save()
+
+    def update_documents_metadata(
+            self, dataset_id: str,
+            operations: list[tuple[str, list[tuple[str, str, Any]], bool]]) -> None:
+        """POST documents/metadata: operations of (document id, [(field id, name, value)],
+        partial_update), each committed on its own, in order, as Dify does: an unknown
+        document raises 400 "Document not found." with the earlier operations kept.
+
+        Without partial_update the document's values and bindings are replaced; with it
+        they are merged (a binding already there is not added again). Values go under the
+        *name* sent; the id is only bound (not checked against a field or the name). A
+        document or field id that is not a UUID fails in Postgres: 500, this operation
+        rolled back."""
+        with self.lock:
+            ds = self.get_dataset(dataset_id)
+            docs = self._docs_of(dataset_id)
+            try:
+                for doc_id, items, partial in operations:
+                    doc = docs.get(_pg_uuid(doc_id))
+                    if doc is None:
+                        raise ApiError(400, "invalid_param", "Document not found.")
+                    field_ids = [_pg_uuid(field_id) for field_id, _, _ in items]
+                    values = dict(doc.doc_metadata or {}) if partial else {}
+                    for _, name, value in items:
+                        values[name] = value
+                    if ds.built_in_field_enabled:
+                        values.update(self._built_in_values(doc))
+                    bindings = list(self.metadata_bindings.get(doc.id, ())) if partial else []
+                    for field_id in field_ids:
+                        if partial and field_id in bindings:
+                            continue
+                        bindings.append(field_id)
+                    self._store_values(doc, values, self.clock())
+                    if bindings:
+                        self.metadata_bindings[doc.id] = bindings
+                    else:
+                        self.metadata_bindings.pop(doc.id, None)
+            finally:
+                self._save()
+
+    def doc_metadata_details(self, doc: DocRecord, *, typed: bool) -> list[dict[str, Any]] | None:
+        """A document's ``doc_metadata`` as Dify renders it (Document.doc_metadata_details):
+        None while its stored values are empty or unset; else each binding whose field
+        exists, in binding order, with the value stored under the field's current name,
+        then the five built-in fields (always, enabled or not). ``typed`` keeps values as
+        stored (document detail); otherwise they are strings (fields.String: the list,
+        create and update answers), None staying None."""
+        with self.lock:
+            if not doc.doc_metadata:
+                return None
+            fields_ = self.metadata_fields.get(doc.dataset_id, {})
+            out: list[dict[str, Any]] = []
+            for field_id in self.metadata_bindings.get(doc.id, ()):
+                field = fields_.get(field_id)
+                if field is not None:
+                    out.append({"id": field.id, "name": field.name, "type": field.type,
+                                "value": doc.doc_metadata.get(field.name)})
+            out += [
+                {"id": BUILT_IN_ID, "name": "document_name", "type": "string", "value": doc.name},
+                {"id": BUILT_IN_ID, "name": "uploader", "type": "string", "value": USER_NAME},
+                {"id": BUILT_IN_ID, "name": "upload_date", "type": "time",
+                 "value": str(float(int(doc.created_at)))},
+                {"id": BUILT_IN_ID, "name": "last_update_date", "type": "time",
+                 "value": str(round(doc.updated_at, 6))},
+                {"id": BUILT_IN_ID, "name": "source", "type": "string",
+                 "value": _SOURCE}]
+            if not typed:
+                for item in out:
+                    if item["value"] is not None and not isinstance(item["value"], str):
+                        item["value"] = str(item["value"])
+            return out
+
     # ------------------------------------------------------------ indexing view
     def _progress(self, doc: DocRecord, now: float | None = None) -> tuple[str, float]:
         """(indexing_status, time of completion or +inf) as of now."""
@@ -642,7 +889,7 @@ class Store:
                 "doc_form": doc.doc_form,
             }
             if not self.legacy:
-                data["doc_metadata"] = []
+                data["doc_metadata"] = self.doc_metadata_details(doc, typed=detail)
             if detail:
                 data.update({
                     "dataset_id": doc.dataset_id, "doc_language": doc.doc_language,
@@ -705,6 +952,9 @@ class Store:
                      "content_b64": base64.b64encode(doc.content).decode("ascii")}
                     for docs in self.docs.values() for doc in docs.values()],
                 "batches": {b: [ds, ids] for b, (ds, ids) in self.batches.items()},
+                "metadata_fields": [asdict(f) for fs in self.metadata_fields.values()
+                                    for f in fs.values()],
+                "metadata_bindings": self.metadata_bindings,
             }
             directory = os.path.dirname(os.path.abspath(self.state_path))
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".emulator-", suffix=".tmp")
@@ -739,6 +989,20 @@ class Store:
             doc = DocRecord(content=content, **raw)
             self.docs.setdefault(doc.dataset_id, {})[doc.id] = doc
         self.batches = {b: (ds, list(ids)) for b, (ds, ids) in state.get("batches", {}).items()}
+        for raw in state.get("metadata_fields", []):
+            field = MetadataField(**raw)
+            self.metadata_fields.setdefault(field.dataset_id, {})[field.id] = field
+        self.metadata_bindings = {doc: list(ids) for doc, ids in
+                                  state.get("metadata_bindings", {}).items()}
+
+
+def _pg_uuid(value: str) -> str:
+    """A value as Postgres reads it into a uuid column (lower-case canonical form), or a
+    500 as Dify answers the database error."""
+    try:
+        return str(uuid.UUID(value))
+    except (ValueError, AttributeError, TypeError):
+        raise ApiError(500, "unknown", "Internal Server Error") from None
 
 
 def _mime(name: str) -> str:
@@ -756,5 +1020,6 @@ def _segments(content: bytes) -> int:
     return max(1, (len(content) + 499) // 500) if content else 0
 
 
-__all__ = ["ApiError", "DISPLAY_STATUSES", "DatasetRec", "DocRecord", "Store", "USER_ID",
+__all__ = ["ApiError", "BUILT_IN_FIELDS", "BUILT_IN_ID", "DISPLAY_STATUSES", "DatasetRec",
+           "DocRecord", "METADATA_TYPES", "MetadataField", "Store", "USER_ID", "USER_NAME",
            "IN_PROGRESS", "dataset_not_found", "document_not_found", "normalize_display_status"]
