@@ -422,7 +422,7 @@ class DifyClient:
 
     def indexing_status(self, dataset_id: str, batch: str) -> list[dict[str, Any]]:
         response = self._request("GET", f"/datasets/{dataset_id}/documents/{batch}/indexing-status",
-                                 about=f"indexing status of batch {batch}", on_document=True)
+                                 about=f"indexing status of batch {batch} in dataset {dataset_id}", on_document=True)
         return list(self._json(response, "indexing status").get("data") or [])
 
     # --- helpers ------------------------------------------------------------------------
