@@ -428,6 +428,99 @@ def test_a_users_own_metadata_value_survives_difysyncs_writes(tmp_path, partial_
         assert visible.get("team") == "blue" and visible.get(tags.PATH) == "docs/guide.md", visible
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "tags.parse keeps other people's values as the document listing renders them (fields.String: "
+    "strings) and tags.operation writes them back with every write, so a number 5 or a time "
+    "1700000000 a person set becomes the string '5' / '1700000000' after any difysync update"))
+@pytest.mark.parametrize("partial_update", [True, False], ids=["current-server", "before-1.11"])
+def test_a_users_number_and_time_values_keep_their_type_across_difysyncs_update(tmp_path, partial_update):
+    with EmulatorServer(partial_update=partial_update) as emu:
+        # Given a difysync document with a person's number and time values on it
+        box = Sandbox(tmp_path, emu, owner="a")
+        box.write("guide.md", "version one")
+        ok(box.reconcile())
+        doc = box.docs()["guide.md"]
+        score = emu.store.create_metadata(box.dataset, "number", "score")
+        reviewed = emu.store.create_metadata(box.dataset, "time", "reviewed")
+        emu.store.update_documents_metadata(box.dataset, [(doc.id, [(score["id"], "score", 5),
+                                                                    (reviewed["id"], "reviewed", 1_700_000_000)], True)])
+
+        # When difysync updates the document
+        box.write("guide.md", "version two, longer")
+        assert ok(box.reconcile())["updated"] == 1
+
+        # Then the values are kept as they were: the same values, of the same JSON types
+        values = box.docs()["guide.md"].doc_metadata
+        assert (values["score"], values["reviewed"]) == (5, 1_700_000_000), values
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "every metadata write carries the other values as listed at the start of the pass, also on "
+    "servers that honour partial_update: a value a person sets between difysync's listing and its "
+    "metadata write (a whole pass of uploads later) is reverted to the listed one"))
+def test_a_value_a_person_sets_while_a_pass_runs_is_not_reverted(tmp_path, emulator):
+    # Given a difysync document with a person's value team = "blue", and an edit to send
+    box = Sandbox(tmp_path, emulator, owner="a")
+    box.write("guide.md", "version one")
+    ok(box.reconcile())
+    doc = box.docs()["guide.md"]
+    team = emulator.store.create_metadata(box.dataset, "string", "team")
+    emulator.store.update_documents_metadata(box.dataset, [(doc.id, [(team["id"], "team", "blue")], True)])
+    box.write("guide.md", "version two, longer")
+
+    # When the person sets team = "red" after difysync listed the dataset, just before its
+    # metadata write lands (the server's store is wrapped to do so: no timing involved)
+    store = emulator.store
+    real = store.update_documents_metadata
+    person = {"done": False}
+
+    def person_first(dataset_id, operations):
+        if not person["done"]:
+            person["done"] = True
+            real(dataset_id, [(doc.id, [(team["id"], "team", "red")], True)])
+        return real(dataset_id, operations)
+
+    store.update_documents_metadata = person_first  # type: ignore[method-assign]
+    try:
+        assert ok(box.reconcile())["updated"] == 1
+    finally:
+        del store.update_documents_metadata
+    assert person["done"]
+
+    # Then the person's newer value stands, beside difysync's own new values
+    values = box.docs()["guide.md"].doc_metadata
+    assert values[tags.SHA256] == hashlib.sha256(b"version two, longer").hexdigest()
+    assert values["team"] == "red", values
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "remote.metadata_fields trusts the field ids remembered in the state DB for good: once a person "
+    "deletes a difysync field, every write binds the dead id (invisible in Dify), the field is never "
+    "made again, and every pass re-tags every document without ever converging"))
+def test_a_difysync_field_a_person_deleted_is_made_again_and_the_tags_converge(tmp_path, emulator):
+    # Given an imported folder, and then a person deletes the difysync_owner field in Dify
+    box = Sandbox(tmp_path, emulator, owner="a")
+    box.write("a.md", "alpha")
+    box.write("b.md", "beta")
+    ok(box.reconcile())
+    emulator.store.delete_metadata(box.dataset, emulator.store.metadata_field(box.dataset, tags.OWNER).id)
+    assert all(tags.OWNER not in (d.doc_metadata or {}) for d in box.docs().values())
+
+    # When difysync runs a few passes
+    for _ in range(3):
+        ok(box.reconcile())
+
+    # Then the field exists again, the documents show their owner in the listing, and a
+    # pass with nothing changed sends no metadata request
+    assert emulator.store.metadata_field(box.dataset, tags.OWNER) is not None
+    for doc in box.docs().values():
+        shown = {m["name"]: m["value"] for m in emulator.store.doc_metadata_details(doc, typed=False) or ()}
+        assert shown.get(tags.OWNER) == "a", shown
+    emulator.reset_requests()
+    body = ok(box.reconcile())
+    assert body["tagged"] == 0 and metadata_paths(emulator) == []
+
+
 # --- 6. metadata faults ----------------------------------------------------------------------------
 
 
@@ -515,8 +608,8 @@ def test_a_legacy_server_without_metadata_works_as_before_and_says_so_once(tmp_p
         assert metadata_paths(emu) == seen
         # and at most one INFO line says that metadata is off
         said = [line for text in stderr for line in text.splitlines() if "no metadata API" in line]
-        assert len(said) <= 1, said
-        assert all(" INFO " in line for line in said), said
+        assert len(said) == 1, said  # once: "at most one", and it is said
+        assert " INFO " in said[0], said
 
 
 # --- 8. two daemons ---------------------------------------------------------------------------------
@@ -610,7 +703,7 @@ def test_two_services_on_one_dataset_mirror_their_own_folders_and_touch_nothing_
 
     assert not any(i in written(daemons[0].log) for i in b_ids), written(daemons[0].log)
     assert not any(i in written(daemons[1].log) for i in a_ids), written(daemons[1].log)
-    assert "name_held" not in daemons[0].log + daemons[1].log
+    assert "name held" not in daemons[0].log + daemons[1].log
 
     for d in daemons:
         assert d.stop() == 0, d.log

@@ -214,16 +214,16 @@ def _send(action: Action, ctx: FolderContext, client: DifyClient) -> _Sent:
     name = action.document_name or ""
     if action.kind is Kind.RECREATE:
         client.delete_document(ctx.dataset_id, action.document_id or "")
-        upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data)
+        upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data, owner=ctx.owner)
     elif action.kind is Kind.CREATE:
-        upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data)
+        upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data, owner=ctx.owner)
     else:
         try:
             upload = client.update_by_file(ctx.dataset_id, action.document_id or "", name, content,
                                            ctx.update_data)
         except NotFoundError:
             # Deleted in Dify between our listing and now: it has to be made again.
-            upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data)
+            upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data, owner=ctx.owner)
     return _Sent(upload, sha, after if stable else None)
 
 

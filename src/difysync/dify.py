@@ -354,9 +354,10 @@ class DifyClient:
         return [d for d in self.list_documents(dataset_id, keyword=name) if d.name == name]
 
     def create_by_file(self, dataset_id: str, name: str, content: bytes,
-                       data: Mapping[str, Any]) -> Upload:
+                       data: Mapping[str, Any], *, owner: str | None = None) -> Upload:
         """Create a document. A re-send after a failure that may have landed first looks the
-        name up, so an old server (no name matching) never gets a duplicate."""
+        name up, so an old server (no name matching) never gets a duplicate; a document of
+        that name that another ``owner`` tagged is not what landed."""
         about = f"create {name!r}"
 
         def landed() -> Upload | None:
@@ -366,7 +367,7 @@ class DifyClient:
                 return None
             # same size too: a same-named document that was there before is not what landed
             found = [d for d in found if d.enabled and not d.archived
-                     and d.size in (None, len(content))]
+                     and d.size in (None, len(content)) and d.owner in (None, owner)]
             return Upload(found[0], None) if found else None
 
         result = self._request(
