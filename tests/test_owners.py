@@ -428,10 +428,6 @@ def test_a_users_own_metadata_value_survives_difysyncs_writes(tmp_path, partial_
         assert visible.get("team") == "blue" and visible.get(tags.PATH) == "docs/guide.md", visible
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "tags.parse keeps other people's values as the document listing renders them (fields.String: "
-    "strings) and tags.operation writes them back with every write, so a number 5 or a time "
-    "1700000000 a person set becomes the string '5' / '1700000000' after any difysync update"))
 @pytest.mark.parametrize("partial_update", [True, False], ids=["current-server", "before-1.11"])
 def test_a_users_number_and_time_values_keep_their_type_across_difysyncs_update(tmp_path, partial_update):
     with EmulatorServer(partial_update=partial_update) as emu:
@@ -454,10 +450,6 @@ def test_a_users_number_and_time_values_keep_their_type_across_difysyncs_update(
         assert (values["score"], values["reviewed"]) == (5, 1_700_000_000), values
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "every metadata write carries the other values as listed at the start of the pass, also on "
-    "servers that honour partial_update: a value a person sets between difysync's listing and its "
-    "metadata write (a whole pass of uploads later) is reverted to the listed one"))
 def test_a_value_a_person_sets_while_a_pass_runs_is_not_reverted(tmp_path, emulator):
     # Given a difysync document with a person's value team = "blue", and an edit to send
     box = Sandbox(tmp_path, emulator, owner="a")
@@ -493,10 +485,6 @@ def test_a_value_a_person_sets_while_a_pass_runs_is_not_reverted(tmp_path, emula
     assert values["team"] == "red", values
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "remote.metadata_fields trusts the field ids remembered in the state DB for good: once a person "
-    "deletes a difysync field, every write binds the dead id (invisible in Dify), the field is never "
-    "made again, and every pass re-tags every document without ever converging"))
 def test_a_difysync_field_a_person_deleted_is_made_again_and_the_tags_converge(tmp_path, emulator):
     # Given an imported folder, and then a person deletes the difysync_owner field in Dify
     box = Sandbox(tmp_path, emulator, owner="a")

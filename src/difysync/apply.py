@@ -17,50 +17,19 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from .dify import DifyClient, Upload
-from . import tags
 from .errors import DifyError, Next, NotFoundError, verdict
-from .models import ErrorKind, FileState, LocalFile, SkipCode, Tags
+from .models import ErrorKind, FileState, LocalFile, SkipCode
+from .outcomes import Outcome, Result
+from .tagging import Tagger
 from .plan import UPLOADS, Action, Kind
 from .scanner import FileTooLarge, read_for_upload
 from .state import Skip, StateBackend
 
 log = logging.getLogger("difysync")
-
-
-class Result(str, Enum):
-    """How one action ended."""
-
-    OK = "ok"
-    FAILED = "failed"
-    SKIPPED = "skipped"
-    WAITING = "waiting"
-    GONE = "gone"  # the file vanished before it could be sent
-    DEFERRED = "deferred"  # metadata not written this time; a later pass tries again (not a failure)
-
-    def __str__(self) -> str:
-        return self.value
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    action: Action
-    result: Result
-    message: str = ""
-    document_id: str | None = None
-    repeat: bool = False  # the same skip as last pass: not news, logged at debug level
-    code: SkipCode | None = None  # why, for a skip decided while sending
-
-    def as_dict(self) -> dict[str, Any]:
-        code = self.code or self.action.code
-        return {"action": str(self.action.kind), "path": self.action.rel_path,
-                "old_path": self.action.old_rel_path, "document_id": self.document_id or
-                self.action.document_id, "result": self.result.value, "message": self.message
-                or self.action.reason, "reason_code": code.value if code else None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +43,9 @@ class FolderContext:
     update_data: Mapping[str, Any]  # ... and for update-by-file
     max_bytes: int
     owner: str | None = None  # write difysync's metadata as this owner; None: metadata is off
-    # The dataset's ids of difysync's fields (made once, remembered), None without a metadata API.
-    metadata_fields: Callable[[], Mapping[str, str] | None] = lambda: None
+    # The dataset's ids of difysync's fields (made once, remembered; checked against Dify when
+    # called with True), None without a metadata API.
+    metadata_fields: Callable[[bool], Mapping[str, str] | None] = lambda verify: None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,7 +117,8 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
 
     uploads = [a for a in actions if a.kind in UPLOADS]
     deletes = [a for a in actions if a.kind is Kind.DELETE]
-    tagger = Tagger(ctx, [a for a in actions if a.kind is Kind.TAG], local)
+    tagger = Tagger(ctx.key, ctx.dataset_id, ctx.owner, ctx.metadata_fields,
+                    [a for a in actions if a.kind is Kind.TAG], local)
     fatal = _run_pool(uploads, ctx, client, store, rows, concurrency, done, should_stop, tagger)
     if fatal is None:
         tagger.flush(client, store, done)
@@ -245,7 +216,9 @@ def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderC
     _settle_upload(sent, action, journal_id, ctx, store, rows)
     assert sent.upload is not None
     if tagger is not None:
-        tagger.uploaded(action, sent)
+        f = tagger.local.get(action.rel_path)
+        mtime = sent.stat.st_mtime_ns if sent.stat is not None else (f.mtime_ns if f else None)
+        tagger.uploaded(action, sent.upload.document.id, sent.sha256, mtime)
     done(Outcome(action, Result.OK, action.reason, sent.upload.document.id))
     return None
 
@@ -313,73 +286,6 @@ def _settle_upload(sent: _Sent, action: Action, journal_id: int, ctx: FolderCont
     if action.kind is Kind.RENAME and action.old_rel_path and action.old_rel_path != action.rel_path \
             and action.old_rel_path in rows:
         store.settle_removal(None, ctx.key, action.old_rel_path)
-
-
-class Tagger:
-    """difysync's metadata for one pass: the documents this pass uploaded and those whose
-    metadata alone is stale (TAG actions), written in batches once the uploads are done."""
-
-    def __init__(self, ctx: FolderContext, retags: Sequence[Action], local: Mapping[str, LocalFile]) -> None:
-        self.ctx = ctx
-        self.local = local
-        # document id -> (the TAG action, or None for an upload), the values, the others' values
-        self.items: dict[str, tuple[Action | None, str, Tags, tuple[tuple[str, str, str | None], ...]]] = {}
-        for a in retags:
-            f = local.get(a.rel_path)
-            self._add(a, a.rel_path, a.document_id or "", a.sha256, f.mtime_ns if f else None, a.keep_metadata)
-
-    def uploaded(self, action: Action, sent: _Sent) -> None:
-        assert sent.upload is not None
-        f = self.local.get(action.rel_path)
-        mtime = sent.stat.st_mtime_ns if sent.stat is not None else (f.mtime_ns if f else None)
-        self._add(None, action.rel_path, sent.upload.document.id, sent.sha256, mtime, action.keep_metadata)
-
-    def _add(self, action: Action | None, rel: str, document_id: str, sha256: str | None, mtime_ns: int | None,
-             keep: tuple[tuple[str, str, str | None], ...]) -> None:
-        if self.ctx.owner is not None and document_id and sha256:
-            self.items[document_id] = (action, rel, tags.expected(rel, sha256, self.ctx.owner, mtime_ns), keep)
-
-    def flush(self, client: DifyClient, store: StateBackend, done: Callable[[Outcome], None]) -> None:
-        """Send what was collected, journaled per document; failures wait for a later pass."""
-        if not self.items:
-            return
-        try:
-            fields = self.ctx.metadata_fields()
-        except DifyError as exc:
-            self._deferred(list(self.items), f"metadata fields not ready: {exc.describe()}", done)
-            return
-        if fields is None:  # no metadata API on this server (said once, at INFO, when learnt)
-            for action, *_ in self.items.values():
-                if action is not None:
-                    done(Outcome(action, Result.DEFERRED, "this server has no metadata API"))
-            return
-        for batch in tags.batches(list(self.items)):
-            self._send(batch, fields, client, store, done)
-
-    def _send(self, batch: list[str], fields: Mapping[str, str], client: DifyClient, store: StateBackend,
-              done: Callable[[Outcome], None]) -> None:
-        key, ds = self.ctx.key, self.ctx.dataset_id
-        journal = store.journal_begin_many(key, ds, str(Kind.TAG), [
-            (self.items[d][1], None, d, self.items[d][2].sha256) for d in batch])
-        try:
-            client.set_document_metadata(ds, [tags.operation(d, self.items[d][2], fields, self.items[d][3])
-                                              for d in batch])
-        except DifyError as exc:
-            store.clear_journal(journal)  # nothing to recover: the next listing shows what is missing
-            self._deferred(batch, f"metadata not written: {exc.describe()}", done)
-            return
-        store.clear_journal(journal)
-        for d in batch:
-            action = self.items[d][0]
-            if action is not None:
-                done(Outcome(action, Result.OK, action.reason, d))
-
-    def _deferred(self, batch: list[str], why: str, done: Callable[[Outcome], None]) -> None:
-        log.warning("%s: %s (%d document(s)); a later pass tries again", self.ctx.key, why, len(batch))
-        for d in batch:
-            action = self.items[d][0]
-            if action is not None:
-                done(Outcome(action, Result.DEFERRED, why, d))
 
 
 def _skip_recorded(action: Action, row: FileState | None, f: LocalFile | None) -> bool:

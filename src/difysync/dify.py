@@ -415,6 +415,15 @@ class DifyClient:
                                  about=f"create metadata field {name!r}", mutating=True)
         return self._json(response, "create metadata field")
 
+    def document_metadata(self, dataset_id: str, document_id: str) -> Any:
+        """A document's ``doc_metadata`` as its detail gives it: values keep their types
+        (the listing gives strings), and it is read now, not when the pass began."""
+        response = self._request("GET", f"/datasets/{dataset_id}/documents/{document_id}",
+                                 params={"metadata": "only"}, about=f"metadata of document {document_id}",
+                                 on_document=True)
+        body = self._json(response, "document metadata")
+        return body.get("doc_metadata") if isinstance(body, dict) else None
+
     def set_document_metadata(self, dataset_id: str, operations: list[dict[str, Any]]) -> None:
         """Set metadata values on several documents in one request (tags.operation builds
         each entry). Safe to re-send: it sets values, it makes nothing."""

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from . import marks
-from .apply import FolderContext, Outcome, Result, Stopped, apply_actions
+from .apply import FolderContext, Stopped, apply_actions
+from .outcomes import Outcome, Result
 from .config import FolderSettings, Settings
 from .dify import DifyClient
 from .errors import DifySyncError, verdict
@@ -319,8 +320,8 @@ class _Pass:
         ctx = FolderContext(key=self.key, root=self.root, dataset_id=dataset_id,
                             create_data=create_data(self.folder), update_data=update_data(self.folder),
                             max_bytes=self.policy.max_bytes, owner=self.policy.owner,
-                            metadata_fields=lambda: metadata_fields(
-                                self.env.client, self.store, self.key, dataset_id,
+                            metadata_fields=lambda verify: metadata_fields(
+                                self.env.client, self.store, self.key, dataset_id, verify=verify,
                                 recheck_after=self.env.settings.schedule.full_listing_minutes * 60))
         self.report.outcomes = apply_actions(plan.actions, ctx, self.env.client, self.store, inputs.rows,
                                              concurrency=self.env.settings.dify.concurrency,

@@ -76,12 +76,14 @@ def forget_dataset(store: StateBackend, folder: FolderSettings, error: BaseExcep
 
 
 def metadata_fields(client: DifyClient, store: StateBackend, folder: str, dataset_id: str, *,
-                    recheck_after: float) -> dict[str, str] | None:
+                    recheck_after: float, verify: bool = False) -> dict[str, str] | None:
     """The ids of difysync's four fields in the dataset (name -> id), made where missing
     and remembered in the state DB; None when the server has no metadata API (then it is
-    asked again only after ``recheck_after`` seconds: a server can be upgraded)."""
+    asked again only after ``recheck_after`` seconds: a server can be upgraded). With
+    ``verify`` the remembered ids are checked against Dify's list (a person may have
+    deleted a field: writing its old id binds nothing anyone can see)."""
     known = store.known_metadata(dataset_id)
-    if known is not None and known.supported and tags.NAMES <= known.fields.keys():
+    if known is not None and known.supported and tags.NAMES <= known.fields.keys() and not verify:
         return known.fields
     if known is not None and not known.supported and time.time() - known.checked_at < recheck_after:
         return None

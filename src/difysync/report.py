@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
-from .apply import Outcome, Result
+from .outcomes import Outcome, Result
 from .errors import DifySyncError
 from .models import ScanProblem
 from .plan import Kind, Plan

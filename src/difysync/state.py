@@ -91,6 +91,7 @@ class KnownMetadata(NamedTuple):
     supported: bool
     fields: dict[str, str]
     checked_at: float
+    merges: bool | None = None  # the server merges writes (partial_update); None: not known yet
 
 
 class InFlight(NamedTuple):
@@ -136,21 +137,6 @@ class StateBackend(Protocol):
                       sha256: str | None = None) -> int:
         """Record an intent before its request is sent; returns the row to settle."""
     def journal_begin_many(self, folder: str, dataset_id: str, op: str,
-                           items: Iterable[tuple[str, str | None, str | None, str | None]]) -> list[int]:
-        """``journal_begin`` for a batch sent as one request: (rel_path, document name,
-        document id, sha256) each; one transaction, one row each."""
-        ids = []
-        with self.transaction() as conn:
-            _unmark(conn, folder)
-            for rel, name, document_id, sha in items:
-                cur = conn.execute(
-                    "INSERT INTO journal (folder, dataset_id, op, rel_path, document_name, document_id, "
-                    "sha256, started_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [folder, dataset_id, op, encode_path(rel), name, document_id, sha, time.time()])
-                ids.append(int(cur.lastrowid or 0))
-        return ids
-
-    def journal_begin_many(self, folder: str, dataset_id: str, op: str,
                            items: Iterable[tuple[str, str | None, str | None, str | None]]) -> list[int]: ...
     def clear_journal(self, ids: Iterable[int]) -> None:
         """Drop intents a pass resolved."""
@@ -178,7 +164,7 @@ class StateBackend(Protocol):
     def forget_dataset(self, folder: str) -> None: ...
     def known_metadata(self, dataset_id: str) -> KnownMetadata | None: ...
     def remember_metadata(self, dataset_id: str, supported: bool, fields: Mapping[str, str]) -> None: ...
-    def forget_metadata(self, dataset_id: str) -> None: ...
+    def remember_merges(self, dataset_id: str, merges: bool) -> None: ...
     def dataset_of(self, folder: str) -> str | None: ...
     def load_mark(self, folder: str, dataset_id: str) -> str | None: ...
     def save_mark(self, folder: str, dataset_id: str, body: str) -> None: ...
@@ -333,8 +319,8 @@ class StateStore:
     def _migration_4_metadata_fields(self) -> None:
         """Per dataset: whether it has a metadata API, and the ids of difysync's fields."""
         with self.transaction():
-            self.db["metadata"].create({"dataset_id": str, "supported": int, "fields": str, "checked_at": float},
-                                       pk="dataset_id", if_not_exists=True)
+            self.db["metadata"].create({"dataset_id": str, "supported": int, "fields": str, "checked_at": float,
+                                        "merges": int}, pk="dataset_id", if_not_exists=True)
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '4')")
 
     # --- reads ------------------------------------------------------------------------
@@ -615,11 +601,12 @@ class StateStore:
     # --- each dataset's metadata fields --------------------------------------------------
 
     def known_metadata(self, dataset_id: str) -> KnownMetadata | None:
-        row = self.db.execute("SELECT supported, fields, checked_at FROM metadata WHERE dataset_id = ?",
+        row = self.db.execute("SELECT supported, fields, checked_at, merges FROM metadata WHERE dataset_id = ?",
                               [dataset_id]).fetchone()
         if row is None:
             return None
-        return KnownMetadata(bool(row[0]), json.loads(row[1] or "{}"), row[2])
+        return KnownMetadata(bool(row[0]), json.loads(row[1] or "{}"), row[2],
+                             None if row[3] is None else bool(row[3]))
 
     def remember_metadata(self, dataset_id: str, supported: bool, fields: Mapping[str, str]) -> None:
         with self.transaction():
@@ -627,10 +614,10 @@ class StateStore:
                                         "fields": json.dumps(dict(fields)), "checked_at": time.time()},
                                        pk="dataset_id")
 
-    def forget_metadata(self, dataset_id: str) -> None:
-        """A write with the remembered field ids failed: look the fields up again next time."""
+    def remember_merges(self, dataset_id: str, merges: bool) -> None:
+        """Whether the server merges a metadata write (honours partial_update)."""
         with self.transaction() as conn:
-            conn.execute("DELETE FROM metadata WHERE dataset_id = ?", [dataset_id])
+            conn.execute("UPDATE metadata SET merges = ? WHERE dataset_id = ?", [int(merges), dataset_id])
 
     # --- clean-pass marks (see marks.py) ----------------------------------------------
 

@@ -60,6 +60,15 @@ def parse(doc_metadata: Any) -> tuple[Tags, tuple[tuple[str, str, str | None], .
     return Tags(ours.get(PATH), ours.get(SHA256), ours.get(OWNER), ours.get(MTIME)), tuple(others)
 
 
+def others_now(doc_metadata: Any) -> tuple[tuple[str, str, Any], ...]:
+    """Everyone else's (id, name, value) from a document's detail, values as typed there."""
+    if not isinstance(doc_metadata, list):
+        return ()
+    return tuple((str(item.get("id") or ""), str(item.get("name") or ""), item.get("value"))
+                 for item in doc_metadata if isinstance(item, dict) and item.get("id") != BUILT_IN_ID
+                 and item.get("name") and item.get("name") not in NAMES)
+
+
 def _text(value: Any) -> str:
     """A value as the list shows it: numbers that are whole print without a fraction."""
     if isinstance(value, float) and value.is_integer():
@@ -68,7 +77,7 @@ def _text(value: Any) -> str:
 
 
 def operation(document_id: str, tags: Tags, field_ids: Mapping[str, str],
-              keep: Sequence[tuple[str, str, str | None]] = ()) -> dict[str, Any]:
+              keep: Sequence[tuple[str, str, Any]] = ()) -> dict[str, Any]:
     """One entry of ``POST /datasets/{ds}/documents/metadata``: our four values, and the
     document's other values sent along, so that a server that replaces the whole set
     (before 1.11, which ignores ``partial_update``) keeps them too."""
