@@ -121,7 +121,7 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
                     [a for a in actions if a.kind is Kind.TAG], local)
     fatal = _run_pool(uploads, ctx, client, store, rows, concurrency, done, should_stop, tagger)
     if fatal is None:
-        tagger.flush(client, store, done)
+        tagger.flush(client, store, done, concurrency)
     if fatal is None and deletes:
         if any(o.result is Result.FAILED for o in outcomes):
             for a in deletes:

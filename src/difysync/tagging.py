@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from . import tags
@@ -52,8 +53,10 @@ class Tagger:
         if self.owner is not None and document_id and sha256:
             self.items[document_id] = (action, rel, tags.expected(rel, sha256, self.owner, mtime_ns), others)
 
-    def flush(self, client: DifyClient, store: StateBackend, done: Callable[[Outcome], None]) -> None:
-        """Send what was collected; failures wait for a later pass."""
+    def flush(self, client: DifyClient, store: StateBackend, done: Callable[[Outcome], None],
+              concurrency: int = 1) -> None:
+        """Send what was collected, ``concurrency`` requests at a time; failures wait for a
+        later pass."""
         if not self.items:
             return
         try:
@@ -74,8 +77,14 @@ class Tagger:
             first = next(d for d in pending if self.items[d][3])
             pending.remove(first)
             self._settle([first], writer.learn(first), done)
-        for batch in tags.batches(pending):
-            self._settle(batch, writer.send(batch), done)
+        batches = tags.batches(pending)
+        journals = [writer.begin(batch) for batch in batches]  # all SQLite work stays on this thread
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(batches) or 1)),
+                                thread_name_prefix="difysync-tags") as pool:
+            errors = list(pool.map(writer.send, batches))
+        for batch, journal, error in zip(batches, journals, errors):
+            store.clear_journal(journal)  # nothing to recover: the next listing shows what is missing
+            self._settle(batch, error, done)
 
     def _settle(self, batch: list[str], error: DifyError | None, done: Callable[[Outcome], None]) -> None:
         if error is not None:
@@ -102,14 +111,19 @@ class _Writer:
         known = store.known_metadata(tagger.dataset_id)
         self.merges: bool | None = known.merges if known is not None else None
 
+    def begin(self, batch: list[str]) -> list[int]:
+        return self.store.journal_begin_many(self.t.key, self.t.dataset_id, str(Kind.TAG), [
+            (self.t.items[d][1], None, d, self.t.items[d][2].sha256) for d in batch])
+
     def send(self, batch: list[str]) -> DifyError | None:
         """Write ours on every document of ``batch``, with the others' values sent along
-        where the server would otherwise drop them."""
+        where the server would otherwise drop them. Only HTTP: it runs on a worker."""
         try:
             operations = [tags.operation(d, self.t.items[d][2], self.fields, self._others(d)) for d in batch]
+            self.client.set_document_metadata(self.t.dataset_id, operations)
         except DifyError as exc:
             return exc
-        return self._write(batch, operations)
+        return None
 
     def learn(self, document_id: str) -> DifyError | None:
         """Write ours alone on a document that carries others' values and see whether they
@@ -141,8 +155,7 @@ class _Writer:
         return tags.others_now(self.client.document_metadata(self.t.dataset_id, document_id))
 
     def _write(self, batch: list[str], operations: list[dict[str, Any]]) -> DifyError | None:
-        journal = self.store.journal_begin_many(self.t.key, self.t.dataset_id, str(Kind.TAG), [
-            (self.t.items[d][1], None, d, self.t.items[d][2].sha256) for d in batch])
+        journal = self.begin(batch)
         try:
             self.client.set_document_metadata(self.t.dataset_id, operations)
         except DifyError as exc:
