@@ -32,6 +32,7 @@ BENCHMARKS = {  # name -> module (order of the table)
     "memory": "memory",
     "watch": "watch",
     "polling": "polling",
+    "segments": "segments",
 }
 
 

@@ -16,17 +16,20 @@ import os
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace as _replace
 from pathlib import Path
 from typing import Any
 
 from .dify import DifyClient, Upload
-from .errors import DifyError, Next, NotFoundError, verdict
-from .models import ErrorKind, FileState, LocalFile, SkipCode
+from .errors import DifyError, Next, NotFoundError, RefusedError, verdict
+from .models import ErrorKind, FileState, LocalFile, SegmentRecord, SkipCode
 from .outcomes import Outcome, Result
 from .tagging import Tagger
 from .plan import UPLOADS, Action, Kind
 from .scanner import FileTooLarge, read_for_upload
+from .chunking import chunk_digest
+from .segments import SegmentOp, pending_records
+from .segsync import LocalChunking, Prepared, SegmentsSent, prepare_edit, send_segments, upload_whole
 from .state import Skip, StateBackend
 
 log = logging.getLogger("difysync")
@@ -46,6 +49,10 @@ class FolderContext:
     # The dataset's ids of difysync's fields (made once, remembered; checked against Dify when
     # called with True), None without a metadata API.
     metadata_fields: Callable[[bool], Mapping[str, str] | None] = lambda verify: None
+    chunking: LocalChunking | None = None  # the folder splits its text files itself
+
+    def chunks_locally(self, rel_path: str) -> bool:
+        return self.chunking is not None and self.chunking.applies(rel_path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +60,19 @@ class _Sent:
     upload: Upload | None
     sha256: str | None
     stat: os.stat_result | None  # None when the file moved under us during the read
+    chunking: str | None = None  # "local": it went as the file's own chunks
+    records: tuple[SegmentRecord, ...] | None = None  # its segments' records after this (None: unchanged)
+    prepared: Prepared | None = None  # an edit planned segment by segment, still to be sent
+    note: str = ""  # what went, for people ("update 1 segment")
+
+
+@dataclass(frozen=True, slots=True)
+class _Follow:
+    """The segment requests of an edit, journaled and sent after their plan came back."""
+
+    sent: _Sent
+    journal_ids: list[int]
+    before: tuple[SegmentRecord, ...]
 
 
 class _Unreachable:
@@ -108,11 +128,13 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
             done(Outcome(a, Result.OK, a.reason))
         elif a.kind is Kind.ADOPT:
             f = local.get(a.rel_path)
+            records = _adopted_records(a, ctx)
             store.settle_upload(None, ctx.key, ctx.dataset_id, a.rel_path, document_id=a.document_id or "",
                                 document_name=a.document_name or "", batch=None, sha256=a.sha256,
                                 size=f.size if f and a.sha256 else None,
                                 mtime_ns=f.mtime_ns if f and a.sha256 else None,
-                                inode=f.inode if f and a.sha256 else None, indexing_status=None)
+                                inode=f.inode if f and a.sha256 else None, indexing_status=None,
+                                chunking="local" if records else None, segments=records)
             done(Outcome(a, Result.OK, a.reason, a.document_id))
 
     uploads = [a for a in actions if a.kind in UPLOADS]
@@ -137,8 +159,10 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
               rows: Mapping[str, FileState], concurrency: int, done: Callable[[Outcome], None],
               should_stop: Callable[[], bool], tagger: Tagger | None = None) -> DifyError | None:
     """A sliding window of ``concurrency`` requests; journal rows are written only for
-    requests about to be sent, so a crash leaves at most that many unsettled."""
-    pending: dict[Future[_Sent], tuple[Action, int]] = {}
+    requests about to be sent, so a crash leaves at most that many unsettled. An edit of a
+    locally chunked file comes back first as a plan of segment requests: those are
+    journaled here and sent as a second job in the same window."""
+    pending: dict[Future[Any], tuple[Action, int, _Follow | None]] = {}
     queue = deque(actions)
     fatal: DifyError | None = None
     # Requests that ran out of retries in a row before the server is taken to be down:
@@ -149,15 +173,21 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
         while queue or pending:
             while queue and len(pending) < concurrency and fatal is None and not should_stop():
                 action = queue.popleft()
+                records = _records_of(action, ctx, store)
                 journal_id = store.journal_begin(ctx.key, ctx.dataset_id, str(action.kind), action.rel_path,
                                                  action.document_name, action.document_id, action.sha256)
-                pending[pool.submit(_send, action, ctx, client)] = (action, journal_id)
+                pending[pool.submit(_send, action, ctx, client, records)] = (action, journal_id, None)
             if not pending:
                 break
             finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in finished:
-                action, journal_id = pending.pop(future)
-                error = _settle(future, action, journal_id, ctx, store, rows, done, tagger)
+                action, journal_id, follow = pending.pop(future)
+                later = _segment_job(future, action, ctx, store) if follow is None else None
+                if later is not None:
+                    pending[pool.submit(send_segments, client, ctx.dataset_id, action.document_id or "",
+                                        later.sent.prepared, later.before)] = (action, journal_id, later)
+                    continue
+                error = _settle(future, action, journal_id, ctx, store, rows, done, tagger, follow)
                 if isinstance(error, _Unreachable):
                     streak += 1
                     if streak >= outage_after and fatal is None:
@@ -171,7 +201,46 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
     return fatal
 
 
-def _send(action: Action, ctx: FolderContext, client: DifyClient) -> _Sent:
+def _adopted_records(action: Action, ctx: FolderContext) -> tuple[SegmentRecord, ...] | None:
+    """A document adopted (same content) in a folder that splits its files: taken to hold
+    the file's chunks, to be paired with its segments at the first edit; if they do not
+    pair (it was split otherwise), that edit goes whole."""
+    if not action.sha256 or ctx.chunking is None or not ctx.chunks_locally(action.rel_path):
+        return None
+    try:
+        chunks = ctx.chunking.chunks(action.rel_path, (ctx.root / action.rel_path).read_bytes())
+    except OSError:
+        return None
+    return pending_records(chunks) if chunks else None
+
+
+def _records_of(action: Action, ctx: FolderContext, store: StateBackend) -> tuple[SegmentRecord, ...]:
+    """The segment records an edit of a locally chunked file is planned against."""
+    if action.kind is Kind.UPDATE and action.document_id and ctx.chunks_locally(action.rel_path):
+        return store.segments(action.document_id)
+    return ()
+
+
+def _segment_job(future: Future[Any], action: Action, ctx: FolderContext, store: StateBackend) -> _Follow | None:
+    """An edit that came back as segment requests to send: journal them (one row each)."""
+    if future.exception() is not None:
+        return None
+    sent = future.result()
+    prepared = sent.prepared if isinstance(sent, _Sent) else None
+    if prepared is None or not prepared.plan.actions:
+        return None
+    ids: list[int] = []
+    for op in SegmentOp:
+        items = [(action.rel_path, action.document_name, a.segment_id or action.document_id,
+                  chunk_digest(prepared.chunks[a.index]) if a.index is not None else None)
+                 for a in prepared.plan.actions if a.op is op]
+        if items:
+            ids += store.journal_begin_many(ctx.key, ctx.dataset_id, f"segment_{op}", items)
+    return _Follow(sent, ids, sent.records or ())
+
+
+def _send(action: Action, ctx: FolderContext, client: DifyClient,
+          records: tuple[SegmentRecord, ...] = ()) -> _Sent:
     """Runs on a worker: read the file, send the request. No SQLite here."""
     if action.kind is Kind.DELETE:
         client.delete_document(ctx.dataset_id, action.document_id or "")
@@ -182,6 +251,11 @@ def _send(action: Action, ctx: FolderContext, client: DifyClient) -> _Sent:
     after = os.stat(path)
     stable = (before.st_size, before.st_mtime_ns, before.st_ino) == \
         (after.st_size, after.st_mtime_ns, after.st_ino) and after.st_size == len(content)
+    stat = after if stable else None
+    local = ctx.chunks_locally(action.rel_path)
+    chunks = ctx.chunking.chunks(action.rel_path, content) if ctx.chunking and local else None
+    if chunks is not None:
+        return _send_chunks(action, ctx, client, chunks, records, _Sent(None, sha, stat, chunking="local"))
     name = action.document_name or ""
     if action.kind is Kind.RECREATE:
         client.delete_document(ctx.dataset_id, action.document_id or "")
@@ -195,32 +269,88 @@ def _send(action: Action, ctx: FolderContext, client: DifyClient) -> _Sent:
         except NotFoundError:
             # Deleted in Dify between our listing and now: it has to be made again.
             upload = client.create_by_file(ctx.dataset_id, name, content, ctx.create_data, owner=ctx.owner)
-    return _Sent(upload, sha, after if stable else None)
+    # (a file of a locally chunked type that cannot go as text goes as a file: "file")
+    return _Sent(upload, sha, stat, chunking="file" if local else None)
 
 
-def _settle(future: Future[_Sent], action: Action, journal_id: int, ctx: FolderContext,
-            store: StateBackend, rows: Mapping[str, FileState],
-            done: Callable[[Outcome], None], tagger: Tagger | None = None) -> DifyError | _Unreachable | None:
+def _send_chunks(action: Action, ctx: FolderContext, client: DifyClient, chunks: list[str],
+                 records: tuple[SegmentRecord, ...], sent: _Sent) -> _Sent:
+    """A locally chunked file: a content edit of a document whose segments are known goes
+    segment by segment (planned here, sent once journaled); anything else goes whole, by text."""
+    assert ctx.chunking is not None
+    name, doc_id = action.document_name or "", action.document_id
+    text_data = {k: v for k, v in ctx.create_data.items() if k != "process_rule"}
+    if action.kind is Kind.RECREATE:
+        client.delete_document(ctx.dataset_id, doc_id or "")
+        doc_id = None
+    elif action.kind is Kind.CREATE:
+        doc_id = None
+    note = ""
+    try:
+        if doc_id is not None and action.kind is Kind.UPDATE and not action.renames:
+            prepared = prepare_edit(client, ctx.dataset_id, doc_id, chunks, records)
+            if prepared.plan.fallback is None:
+                return _replace(sent, records=prepared.plan.records if not prepared.plan.actions else records,
+                                prepared=prepared, note=prepared.plan.describe())
+            note = prepared.plan.describe()
+        upload, fresh = upload_whole(client, ctx.chunking, ctx.dataset_id, name, chunks,
+                                     text_data if doc_id is None else {}, document_id=doc_id, owner=ctx.owner)
+    except NotFoundError:
+        # Deleted in Dify between our listing and now: it has to be made again.
+        upload, fresh = upload_whole(client, ctx.chunking, ctx.dataset_id, name, chunks, text_data, owner=ctx.owner)
+    return _replace(sent, upload=upload, records=fresh, note=note)
+
+
+def _settle(future: Future[Any], action: Action, journal_id: int, ctx: FolderContext,
+            store: StateBackend, rows: Mapping[str, FileState], done: Callable[[Outcome], None],
+            tagger: Tagger | None = None, follow: _Follow | None = None) -> DifyError | _Unreachable | None:
     """Record one finished request; returns an error that must stop the pass, if any."""
     try:
-        sent = future.result()
+        result = future.result()
     except (OSError, FileTooLarge) as exc:  # the local file, not the server
         _settle_unreadable(exc, action, journal_id, ctx, store, rows, done)
         return None
     except DifyError as exc:
         return _settle_refusal(exc, action, journal_id, ctx, store, done)
+    if follow is not None:
+        return _settle_segments(result, follow, action, journal_id, ctx, store, rows, done, tagger)
+    sent: _Sent = result
     if action.kind is Kind.DELETE:
         store.settle_removal(journal_id, ctx.key, action.rel_path)
         done(Outcome(action, Result.OK, action.reason, action.document_id))
         return None
     _settle_upload(sent, action, journal_id, ctx, store, rows)
-    assert sent.upload is not None
+    document_id = sent.upload.document.id if sent.upload is not None else action.document_id or ""
+    _uploaded(tagger, action, document_id, sent)
+    done(Outcome(action, Result.OK, sent.note or action.reason, document_id))
+    return None
+
+
+def _settle_segments(result: SegmentsSent, follow: _Follow, action: Action, journal_id: int,
+                     ctx: FolderContext, store: StateBackend, rows: Mapping[str, FileState],
+                     done: Callable[[Outcome], None], tagger: Tagger | None) -> DifyError | _Unreachable | None:
+    """The segment requests of an edit came back: the records say what the server holds
+    now. After an error they stay as they were, so the next pass sees the server differ
+    and sends the document whole; after a refusal they are dropped, with the same effect."""
+    document_id = action.document_id or ""
+    if result.error is not None:
+        kept = () if isinstance(result.error, RefusedError) else result.records
+        store.settle_segments(follow.journal_ids, ctx.key, document_id, kept)
+        return _settle_refusal(result.error, action, journal_id, ctx, store, done, refusable=False)
+    store.settle_segments(follow.journal_ids, ctx.key, document_id, result.records)
+    sent = _replace(follow.sent, records=None)
+    _settle_upload(sent, action, journal_id, ctx, store, rows)
+    _uploaded(tagger, action, document_id, sent)
+    done(Outcome(action, Result.OK, sent.note, document_id))
+    return None
+
+
+def _uploaded(tagger: Tagger | None, action: Action, document_id: str, sent: _Sent) -> None:
+    """Tell the tagger a document now holds this content (its metadata follows)."""
     if tagger is not None:
         f = tagger.local.get(action.rel_path)
         mtime = sent.stat.st_mtime_ns if sent.stat is not None else (f.mtime_ns if f else None)
-        tagger.uploaded(action, sent.upload.document.id, sent.sha256, mtime)
-    done(Outcome(action, Result.OK, action.reason, sent.upload.document.id))
-    return None
+        tagger.uploaded(action, document_id, sent.sha256, mtime)
 
 
 def _settle_unreadable(exc: OSError | FileTooLarge, action: Action, journal_id: int, ctx: FolderContext,
@@ -245,11 +375,13 @@ def _settle_unreadable(exc: OSError | FileTooLarge, action: Action, journal_id: 
 
 
 def _settle_refusal(exc: DifyError, action: Action, journal_id: int, ctx: FolderContext,
-                    store: StateBackend, done: Callable[[Outcome], None]) -> DifyError | _Unreachable | None:
-    """The server said no; ``errors.verdict`` says what that means for the file and the pass."""
+                    store: StateBackend, done: Callable[[Outcome], None], *,
+                    refusable: bool = True) -> DifyError | _Unreachable | None:
+    """The server said no; ``errors.verdict`` says what that means for the file and the pass.
+    A refused segment request (``refusable`` False) says nothing against the file itself."""
     meaning = verdict(exc)
     where = (journal_id, ctx.key, ctx.dataset_id, action.rel_path)
-    if meaning.item is Next.SKIP:
+    if meaning.item is Next.SKIP and refusable:
         reason = f"refused by Dify: {exc.describe()}"
         store.settle_failure(*where, reason, ErrorKind.REQUEST_FAILED, refused_sha256=action.sha256,
                              skip=SkipCode.REFUSED)
@@ -271,18 +403,20 @@ def _settle_refusal(exc: DifyError, action: Action, journal_id: int, ctx: Folder
 
 def _settle_upload(sent: _Sent, action: Action, journal_id: int, ctx: FolderContext,
                    store: StateBackend, rows: Mapping[str, FileState]) -> None:
-    """The server took the upload: the row now describes what it holds."""
+    """The server took the upload (or the segment requests): the row now describes what
+    it holds. Segment requests are indexed before they answer: the document stays completed."""
     upload = sent.upload
-    assert upload is not None
     row = rows.get(action.rel_path)
     attempts = (row.attempts + 1) if (action.kind is Kind.RECREATE and row is not None) else 0
     stat = sent.stat
     store.settle_upload(journal_id, ctx.key, ctx.dataset_id, action.rel_path,
-                        document_id=upload.document.id, document_name=action.document_name or "",
-                        batch=upload.batch, sha256=sent.sha256,
+                        document_id=upload.document.id if upload else action.document_id or "",
+                        document_name=action.document_name or "",
+                        batch=upload.batch if upload else None, sha256=sent.sha256,
                         size=stat.st_size if stat else None, mtime_ns=stat.st_mtime_ns if stat else None,
                         inode=stat.st_ino if stat else None,
-                        indexing_status=upload.document.indexing_status, attempts=attempts)
+                        indexing_status=upload.document.indexing_status if upload else "completed",
+                        attempts=attempts, chunking=sent.chunking, segments=sent.records)
     if action.kind is Kind.RENAME and action.old_rel_path and action.old_rel_path != action.rel_path \
             and action.old_rel_path in rows:
         store.settle_removal(None, ctx.key, action.old_rel_path)

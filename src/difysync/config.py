@@ -245,6 +245,21 @@ class FolderSettings(_Strict):
     name_prefix: str = ""
     watch_mode: WatchMode | None = None
     process_rule: dict[str, Any] = Field(default_factory=lambda: {"mode": "automatic"})
+    # "server": Dify splits each uploaded file (process_rule). "local": difysync splits text
+    # files itself and keeps each chunk's segment in step, so a one-line edit re-indexes one
+    # chunk (README "Segment-level sync").
+    chunking: Literal["server", "local"] = "server"
+    local_chunk_types: list[str] = Field(default_factory=lambda: ["md", "markdown", "mdx", "txt"])
+    # Largest chunk, in Dify's segmentation unit (characters on current servers).
+    chunk_max_tokens: int = Field(500, ge=50, le=2000)
+
+    @field_validator("local_chunk_types")
+    @classmethod
+    def _normalise_chunk_types(cls, value: list[str]) -> list[str]:
+        types = {raw.strip().lower().lstrip(".") for raw in value}
+        if "" in types:
+            raise ValueError("must not contain an empty extension")
+        return sorted(types)
 
     @field_validator("path", mode="before")
     @classmethod

@@ -27,7 +27,7 @@ from . import __version__
 from .backoff import delay_after, request_wait
 from .errors import (DatasetMissing, DifyError, FatalError, NotDifyAPI, NotFoundError,
                      ServerUnreachable, TransientError, error_from_response, verdict)
-from .models import RemoteDocument
+from .models import RemoteDocument, RemoteSegment
 from .tags import parse as tags_of_listing
 
 if TYPE_CHECKING:
@@ -397,6 +397,77 @@ class DifyClient:
             return False
         return True
 
+    def create_by_text(self, dataset_id: str, name: str, text: str, data: Mapping[str, Any], *,
+                       owner: str | None = None) -> Upload:
+        """Create a document from text (a locally chunked file). A re-send looks the name
+        up first, as create_by_file does."""
+        about = f"create {name!r} (by text)"
+
+        def landed() -> Upload | None:
+            try:
+                found = self.find_documents(dataset_id, name)
+            except TransientError:
+                return None
+            found = [d for d in found if d.enabled and not d.archived and d.owner in (None, owner)]
+            return Upload(found[0], None) if found else None
+
+        result = self._request("POST", f"/datasets/{dataset_id}/document/create_by_text", about=about,
+                               mutating=True, on_create=True, json={**data, "name": name, "text": text},
+                               before_retry=landed)
+        if isinstance(result, Upload):
+            return result
+        return self._upload(result, about)
+
+    def update_by_text(self, dataset_id: str, document_id: str, name: str, text: str,
+                       data: Mapping[str, Any]) -> Upload:
+        """Same id, new text: the server splits it again and replaces every segment."""
+        about = f"update {name!r} (by text)"
+        response = self._request("POST", f"/datasets/{dataset_id}/documents/{document_id}/update_by_text",
+                                 about=about, mutating=True, on_document=True,
+                                 json={**data, "name": name, "text": text})
+        return self._upload(response, about)
+
+    # --- segments -------------------------------------------------------------------------
+
+    def list_segments(self, dataset_id: str, document_id: str) -> list[RemoteSegment] | None:
+        """Every segment of a document in position order, or None when the server has no
+        segment API (the route answers with a 404 page)."""
+        about = f"list segments of document {document_id}"
+        try:
+            items = list(self._pages(f"/datasets/{dataset_id}/documents/{document_id}/segments",
+                                     {"limit": PAGE_LIMIT}, about=about, on_document=True))
+        except NotDifyAPI:
+            return None
+        found = [remote_segment(i) for i in items]
+        return sorted(found, key=lambda seg: seg.position)
+
+    def add_segments(self, dataset_id: str, document_id: str, contents: list[str]) -> list[RemoteSegment]:
+        """Add segments at the end of the document, in one request; the answer's segments
+        come in the order sent. Not re-sent blindly: a lost answer may have added them."""
+        about = f"add {len(contents)} segment(s) to document {document_id}"
+        response = self._request("POST", f"/datasets/{dataset_id}/documents/{document_id}/segments",
+                                 about=about, mutating=True, on_document=True, retry=False,
+                                 json={"segments": [{"content": c} for c in contents]})
+        return [remote_segment(i) for i in self._json(response, about).get("data") or []]
+
+    def update_segment(self, dataset_id: str, document_id: str, segment_id: str, content: str) -> RemoteSegment:
+        """New content for one segment (indexed before the answer). Safe to re-send."""
+        about = f"update segment {segment_id} of document {document_id}"
+        response = self._request("POST", f"/datasets/{dataset_id}/documents/{document_id}/segments/{segment_id}",
+                                 about=about, mutating=True, on_document=True,
+                                 json={"segment": {"content": content}})
+        return remote_segment(self._json(response, about).get("data") or {})
+
+    def delete_segment(self, dataset_id: str, document_id: str, segment_id: str) -> bool:
+        """True if deleted now, False if it was already gone."""
+        try:
+            self._request("DELETE", f"/datasets/{dataset_id}/documents/{document_id}/segments/{segment_id}",
+                          about=f"delete segment {segment_id} of document {document_id}", mutating=True,
+                          on_document=True)
+        except NotFoundError:
+            return False
+        return True
+
     # --- metadata -------------------------------------------------------------------------
 
     def metadata_fields(self, dataset_id: str) -> list[dict[str, Any]] | None:
@@ -437,13 +508,15 @@ class DifyClient:
 
     # --- helpers ------------------------------------------------------------------------
 
-    def _pages(self, path: str, params: dict[str, Any], *, about: str) -> Iterator[dict[str, Any]]:
+    def _pages(self, path: str, params: dict[str, Any], *, about: str,
+               on_document: bool = False) -> Iterator[dict[str, Any]]:
         """Every item of a paginated listing. Stops on a short or empty page too: the
         server's has_more only means "this page was full"."""
         page = 1
         seen: set[str] = set()
         while True:
-            response = self._request("GET", path, params={**params, "page": page}, about=about)
+            response = self._request("GET", path, params={**params, "page": page}, about=about,
+                                     on_document=on_document)
             body = self._json(response, about)
             items = body.get("data") if isinstance(body, dict) else None
             if not isinstance(items, list):
@@ -531,3 +604,12 @@ def _transport_reason(exc: httpx.TransportError, tls: ssl.SSLError | None) -> st
 
 __all__ = ["DifyClient", "RateLimiter", "RetryPolicy", "Upload", "remote_document",
            "DatasetMissing", "NotFoundError"]
+
+
+def remote_segment(raw: Mapping[str, Any]) -> RemoteSegment:
+    """Reduce a segment object to what keeping segments in step needs."""
+    if not raw.get("id"):
+        raise FatalError("the server's answer holds no segment")
+    position = raw.get("position")
+    return RemoteSegment(id=str(raw["id"]), position=position if isinstance(position, int) else 0,
+                         content=str(raw.get("content") or ""), enabled=raw.get("enabled") is not False)

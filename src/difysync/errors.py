@@ -244,6 +244,10 @@ def _from_dify(status: int, payload: dict[str, Any], retry_after: str | None, ab
     if status == 404 and "requested url was not found" in lowered:
         return NotDifyAPI(f"{about}: the server has no such API route - check dify.base_url "
                           f"(it must end in /v1)", status=status, code=code)
+    if status == 404 and lowered.startswith(("document is not completed", "document is disabled")):
+        # the segment API's answer for a document it cannot touch now (still indexing, or
+        # disabled by someone): a later pass tries again
+        return NotReadyError(text, status=status, code=code)
     if status == 404:
         if on_document and "dataset not found" not in lowered:
             return NotFoundError(text, status=status, code=code)

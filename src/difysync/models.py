@@ -96,6 +96,7 @@ class FileState:
     attempts: int = 0  # consecutive failed or errored attempts for the current content
     skip_code: SkipCode | None = None
     error_kind: ErrorKind | None = None
+    chunking: str | None = None  # "local": its content went as the file's own chunks (segments.py)
 
 
 class Tags(NamedTuple):
@@ -157,3 +158,23 @@ class JournalEntry:
     document_name: str
     document_id: str | None = None
     sha256: str | None = None
+
+
+class RemoteSegment(NamedTuple):
+    """One segment (chunk) of a document as the server lists it."""
+
+    id: str
+    position: int
+    content: str
+    enabled: bool = True
+
+
+class SegmentRecord(NamedTuple):
+    """What the state store remembers of one segment of a locally chunked document, in
+    the order of the file's chunks. ``segment_id`` and ``server_sha256`` are None until the
+    server's segments are paired with the chunks (after the upload's indexing completed)."""
+
+    chunk_sha256: str            # the local chunk it stands for
+    key_sha256: str              # ... and of that chunk's content_key (see chunking.py)
+    segment_id: str | None = None
+    server_sha256: str | None = None  # of the content the server returned for it

@@ -58,6 +58,9 @@ class Action:
     # (field id, name, value) of other people's metadata on the document: written back
     # with ours, for servers that replace a document's whole set of values.
     keep_metadata: tuple[tuple[str, str, str | None], ...] = ()
+    renames: bool = False  # an UPDATE that also gives the document a new name
+    # What a dry run knows of an edit's segments ("update 1 segment"), for locally chunked files.
+    segments: str = ""
 
     @property
     def mutating(self) -> bool:
@@ -66,6 +69,8 @@ class Action:
     def describe(self) -> str:
         if self.kind is Kind.RENAME and self.old_rel_path and self.old_rel_path != self.rel_path:
             text = f"{self.kind:<8} {self.old_rel_path} -> {self.rel_path}"
+        elif self.segments:
+            text = f"{self.kind:<8} {self.rel_path}: {self.segments}"
         else:
             text = f"{self.kind:<8} {self.rel_path}"
         return f"{text} ({self.reason})" if self.reason else text
@@ -118,6 +123,10 @@ class Policy:
     # Who we are in difysync_owner; None: metadata is off, ownership is the state DB's alone.
     owner: str | None = None
     name_prefix: str = ""  # in front of every document name of the folder
+    local_chunk_types: frozenset[str] = frozenset()  # extensions difysync splits itself (chunking = local)
+
+    def chunks_locally(self, rel_path: str) -> bool:
+        return bool(self.local_chunk_types) and extension(rel_path) in self.local_chunk_types
 
     def name_of(self, rel_path: str) -> str:
         """The document name of a file of this folder."""
@@ -144,10 +153,15 @@ class Refusal(NamedTuple):
     text: str
 
 
+def extension(rel_path: str) -> str:
+    """The file's extension, lower case, without the dot ("" for none; ".bashrc" has none)."""
+    base = rel_path.rsplit("/", 1)[-1]
+    return base.rsplit(".", 1)[-1].lower() if "." in base.lstrip(".") else ""
+
+
 def refusal(rel_path: str, size: int, policy: Policy) -> Refusal | None:
     """Why this file will not be sent at all (checked before hashing), or None."""
-    base = rel_path.rsplit("/", 1)[-1]
-    ext = base.rsplit(".", 1)[-1].lower() if "." in base.lstrip(".") else ""
+    ext = extension(rel_path)
     if ext not in policy.allowed_extensions:
         shown = f".{ext}" if ext else "no extension"
         return Refusal(SkipCode.UNSUPPORTED_TYPE, f"unsupported file type ({shown})")
@@ -255,7 +269,8 @@ class _Planner:
             self.actions.append(Action(Kind.SKIP, f.rel_path, name, doc.id, size=f.size, code=SkipCode.NAME_HELD,
                                        reason=f'document now held by owner "{holder}": left alone'))
             return
-        action = _plan_tracked(f, row, doc, name, self.policy) or _retag(f, row, doc, name, self.policy)
+        action = _plan_tracked(f, row, doc, name, self.policy) or _rechunk(f, row, doc, name, self.policy) \
+            or _retag(f, row, doc, name, self.policy)
         if action is None:
             self.unchanged += 1
         else:
@@ -384,7 +399,17 @@ def is_settled(f: LocalFile | None, row: FileState, doc: RemoteDocument, policy:
             and doc.enabled and not doc.archived and not doc.failed
             and doc.name == policy.name_of(row.rel_path)
             and refusal(f.rel_path, f.size, policy) is None
-            and _holder(doc, policy) is None and not _stale_tags(row, doc, policy))
+            and _holder(doc, policy) is None and not _stale_tags(row, doc, policy)
+            and not _chunking_stale(row, policy))
+
+
+def _chunking_stale(row: FileState, policy: Policy) -> bool:
+    """The document was split otherwise than the folder now says: sent as a file where
+    difysync now splits it, or as chunks where the server now does. ("file": the folder
+    splits it, but this content could not go as text, so it went as a file: not stale.)"""
+    if policy.chunks_locally(row.rel_path):
+        return row.chunking is None
+    return row.chunking == "local"
 
 
 def _holder(doc: RemoteDocument, policy: Policy) -> str | None:
@@ -455,6 +480,17 @@ def _plan_tracked(f: LocalFile, row: FileState, doc: RemoteDocument, name: str,
                       sha256=f.sha256, size=f.size, reason="document name out of date",
                       keep_metadata=doc.other_metadata)
     return Action(Kind.UPDATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
+                  keep_metadata=doc.other_metadata, renames=not name_same)
+
+
+def _rechunk(f: LocalFile, row: FileState, doc: RemoteDocument, name: str, policy: Policy) -> Action | None:
+    """Content in step, but split otherwise than the folder now says (its ``chunking``
+    changed): the document goes again, whole, split the new way."""
+    local = policy.chunks_locally(f.rel_path)
+    if not _chunking_stale(row, policy) or doc.indexing_status != "completed" or row.sha256 is None:
+        return None
+    return Action(Kind.UPDATE, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
+                  reason="split locally now (chunking = local)" if local else "split by the server now",
                   keep_metadata=doc.other_metadata)
 
 

@@ -33,6 +33,7 @@ from .plan import Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, forget_dataset, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
 from .scanner import scan_tree, sha256_file, stat_paths
+from .segsync import LocalChunking, edit_note
 from .state import Skip, StateBackend
 
 log = logging.getLogger("difysync")
@@ -77,7 +78,8 @@ def policy_for(settings: Settings, folder: FolderSettings, max_delete: MaxDelete
                   allow_empty=max_delete is not None,
                   quarantine_after=settings.dify.quarantine_after,
                   owner=settings.owner if settings.metadata.enabled else None,
-                  name_prefix=folder.name_prefix)
+                  name_prefix=folder.name_prefix,
+                  local_chunk_types=frozenset(folder.local_chunk_types) if folder.chunking == "local" else frozenset())
 
 
 def reconcile(env: Env, options: PassOptions = PassOptions(), hooks: Hooks = Hooks()) -> RunReport:
@@ -301,6 +303,8 @@ class _Pass:
         plan = plan_folder(inputs.files, rows, inputs.remote, inputs.plan_journal, policy)
         if self.options.paths is not None:
             plan = _guard_targeted(plan, self.root, self.store.count_tracked(self.key), policy)
+        if self.options.dry_run and self.chunking is not None:
+            plan = self._with_segment_notes(plan)
         self.report.plan = plan
         if self.hooks.on_plan is not None:
             self.hooks.on_plan(plan)
@@ -308,6 +312,26 @@ class _Pass:
         for warning in plan.warnings:
             log.warning("%s", warning)
         return plan
+
+    @property
+    def chunking(self) -> LocalChunking | None:
+        folder = self.folder
+        if folder.chunking != "local":
+            return None
+        return LocalChunking(frozenset(folder.local_chunk_types), folder.chunk_max_tokens)
+
+    def _with_segment_notes(self, plan: Plan) -> Plan:
+        """A dry run says what each edit of a locally chunked file would send ("update 1
+        segment"), judged from the records alone."""
+        chunking = self.chunking
+        assert chunking is not None
+        actions = []
+        for a in plan.actions:
+            if a.kind is Kind.UPDATE and a.document_id and chunking.applies(a.rel_path) and not a.renames:
+                a = replace(a, segments=edit_note(chunking, self.root / a.rel_path, a.rel_path,
+                                                  self.store.segments(a.document_id)))
+            actions.append(a)
+        return replace(plan, actions=tuple(actions))
 
     # --- acting and recording ---------------------------------------------------------
 
@@ -319,7 +343,7 @@ class _Pass:
                                                        for p in inputs.problems])
         ctx = FolderContext(key=self.key, root=self.root, dataset_id=dataset_id,
                             create_data=create_data(self.folder), update_data=update_data(self.folder),
-                            max_bytes=self.policy.max_bytes, owner=self.policy.owner,
+                            max_bytes=self.policy.max_bytes, owner=self.policy.owner, chunking=self.chunking,
                             metadata_fields=lambda verify: metadata_fields(
                                 self.env.client, self.store, self.key, dataset_id, verify=verify,
                                 recheck_after=self.env.settings.schedule.full_listing_minutes * 60))

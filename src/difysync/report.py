@@ -153,7 +153,7 @@ def actions_json(report: RunReport) -> list[dict[str, Any]]:
         elif f.plan:
             out.extend({"folder": f.folder, "action": str(a.kind), "path": a.rel_path,
                         "old_path": a.old_rel_path, "document_id": a.document_id, "result": "planned",
-                        "message": a.reason, "reason_code": a.code.value if a.code else None}
+                        "message": a.segments or a.reason, "reason_code": a.code.value if a.code else None}
                        for a in f.plan.actions if a.kind is not Kind.FORGET)
     return out
 

@@ -22,7 +22,7 @@ import os
 import sqlite3
 import time
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,9 +31,9 @@ from typing import Any, NamedTuple, Protocol
 import sqlite_utils
 
 from .errors import StateError, StateWriteError
-from .models import ErrorKind, FileState, JournalEntry, LocalFile, SkipCode
+from .models import ErrorKind, FileState, JournalEntry, LocalFile, SegmentRecord, SkipCode
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 _FILE_COLUMNS = {
     "folder": str, "rel_path": str, "dataset_id": str, "size": int, "mtime_ns": int,
@@ -143,7 +143,12 @@ class StateBackend(Protocol):
     def settle_upload(self, journal_id: int | None, folder: str, dataset_id: str, rel_path: str, *,
                       document_id: str, document_name: str, batch: str | None, sha256: str | None,
                       size: int | None, mtime_ns: int | None, inode: int | None,
-                      indexing_status: str | None, attempts: int = 0) -> None: ...
+                      indexing_status: str | None, attempts: int = 0, chunking: str | None = None,
+                      segments: Sequence[SegmentRecord] | None = None) -> None: ...
+    def segments(self, document_id: str) -> tuple[SegmentRecord, ...]:
+        """The records of a locally chunked document's segments, in chunk order."""
+    def settle_segments(self, journal_ids: Sequence[int], folder: str, document_id: str,
+                        segments: Sequence[SegmentRecord]) -> None: ...
     def settle_removal(self, journal_id: int | None, folder: str, rel_path: str) -> None: ...
     def settle_failure(self, journal_id: int | None, folder: str, dataset_id: str, rel_path: str,
                        error: str, kind: ErrorKind, *, refused_sha256: str | None = None,
@@ -265,6 +270,8 @@ class StateStore:
             self._migration_3_codes_and_datasets()
         if version < 4:
             self._migration_4_metadata_fields()
+        if version < 5:
+            self._migration_5_segments()
         self._files_source = "files"
 
     def _schema_version(self) -> int:
@@ -323,6 +330,18 @@ class StateStore:
                                         "merges": int}, pk="dataset_id", if_not_exists=True)
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '4')")
 
+    def _migration_5_segments(self) -> None:
+        """Locally chunked documents: how each file's content was split when it was sent
+        (``files.chunking``), and the records of its segments, in chunk order."""
+        with self.transaction():
+            files = self.db["files"]
+            if "chunking" not in files.columns_dict:
+                files.add_column("chunking", str)
+            self.db["segments"].create({"document_id": str, "idx": int, "chunk_sha256": str, "key_sha256": str,
+                                        "segment_id": str, "server_sha256": str},
+                                       pk=("document_id", "idx"), if_not_exists=True)
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '5')")
+
     # --- reads ------------------------------------------------------------------------
 
     def load_folder(self, folder: str, seen: Mapping[str, LocalFile] | None = None) -> dict[str, FileState]:
@@ -335,8 +354,8 @@ class StateStore:
         # the batch, and on a 100k folder the two would cost ~20 MB of strings.
         cursor = self.db.execute(
             "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, NULL, NULL, "
-            "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, error_kind "
-            "FROM files WHERE folder = ?", [folder])
+            "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, error_kind, "
+            "chunking FROM files WHERE folder = ?", [folder])
         out = {}
         for r in cursor:
             state = _file_state(r)
@@ -347,7 +366,7 @@ class StateStore:
                                   f.inode if f.inode == state.inode else state.inode, state.sha256,
                                   state.document_id, None, None, state.indexing_status,
                                   state.last_error, state.skip_reason, state.refused_sha256,
-                                  state.attempts, state.skip_code, state.error_kind)
+                                  state.attempts, state.skip_code, state.error_kind, state.chunking)
             out[state.rel_path] = state
         return out
 
@@ -357,7 +376,7 @@ class StateStore:
         out: dict[str, FileState] = {}
         columns = ("SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
                    "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, "
-                   "error_kind FROM files ")
+                   "error_kind, chunking FROM files ")
         for rel in rel_paths:
             key = encode_path(rel)
             # Children sort between "dir/" and "dir0" ("0" follows "/" in code points).
@@ -433,32 +452,57 @@ class StateStore:
     def settle_upload(self, journal_id: int | None, folder: str, dataset_id: str, rel_path: str, *,
                       document_id: str, document_name: str, batch: str | None, sha256: str | None,
                       size: int | None, mtime_ns: int | None, inode: int | None,
-                      indexing_status: str | None, attempts: int = 0) -> None:
-        """The server accepted an upload (create, update, rename, adopt): record what it holds."""
+                      indexing_status: str | None, attempts: int = 0, chunking: str | None = None,
+                      segments: Sequence[SegmentRecord] | None = None) -> None:
+        """The server accepted an upload (create, update, rename, adopt): record what it holds.
+        ``chunking`` is "local" when it went as the file's own chunks; ``segments`` (None:
+        leave them) are then the records of its segments, replacing any before."""
         now = time.time()
         with self.transaction() as conn:
             _unmark(conn, folder)
+            if segments is not None or chunking != "local":
+                _drop_segments(conn, folder, rel_path, document_id)
+            if segments:
+                _insert_segments(conn, document_id, segments)
             conn.execute(
                 "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, sha256, "
                 "document_id, document_name, batch, indexing_status, last_error, skip_reason, "
-                "refused_sha256, attempts, updated_at, synced_at, skip_code, error_kind) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, NULL, NULL) "
+                "refused_sha256, attempts, updated_at, synced_at, skip_code, error_kind, chunking) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, NULL, NULL, ?) "
                 "ON CONFLICT (folder, rel_path) DO UPDATE SET dataset_id = excluded.dataset_id, "
                 "size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode, "
                 "sha256 = excluded.sha256, document_id = excluded.document_id, "
                 "document_name = excluded.document_name, batch = excluded.batch, "
                 "indexing_status = excluded.indexing_status, last_error = NULL, skip_reason = NULL, "
                 "refused_sha256 = NULL, attempts = excluded.attempts, updated_at = excluded.updated_at, "
-                "synced_at = excluded.synced_at, skip_code = NULL, error_kind = NULL",
+                "synced_at = excluded.synced_at, skip_code = NULL, error_kind = NULL, "
+                "chunking = excluded.chunking",
                 [folder, encode_path(rel_path), dataset_id, size, mtime_ns, inode, sha256, document_id,
-                 document_name, batch, indexing_status, attempts, now, now])
+                 document_name, batch, indexing_status, attempts, now, now, chunking])
             if journal_id is not None:
                 conn.execute("DELETE FROM journal WHERE id = ?", [journal_id])
+
+    def segments(self, document_id: str) -> tuple[SegmentRecord, ...]:
+        """The records of a locally chunked document's segments, in chunk order."""
+        rows = self.db.execute("SELECT chunk_sha256, key_sha256, segment_id, server_sha256 FROM segments "
+                               "WHERE document_id = ? ORDER BY idx", [document_id]).fetchall()
+        return tuple(SegmentRecord(*r) for r in rows)
+
+    def settle_segments(self, journal_ids: Sequence[int], folder: str, document_id: str,
+                        segments: Sequence[SegmentRecord]) -> None:
+        """Segment requests done (all, or the ones that were): the records now say what
+        the server holds; their intents are closed."""
+        with self.transaction() as conn:
+            _unmark(conn, folder)
+            conn.execute("DELETE FROM segments WHERE document_id = ?", [document_id])
+            _insert_segments(conn, document_id, segments)
+            conn.executemany("DELETE FROM journal WHERE id = ?", [(i,) for i in journal_ids])
 
     def settle_removal(self, journal_id: int | None, folder: str, rel_path: str) -> None:
         """The document is gone (deleted by us, or found gone): drop the row with the intent."""
         with self.transaction() as conn:
             _unmark(conn, folder)
+            _drop_segments(conn, folder, rel_path, None)
             conn.execute("DELETE FROM files WHERE folder = ? AND rel_path = ?",
                          [folder, encode_path(rel_path)])
             if journal_id is not None:
@@ -713,10 +757,29 @@ def _file_state(r: tuple[Any, ...]) -> FileState:
                      batch=r[7], indexing_status=status, last_error=r[9], skip_reason=r[10],
                      refused_sha256=r[11], attempts=r[12] or 0,
                      skip_code=_SKIP_CODES.get(r[13]) if r[13] else None,
-                     error_kind=_ERROR_KINDS.get(r[14]) if r[14] else None)
+                     error_kind=_ERROR_KINDS.get(r[14]) if r[14] else None,
+                     chunking=_CHUNKINGS.get(r[15], r[15]))
+
+
+def _drop_segments(conn: sqlite3.Connection, folder: str, rel_path: str, keep: str | None) -> None:
+    """Forget the segment records of the document a file row holds, unless another row
+    holds it too (a rename settles the new path first); with ``keep``, also those of that
+    document, which are about to be recorded again."""
+    key = encode_path(rel_path)
+    conn.execute("DELETE FROM segments WHERE document_id = (SELECT document_id FROM files WHERE folder = ?1 "
+                 "AND rel_path = ?2) AND NOT EXISTS (SELECT 1 FROM files f WHERE f.document_id = "
+                 "segments.document_id AND NOT (f.folder = ?1 AND f.rel_path = ?2))", [folder, key])
+    if keep is not None:
+        conn.execute("DELETE FROM segments WHERE document_id = ?", [keep])
+
+
+def _insert_segments(conn: sqlite3.Connection, document_id: str, segments: Sequence[SegmentRecord]) -> None:
+    conn.executemany("INSERT INTO segments (document_id, idx, chunk_sha256, key_sha256, segment_id, server_sha256) "
+                     "VALUES (?, ?, ?, ?, ?, ?)", [(document_id, i, *r) for i, r in enumerate(segments)])
 
 
 _SKIP_CODES = {c.value: c for c in SkipCode}
+_CHUNKINGS = {"local": "local", "file": "file"}  # one shared string each, not one per row
 _ERROR_KINDS = {k.value: k for k in ErrorKind}
 
 
