@@ -25,6 +25,7 @@ from starlette.routing import Route
 
 from . import metadata as md
 from .faults import Faults
+from .segments import parse_process_rule
 from .store import BUILT_IN_FIELDS, ApiError, Store
 
 DEFAULT_EXTENSIONS = ("txt", "markdown", "md", "mdx", "pdf", "html", "htm", "xlsx", "xls",
@@ -39,6 +40,7 @@ _UUID_SEGMENT = re.compile(r"^[A-Fa-f0-9]{8}-[A-Fa-f0-9]{4}-[A-Fa-f0-9]{4}-[A-Fa
                            r"[A-Fa-f0-9]{12}$")
 # the emulator's path parameters spelled as Dify's Flask rules (for "did you mean")
 _FLASK_PARAMS = {"{ds}": "<uuid:dataset_id>", "{doc}": "<uuid:document_id>",
+                 "{seg}": "<uuid:segment_id>",
                  "{batch}": "<string:batch>", "{metadata_id}": "<uuid:metadata_id>",
                  "{action}": "<string:action>", "{rest:path}": "<path:rest>"}
 _FLASK_RULE_PARAMS = re.compile("(<.*>)")  # flask_restx's RE_RULES (greedy, as there)
@@ -283,11 +285,13 @@ class _Api:
                 raise ApiError(400, "invalid_param", "Invalid indexing technique.")
             upload = await self.read_upload(form, create=True)
             assert upload is not None
+            rule = parse_process_rule(data.get("process_rule"), "KnowledgeConfig")
             self.check_quota()
             name, content, extension = upload
             doc, batch = self.store.add_document(
                 ds_id, name, content, extension=extension, indexing_technique=technique,
-                doc_form=data.get("doc_form"), doc_language=data.get("doc_language"))
+                doc_form=data.get("doc_form"), doc_language=data.get("doc_language"),
+                process_rule=rule)
             return self.answer(doc, batch)
         finally:
             await form.close()
@@ -304,26 +308,29 @@ class _Api:
         name, text = body.get("name"), body.get("text")
         if not isinstance(name, str) or not name or not isinstance(text, str):
             raise ApiError(400, "invalid_param", "name and text are required.")
+        rule = parse_process_rule(body.get("process_rule"), "DocumentTextCreatePayload")
         self.check_quota()
         doc, batch = self.store.add_document(
             ds_id, name, text.encode("utf-8"), extension="txt", mime_type="text/plain",
             indexing_technique=technique, doc_form=body.get("doc_form"),
-            doc_language=body.get("doc_language"))
+            doc_language=body.get("doc_language"), process_rule=rule)
         return self.answer(doc, batch)
 
     async def update_by_file(self, request: Request) -> Response:
         ds_id, doc_id = self.editable_document(request)
         form = await request.form(max_files=10, max_fields=100)
         try:
-            self._data_field(form)
+            data = self._data_field(form)
             upload = await self.read_upload(form, create=False)
+            rule = parse_process_rule(data.get("process_rule"), "KnowledgeConfig")
             self.check_quota()
             if upload is None:
-                doc, batch = self.store.update_document(ds_id, doc_id)
+                doc, batch = self.store.update_document(ds_id, doc_id, process_rule=rule)
             else:
                 name, content, extension = upload
                 doc, batch = self.store.update_document(ds_id, doc_id, name=name,
-                                                        content=content, extension=extension)
+                                                        content=content, extension=extension,
+                                                        process_rule=rule)
             return self.answer(doc, batch)
         finally:
             await form.close()
@@ -347,12 +354,13 @@ class _Api:
         name, text = body.get("name"), body.get("text")
         if text is not None and not isinstance(text, str):
             raise ApiError(400, "invalid_param", "text must be a string.")
+        rule = parse_process_rule(body.get("process_rule"), "DocumentTextUpdate")
         self.check_quota()
         doc, batch = self.store.update_document(
             ds_id, doc_id, name=name if isinstance(name, str) and name else None,
             content=text.encode("utf-8") if text is not None else None,
             extension="txt" if text is not None else None,
-            mime_type="text/plain" if text is not None else None)
+            mime_type="text/plain" if text is not None else None, process_rule=rule)
         return self.answer(doc, batch)
 
     async def documents(self, request: Request) -> Response:
@@ -508,6 +516,56 @@ class _Api:
             self.store.set_built_in(ds_id, action == "enable")
         return JSONResponse({"result": "success"})
 
+    # segments ----------------------------------------------------------------
+    # Dify 1.14.1's api/controllers/service_api/dataset/segment.py over SegmentService
+    # (the rules are in segments.py). Routed under documents/ only (no "document/" or
+    # singular "segment" spelling); Store.segment_api=False removes them all.
+    def segment_prelude(self, request: Request, methods: tuple[str, ...],
+                        uuid_params: tuple[str, ...]) -> tuple[str, ...]:
+        """The route (non-UUID ids: 404), the method (405), the key, the dataset ("Dataset
+        not found."), in Dify's order. Returns the path's ids, lower-cased."""
+        if not self.store.segment_api:
+            raise HTTPException(404)
+        for name in uuid_params:
+            if not _UUID_SEGMENT.match(request.path_params[name]):
+                raise HTTPException(404)
+        if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
+            raise HTTPException(405)
+        self.auth(request)
+        ids = tuple(request.path_params[name].lower() for name in uuid_params)
+        self.store.get_dataset(ids[0])
+        return ids
+
+    async def segments(self, request: Request) -> Response:
+        """GET ?page&limit&keyword&status (status repeatable): ``{"data", "doc_form",
+        "total", "has_more", "limit", "page"}``. POST ``{"segments": [{"content",
+        "answer"?, "keywords"?}]}``: ``{"data": [segment], "doc_form"}``."""
+        ds_id, doc_id = self.segment_prelude(request, ("GET", "POST"), ("ds", "doc"))
+        book = self.store.segments
+        if request.method == "POST":
+            book.check_addable(ds_id, doc_id)
+            payload = await self.flask_json(request)
+            return JSONResponse(book.add_segments(ds_id, doc_id, payload))
+        query = request.query_params
+        return JSONResponse(book.list_segments(
+            ds_id, doc_id, _flask_int(query.get("page"), 1), _flask_int(query.get("limit"), 20),
+            query.get("keyword"), query.getlist("status")))
+
+    async def segment(self, request: Request) -> Response:
+        """GET: ``{"data": segment, "doc_form"}``; POST ``{"segment": {content, answer,
+        keywords, enabled}}``: the same shape, updated; DELETE: 204 without a body."""
+        ds_id, doc_id, seg_id = self.segment_prelude(request, ("GET", "POST", "DELETE"),
+                                                     ("ds", "doc", "seg"))
+        book = self.store.segments
+        if request.method == "POST":
+            book.check_segment(ds_id, doc_id, seg_id)
+            payload = await self.flask_json(request)
+            return JSONResponse(book.update_segment(ds_id, doc_id, seg_id, payload))
+        if request.method == "DELETE":
+            book.delete_segment(ds_id, doc_id, seg_id)
+            return Response(status_code=204, media_type="application/json")  # as Dify sends it
+        return JSONResponse(book.segment_detail(ds_id, doc_id, seg_id))
+
     async def no_route(self, request: Request) -> Response:
         raise HTTPException(404)
 
@@ -554,6 +612,9 @@ class _Api:
             routes.append(Route(v + "/{ds}/documents/metadata", self.no_route,
                                 methods=EVERY_METHOD))
         routes += [
+            Route(v + "/{ds}/documents/{doc}/segments", self.segments, methods=EVERY_METHOD),
+            Route(v + "/{ds}/documents/{doc}/segments/{seg}", self.segment,
+                  methods=EVERY_METHOD),
             Route(v + "/{ds}/documents/{batch}/indexing-status", self.indexing_status,
                   methods=["GET"]),
             Route(v + "/{ds}/documents/{doc}", self.document,
@@ -582,6 +643,15 @@ class _Api:
             rules.append(rule)
         self.flask_rules = rules
         return routes
+
+
+def _flask_int(raw: str | None, default: int) -> int:
+    """``request.args.get(name, default=..., type=int)``: anything int() refuses (an empty
+    value included) is the default, never an error."""
+    try:
+        return int(raw) if raw is not None else default
+    except ValueError:
+        return default
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

@@ -19,7 +19,10 @@ import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # segments.py imports this module; Store imports it at construction
+    from .segments import SegmentBook
 
 # The stages a document walks through, with the fraction of `indexing_delay` at which
 # each one starts. "completed" (or "error") is reached at fraction 1.0.
@@ -135,6 +138,16 @@ class DocRecord:
         return hashlib.sha256(self.content).hexdigest()
 
 
+@dataclass(frozen=True)
+class Stage:
+    """Where a document's indexing is: its status now, when its indexing stage began, and
+    when it completed (inf while it has not). What its segments show depends on it."""
+
+    status: str
+    indexing_at: float
+    completed_at: float
+
+
 USER_ID = "00000000-0000-4000-8000-00000000e3a1"  # the emulated API key's "account"
 USER_NAME = "admin"  # that account's name: the built-in "uploader" value
 METADATA_TYPES = ("string", "number", "time")
@@ -148,14 +161,27 @@ _SETTABLE = {"enabled", "archived", "name", "indexing_status", "error", "created
 
 
 class Store:
-    """Thread-safe in-memory state of one emulated workspace (optionally persisted)."""
+    """Thread-safe in-memory state of one emulated workspace (optionally persisted).
+
+    ``segment_api=False`` models a server without the segment routes (they answer the
+    unknown-route 404). ``indexing_delay_per_segment`` adds that many seconds per chunk to
+    a document's indexing time (on top of ``indexing_delay``), and is how long disabling
+    one segment keeps it "indexing"; segment adds and updates answer at once, as Dify's
+    synchronous ones do.
+    """
 
     def __init__(self, *, legacy: bool = False, indexing_delay: float = 0.0,
                  state_path: str | os.PathLike[str] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, segment_api: bool = True,
+                 indexing_delay_per_segment: float = 0.0) -> None:
+        from .segments import SegmentBook  # here, as segments.py imports this module
+
         self.lock = threading.RLock()
         self.legacy = legacy
         self.indexing_delay = float(indexing_delay)
+        self.indexing_delay_per_segment = float(indexing_delay_per_segment)
+        self.segment_api = segment_api
+        self.segments: SegmentBook = SegmentBook(self)
         self.state_path = os.fspath(state_path) if state_path is not None else None
         self.clock = clock
         self.fail_patterns: list[str] = []
@@ -179,6 +205,14 @@ class Store:
         self.metadata_bindings: dict[str, list[str]] = {}
         if self.state_path and os.path.exists(self.state_path):
             self._load()
+
+    @property
+    def segments_indexed(self) -> int:
+        """Segments (re-)indexed so far: every chunk of a document's indexing run once it
+        completed (create, re-upload, update), one per segment the API added, and one per
+        segment update that re-indexes it (new content, new keywords, or enabled: true)."""
+        with self.lock:
+            return self.segments.segments_indexed()
 
     # ------------------------------------------------------------------ helpers
     def _next_seq(self) -> int:
@@ -220,6 +254,7 @@ class Store:
             self._names.clear()
             self.metadata_fields.clear()
             self.metadata_bindings.clear()
+            self.segments.clear()
             self.fail_patterns = []
             self._save()
 
@@ -279,8 +314,9 @@ class Store:
         with self.lock:
             self.get_dataset(dataset_id)
             del self.datasets[dataset_id]
-            for doc_id in self.docs.pop(dataset_id, {}):
+            for doc_id, doc in self.docs.pop(dataset_id, {}).items():
                 self.metadata_bindings.pop(doc_id, None)
+                self.segments.drop(doc)
             self.metadata_fields.pop(dataset_id, None)
             self._names.pop(dataset_id, None)
             for batch, (ds_id, _) in list(self.batches.items()):
@@ -307,7 +343,8 @@ class Store:
                 "data_source_type": "upload_file" if docs else None,
                 "indexing_technique": ds.indexing_technique, "app_count": 0,
                 "document_count": len(docs),
-                "word_count": sum(_word_count(d.content) for d in docs),
+                "word_count": sum(self.segments.word_count(d.id) for d in docs
+                                  if self.indexing_status(d) == "completed"),
                 "created_by": USER_ID, "created_at": int(ds.created_at),
                 "updated_by": USER_ID, "updated_at": int(ds.updated_at),
                 "embedding_model": None, "embedding_model_provider": None,
@@ -363,10 +400,11 @@ class Store:
     def add_document(self, dataset_id: str, name: str, content: bytes, *,
                      extension: str | None = None, mime_type: str | None = None,
                      indexing_technique: str | None = None, doc_form: str | None = None,
-                     doc_language: str | None = None,
-                     match_by_name: bool | None = None) -> tuple[DocRecord, str]:
+                     doc_language: str | None = None, match_by_name: bool | None = None,
+                     process_rule: dict[str, Any] | None = None) -> tuple[DocRecord, str]:
         """Register an upload: re-index a same-named enabled document (current servers) or
-        create a new one. Returns the record and the new batch id.
+        create a new one, split under ``process_rule`` (as segments.parse_process_rule
+        gives it; None: the dataset's latest rule). Returns the record and the new batch.
 
         As in Dify 1.14.1 a match needs only ``enabled``: an archived (but enabled)
         document is matched too, re-indexed in place and stays archived. A match moves to
@@ -389,9 +427,13 @@ class Store:
                 same = [docs[i] for i in self._names_of(dataset_id).get(name, ())
                         if i in docs and docs[i].enabled]
                 match = max(same, key=lambda d: d.seq) if same else None
+            rule_id = self.segments.rule_for_create(ds, process_rule)
             if match is not None:
+                old = self.stage(match)
                 self._replace_content(match, content, extension, mime_type, now)
+                match.process_rule_id = rule_id
                 self._restart_indexing(match, now)
+                self._resplit(match, old)
                 match.created_from = "api"
                 if doc_form:
                     match.doc_form = doc_form
@@ -405,11 +447,12 @@ class Store:
                 name=name, content=content, extension=extension,
                 mime_type=mime_type or _mime(name), upload_file_id=str(uuid.uuid4()),
                 upload_created_at=now, created_at=now, seq=self._next_seq(),
-                indexing_started_at=now, batch="", process_rule_id=ds.process_rule_id,
+                indexing_started_at=now, batch="", process_rule_id=rule_id,
                 doc_form=doc_form or ds.doc_form or "text_model",
                 doc_language=doc_language or "English", updated_at=now)
             ds.next_position += 1
             doc.fail_error = self._fail_error_for(name)
+            self._resplit(doc, None)
             docs[doc.id] = doc
             self._names_of(dataset_id).setdefault(name, []).append(doc.id)
             doc.batch = self._new_batch(dataset_id, [doc.id])
@@ -424,6 +467,13 @@ class Store:
         doc.upload_file_id = str(uuid.uuid4())
         doc.upload_created_at = now
 
+    def _resplit(self, doc: DocRecord, old: Stage | None, *, run: bool = True) -> None:
+        """Split the document for its new indexing run (segments.py); a split that fails
+        (a custom length out of range, say) fails the run."""
+        technique = self.datasets[doc.dataset_id].indexing_technique
+        error = self.segments.resplit(doc, old, technique, run=run)
+        doc.fail_error = doc.fail_error or error
+
     def _restart_indexing(self, doc: DocRecord, now: float) -> None:
         doc.indexing_started_at = now
         doc.status_override = None
@@ -433,8 +483,10 @@ class Store:
 
     def update_document(self, dataset_id: str, doc_id: str, *, name: str | None = None,
                         content: bytes | None = None, extension: str | None = None,
-                        mime_type: str | None = None) -> tuple[DocRecord, str]:
-        """Replace a document's file (and name), keeping its id; refuses like Dify does.
+                        mime_type: str | None = None,
+                        process_rule: dict[str, Any] | None = None) -> tuple[DocRecord, str]:
+        """Replace a document's file (and name), keeping its id, and split it anew under
+        ``process_rule`` (None: the document's own rule); refuses like Dify does.
 
         Returns the record and the batch the answer carries: on current servers the
         document's own batch, unchanged (Dify 1.14.1 answers ``document.batch``), so
@@ -458,7 +510,11 @@ class Store:
                 self._replace_content(doc, content, extension, mime_type, now)
             if not self.legacy:
                 doc.created_from = "web"  # what Dify 1.14.1 shows after an update
+            old = self.stage(doc)
+            doc.process_rule_id = self.segments.rule_for_update(
+                self.datasets[dataset_id], doc, process_rule)
             self._restart_indexing(doc, now)
+            self._resplit(doc, old)
             batch = self._batch_id() if self.legacy else doc.batch
             self._save()
             return doc, batch
@@ -479,8 +535,10 @@ class Store:
         """Remove a document without any check (test helper)."""
         with self.lock:
             docs = self._docs_of(dataset_id)
-            if docs.pop(doc_id, None) is None:
+            doc = docs.pop(doc_id, None)
+            if doc is None:
                 raise document_not_found()
+            self.segments.drop(doc)
             self._names.pop(dataset_id, None)
             self.metadata_bindings.pop(doc_id, None)
             for batch, (ds_id, ids) in list(self.batches.items()):
@@ -515,6 +573,7 @@ class Store:
             if "content" in fields_:
                 content = fields_["content"]
                 doc.content = content.encode() if isinstance(content, str) else bytes(content)
+                self._resplit(doc, self.stage(doc), run=False)
             if "indexing_status" in fields_:
                 doc.status_override = fields_["indexing_status"]
                 if doc.status_override is None:
@@ -540,6 +599,7 @@ class Store:
                 targets.append(doc)
             now = self.clock()
             for doc in targets:
+                was_enabled = doc.enabled
                 if action == "enable":
                     doc.enabled, doc.disabled_at, doc.disabled_by = True, None, None
                 elif action == "disable":
@@ -552,6 +612,7 @@ class Store:
                 else:
                     doc.archived, doc.archived_at = False, None
                 doc.updated_at = now
+                self.segments.on_status(doc, action, was_enabled, now)
             self._save()
 
     def list_documents(self, dataset_id: str, page: int, limit: int, keyword: str | None,
@@ -823,7 +884,7 @@ class Store:
         if doc.status_override is not None:
             return doc.status_override, doc.indexing_started_at
         now = self.clock() if now is None else now
-        delay = max(self.indexing_delay, 0.0)
+        delay = self._delay(doc)
         elapsed = now - doc.indexing_started_at
         if elapsed >= delay:
             return ("error" if doc.fail_error else "completed"), doc.indexing_started_at + delay
@@ -832,6 +893,19 @@ class Store:
             if elapsed >= start * delay:
                 status = name
         return status, float("inf")
+
+    def _delay(self, doc: DocRecord) -> float:
+        """A document's indexing time: the fixed delay plus the per-chunk one."""
+        return max(self.indexing_delay, 0.0) + \
+            max(self.indexing_delay_per_segment, 0.0) * self.segments.chunk_count(doc.id)
+
+    def stage(self, doc: DocRecord) -> Stage:
+        """The document's indexing stage now, with when it reached "indexing" and when it
+        completed (what its segments' times are)."""
+        with self.lock:
+            status, done_at = self._progress(doc)
+            start = next(frac for frac, name in _STAGES if name == "indexing")
+            return Stage(status, doc.indexing_started_at + start * self._delay(doc), done_at)
 
     def indexing_status(self, doc: DocRecord) -> str:
         with self.lock:
@@ -867,7 +941,7 @@ class Store:
             status = "waiting" if fresh else self.indexing_status(doc)
             error = None if fresh else self.error_of(doc)
             completed = status == "completed"
-            words = _word_count(doc.content)
+            words = self.segments.word_count(doc.id) if completed else 0
             data: dict[str, Any] = {
                 "id": doc.id, "position": doc.position, "data_source_type": "upload_file",
                 "data_source_info": {"upload_file_id": doc.upload_file_id},
@@ -877,7 +951,8 @@ class Store:
                     "created_by": USER_ID, "created_at": int(doc.upload_created_at)}},
                 "dataset_process_rule_id": doc.process_rule_id, "name": doc.name,
                 "created_from": doc.created_from, "created_by": USER_ID,
-                "created_at": int(doc.created_at), "tokens": words if completed else 0,
+                "created_at": int(doc.created_at),
+                "tokens": self.segments.tokens(doc.id) if completed else 0,
                 # Dify keeps a paused document's stage in indexing_status (is_paused is a
                 # flag of its own): only display_status and the batch status say "paused".
                 "indexing_status": "indexing" if status == "paused" else status,
@@ -885,19 +960,19 @@ class Store:
                 "disabled_at": int(doc.disabled_at) if doc.disabled_at else None,
                 "disabled_by": doc.disabled_by, "archived": doc.archived,
                 "display_status": self.display_status(doc, status),
-                "word_count": words if completed else 0, "hit_count": 0,
+                "word_count": words, "hit_count": 0,
                 "doc_form": doc.doc_form,
             }
             if not self.legacy:
                 data["doc_metadata"] = self.doc_metadata_details(doc, typed=detail)
             if detail:
+                count = len(self.segments.visible(doc, self.stage(doc)))
                 data.update({
                     "dataset_id": doc.dataset_id, "doc_language": doc.doc_language,
-                    "segment_count": _segments(doc.content) if completed else 0,
-                    "average_segment_length": words // max(_segments(doc.content), 1),
+                    "segment_count": count, "average_segment_length": words // max(count, 1),
                     "updated_at": int(doc.updated_at),
                     "completed_at": int(self._progress(doc)[1]) if completed else None,
-                    "indexing_latency": self.indexing_delay if completed else None,
+                    "indexing_latency": self._delay(doc) if completed else None,
                     "archived_at": int(doc.archived_at) if doc.archived_at else None,
                 })
             return data
@@ -907,7 +982,7 @@ class Store:
         with self.lock:
             status, done_at = self._progress(doc)
             start = doc.indexing_started_at
-            delay = max(self.indexing_delay, 0.0)
+            delay = self._delay(doc)
             reached = {name: start + frac * delay for frac, name in _STAGES}
             finished = status in ("completed", "error")
 
@@ -919,9 +994,9 @@ class Store:
                     return int(reached[order[order.index(stage) + 1]])
                 return None
 
-            total = _segments(doc.content)
-            done_segments = total if status == "completed" else (
-                total // 2 if status == "indexing" else 0)
+            # Dify counts the document's segment rows (see SegmentBook.visible); a run's
+            # rows are marked completed all at once, at its end
+            total = len(self.segments.visible(doc, self.stage(doc)))
             return {
                 "id": doc.id, "indexing_status": status,
                 "processing_started_at": int(start),
@@ -932,8 +1007,8 @@ class Store:
                 "paused_at": int(start) if status == "paused" else None,
                 "error": self.error_of(doc), "stopped_at": int(done_at) if status == "error"
                 else None,
-                "completed_segments": done_segments,
-                "total_segments": total if status in ("indexing", "completed") else 0,
+                "completed_segments": 0 if status in ("splitting", "indexing") else total,
+                "total_segments": total,
             }
 
     # -------------------------------------------------------------- persistence
@@ -955,6 +1030,7 @@ class Store:
                 "metadata_fields": [asdict(f) for fs in self.metadata_fields.values()
                                     for f in fs.values()],
                 "metadata_bindings": self.metadata_bindings,
+                "segments": self.segments.to_state(),
             }
             directory = os.path.dirname(os.path.abspath(self.state_path))
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".emulator-", suffix=".tmp")
@@ -994,6 +1070,12 @@ class Store:
             self.metadata_fields.setdefault(field.dataset_id, {})[field.id] = field
         self.metadata_bindings = {doc: list(ids) for doc, ids in
                                   state.get("metadata_bindings", {}).items()}
+        if "segments" in state:
+            self.segments.load_state(state["segments"])
+        else:  # a state file from before segments: split every document now
+            for docs in self.docs.values():
+                for doc in docs.values():
+                    self._resplit(doc, None, run=False)
 
 
 def _pg_uuid(value: str) -> str:
@@ -1012,14 +1094,6 @@ def _mime(name: str) -> str:
     return mimetypes.guess_type(lower)[0] or "application/octet-stream"
 
 
-def _word_count(content: bytes) -> int:
-    return len(content.decode("utf-8", "replace").split())
-
-
-def _segments(content: bytes) -> int:
-    return max(1, (len(content) + 499) // 500) if content else 0
-
-
 __all__ = ["ApiError", "BUILT_IN_FIELDS", "BUILT_IN_ID", "DISPLAY_STATUSES", "DatasetRec",
-           "DocRecord", "METADATA_TYPES", "MetadataField", "Store", "USER_ID", "USER_NAME",
+           "DocRecord", "METADATA_TYPES", "MetadataField", "Stage", "Store", "USER_ID", "USER_NAME",
            "IN_PROGRESS", "dataset_not_found", "document_not_found", "normalize_display_status"]
