@@ -89,6 +89,7 @@ class RequestRecord:
     at: float
     dropped: bool = False
     query: str = ""
+    bytes_in: int = 0  # the request body's length (Content-Length), for benchmarks of what was sent
 
 
 class RequestLog:
@@ -767,8 +768,10 @@ class EmulatorApp:
             return
         method: str = scope["method"].upper()
         mutating = method in MUTATING_METHODS
+        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
         record = RequestRecord(method=method, path=path, status=0, mutating=mutating,
-                               at=time.time(), query=scope.get("query_string", b"").decode("latin-1"))
+                               at=time.time(), query=scope.get("query_string", b"").decode("latin-1"),
+                               bytes_in=int(length) if length.isdigit() else 0)
         self.log.add(record)
         decision = self.faults.decide(method, path, mutating)
         if decision.delay > 0:

@@ -47,7 +47,9 @@ class EmulatorServer:
     Use as a context manager (``with EmulatorServer() as emu:``) or call ``start()`` /
     ``stop()``. ``base_url`` ends in ``/v1``; ``store`` and ``faults`` can be changed from
     the test thread while requests are served. ``partial_update=False`` makes the
-    metadata write ignore ``partial_update`` (every write replaces), as servers before 1.11.
+    metadata write ignore ``partial_update`` (every write replaces), as servers before 1.11;
+    ``segment_api=False`` makes it a server without the segment routes, and
+    ``indexing_delay_per_segment`` makes indexing take longer the more segments a document has.
     """
 
     def __init__(self, api_key: str = "test-key", *, legacy: bool = False,
@@ -57,6 +59,8 @@ class EmulatorServer:
                  refuse_delete_while_indexing: bool | None = None,
                  status_filter: bool | None = None,
                  partial_update: bool = True,
+                 segment_api: bool = True,
+                 indexing_delay_per_segment: float = 0.0,
                  state_path: str | os.PathLike[str] | None = None,
                  faults: Faults | None = None,
                  host: str = "127.0.0.1", port: int = 0) -> None:
@@ -72,7 +76,8 @@ class EmulatorServer:
         self.api_key = api_key
         self.host = host
         self.port = port
-        self.store = Store(legacy=legacy, indexing_delay=indexing_delay, state_path=state_path)
+        self.store = Store(legacy=legacy, indexing_delay=indexing_delay, state_path=state_path,
+                           segment_api=segment_api, indexing_delay_per_segment=indexing_delay_per_segment)
         self.faults = faults if faults is not None else Faults()
         self._log = RequestLog()
         self.app: EmulatorApp = EmulatorApp(self.store, self.faults, self.options, self._log)
