@@ -57,6 +57,41 @@ def test_changed_content_updates_the_same_document():
     assert plan.actions[0].document_id == "d1"
 
 
+LOCAL_MD = Policy(local_chunk_types=frozenset({"md"}))
+
+
+def test_switching_a_folder_to_local_chunking_sends_its_text_files_once_more_whole():
+    row = tracked("a.md", "d1")
+    plan = plan_folder([local("a.md"), local("b.pdf")], {"a.md": row, "b.pdf": tracked("b.pdf", "d2")},
+                       [remote("d1", "a.md"), remote("d2", "b.pdf")], policy=LOCAL_MD)
+    assert kinds(plan) == [("update", "a.md")]  # the pdf is not split locally: unchanged
+    assert not is_settled(local("a.md"), row, remote("d1", "a.md"), LOCAL_MD)
+    chunked = _with_chunking(row, "local")
+    assert plan_folder([local("a.md")], {"a.md": chunked}, [remote("d1", "a.md")], policy=LOCAL_MD).actions == ()
+    assert is_settled(local("a.md"), chunked, remote("d1", "a.md"), LOCAL_MD)
+
+
+def test_switching_back_to_server_chunking_sends_locally_split_files_as_files():
+    chunked = _with_chunking(tracked("a.md", "d1"), "local")
+    plan = plan_folder([local("a.md")], {"a.md": chunked}, [remote("d1", "a.md")])
+    assert kinds(plan) == [("update", "a.md")]
+
+
+def test_a_file_that_could_not_go_as_chunks_is_not_sent_again_for_it():
+    as_file = _with_chunking(tracked("a.md", "d1"), "file")  # not UTF-8, say: it went as a file
+    assert plan_folder([local("a.md")], {"a.md": as_file}, [remote("d1", "a.md")], policy=LOCAL_MD).actions == ()
+
+
+def test_a_changed_file_that_is_also_renamed_says_so():
+    plan = plan_folder([local("b.md", "new")], {"b.md": tracked("b.md", "d1", "old")}, [remote("d1", "a.md")])
+    assert kinds(plan) == [("update", "b.md")] and plan.actions[0].renames
+
+
+def _with_chunking(row: FileState, chunking: str) -> FileState:
+    from dataclasses import replace
+    return replace(row, chunking=chunking)
+
+
 def test_change_while_indexing_waits():
     plan = plan_folder([local("a.md", "new")], {"a.md": tracked("a.md", "d1", "old")},
                        [remote("d1", "a.md", status="indexing")])

@@ -10,7 +10,7 @@ import stat
 import pytest
 
 from difysync.errors import StateError
-from difysync.models import ErrorKind, LocalFile, SkipCode
+from difysync.models import ErrorKind, LocalFile, SegmentRecord, SkipCode
 from difysync.state import SCHEMA_VERSION, Skip, StateStore, decode_path, encode_path
 
 
@@ -233,3 +233,53 @@ def test_retry_counts_only_what_it_lifts(store):
                         sha256="x", size=1, mtime_ns=1, inode=1, indexing_status="completed")
     store.record_skips("/f", "ds", [Skip(None, "big.md", "file too large", SkipCode.TOO_LARGE)])
     assert store.retry() == 1
+
+
+def test_schema_4_db_gains_segment_records_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "state.db"
+    with StateStore(path) as s:
+        s.settle_upload(None, "/f", "ds", "a.md", document_id="d", document_name="a.md", batch=None,
+                        sha256="x", size=1, mtime_ns=1, inode=1, indexing_status="completed")
+    conn = sqlite3.connect(path)
+    conn.execute("ALTER TABLE files DROP COLUMN chunking")
+    conn.execute("DROP TABLE segments")
+    conn.execute("UPDATE meta SET value = '4' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with StateStore(path, readonly=True) as ro:
+        assert [x.synced for x in ro.summaries()] == [1]
+    with StateStore(path) as s:
+        assert s.load_folder("/f")["a.md"].chunking is None
+        assert s.segments("d") == ()
+
+
+def _chunked(store, rel, doc, records):
+    store.settle_upload(None, "/f", "ds", rel, document_id=doc, document_name=rel, batch=None, sha256="x",
+                        size=1, mtime_ns=1, inode=1, indexing_status="completed", chunking="local",
+                        segments=records)
+
+
+def test_segment_records_follow_their_document(store):
+    records = (SegmentRecord("c1", "k1", "s1", "h1"), SegmentRecord("c2", "k2", None, None))
+    _chunked(store, "a.md", "d", records)
+    assert store.segments("d") == records
+    assert store.load_folder("/f")["a.md"].chunking == "local"
+    store.settle_segments([], "/f", "d", records[:1])
+    assert store.segments("d") == records[:1]
+    # a rename settles the new path first: the old path's removal keeps the document's records
+    _chunked(store, "b.md", "d", None)
+    store.settle_removal(None, "/f", "a.md")
+    assert store.segments("d") == records[:1]
+    # sent as a file: no segments of ours any more
+    store.settle_upload(None, "/f", "ds", "b.md", document_id="d", document_name="b.md", batch=None,
+                        sha256="y", size=1, mtime_ns=1, inode=1, indexing_status="waiting")
+    assert store.segments("d") == ()
+    _chunked(store, "c.md", "e", records)
+    store.settle_removal(None, "/f", "c.md")
+    assert store.segments("e") == ()
+
+
+def test_settling_segments_closes_their_journal_rows(store):
+    ids = store.journal_begin_many("/f", "ds", "segment_update", [("a.md", "a.md", "d", "c1")])
+    store.settle_segments(ids, "/f", "d", (SegmentRecord("c1", "k1", "s1", "h1"),))
+    assert store.pending_journal("/f") == []

@@ -231,7 +231,7 @@ def _segment_job(future: Future[Any], action: Action, ctx: FolderContext, store:
         return None
     ids: list[int] = []
     for op in SegmentOp:
-        items = [(action.rel_path, action.document_name, a.segment_id or action.document_id,
+        items = [(action.rel_path, action.document_name, action.document_id,
                   chunk_digest(prepared.chunks[a.index]) if a.index is not None else None)
                  for a in prepared.plan.actions if a.op is op]
         if items:
