@@ -296,3 +296,26 @@ def test_sigkill_during_segment_sync_then_a_pass_converges_without_duplicates(tm
         after = len(emu.mutating_requests())
         sync(sb)
         assert len(emu.mutating_requests()) == after
+
+
+def test_the_service_sends_a_watched_one_section_edit_as_one_segment_update(tmp_path: Path,
+                                                                            emulator: EmulatorServer) -> None:
+    from .test_daemon import Daemon, daemon_box, wait_until
+
+    box = daemon_box(tmp_path, emulator)
+    box.config.write_text(box.config.read_text() + LOCAL)
+    daemon = Daemon(box)
+    try:
+        daemon.wait_ready()
+        box.write("guide.md", handbook(20))
+        wait_until(lambda: "guide.md" in box.docs() and len(segments(box, "guide.md")) == 20, 15,
+                   what="the first upload, indexed")
+        before = len(emulator.mutating_requests())
+        box.write("guide.md", handbook(20, edited={9: "Edited while the service watches."}))
+        wait_until(lambda: any("Edited while" in s for s in segments(box, "guide.md")), 15, what="the edit")
+        sent = segment_requests(box, before)
+        assert sent["segment_update"] == 1 and "update_by_text" not in sent
+        assert_mirrors(box, "guide.md")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
