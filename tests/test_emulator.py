@@ -730,3 +730,18 @@ def test_state_persists_across_restarts(tmp_path) -> None:
     with EmulatorServer(state_path=path) as emu, make_client(emu) as c:
         assert emu.store.content(ds, doc) == b"keep me"
         assert c.get(f"/datasets/{ds}/documents").json()["data"][0]["id"] == doc
+
+
+def test_a_filtered_listing_renders_each_document_as_of_the_filter():
+    # A real server reads each row once: a document listed under status=queuing says
+    # "queuing", even when its indexing moves on while the page is being rendered.
+    from difysync.emulator.store import Store
+
+    ticks = iter(range(10**6))
+    store = Store(indexing_delay=40.0, clock=lambda: 1000.0 + next(ticks) * 0.5)
+    ds = store.create_dataset("race", "economy")
+    for i in range(20):
+        store.add_document(ds, f"d{i}.md", b"text", match_by_name=False)
+    for status in ("queuing", "indexing"):
+        page = store.list_documents(ds, 1, 100, None, status=status)
+        assert {d["display_status"] for d in page["data"]} <= {status}

@@ -620,22 +620,24 @@ class Store:
         """The listing; ``status`` filters by display status as Dify 1.14.1 does (see
         normalize_display_status) and ``total`` counts only the documents that pass."""
         with self.lock:
-            items = self._view(dataset_id, normalize_display_status(status))
+            # One instant for the filter and the rendering, as a real server reads each row
+            # once: a document never shows another status than the one it was listed under.
+            now = self.clock()
+            items = self._view(dataset_id, normalize_display_status(status), now)
             if keyword:
                 items = [d for d in items if keyword in d.name]
             per_page = min(limit, 100)
             chunk = items[(page - 1) * per_page:(page - 1) * per_page + per_page]
-            return {"data": [self.document_dict(d) for d in chunk],
+            return {"data": [self.document_dict(d, now=now) for d in chunk],
                     "has_more": len(chunk) == limit, "limit": limit, "total": len(items),
                     "page": page}
 
-    def _view(self, dataset_id: str, status: str | None) -> list[DocRecord]:
+    def _view(self, dataset_id: str, status: str | None, now: float) -> list[DocRecord]:
         """The dataset newest first (documents are kept in creation order, so reversing is
         the sort), with this display status only if given. Reused until the next mutation,
         or, while a document is still indexing, computed afresh."""
         docs = self._docs_of(dataset_id)
         key = (dataset_id, status)
-        now = self.clock()
         cached = self._views.get(key)
         if cached is not None and cached[0] == self._version and now < cached[1]:
             return cached[2]
@@ -907,12 +909,12 @@ class Store:
             start = next(frac for frac, name in _STAGES if name == "indexing")
             return Stage(status, doc.indexing_started_at + start * self._delay(doc), done_at)
 
-    def indexing_status(self, doc: DocRecord) -> str:
+    def indexing_status(self, doc: DocRecord, now: float | None = None) -> str:
         with self.lock:
-            return self._progress(doc)[0]
+            return self._progress(doc, now)[0]
 
-    def error_of(self, doc: DocRecord) -> str | None:
-        status = self.indexing_status(doc)
+    def error_of(self, doc: DocRecord, now: float | None = None) -> str | None:
+        status = self.indexing_status(doc, now)
         if doc.error_override is not None:
             return doc.error_override
         if status == "error":
@@ -933,13 +935,13 @@ class Store:
             return "archived"
         return "available" if doc.enabled else "disabled"
 
-    def document_dict(self, doc: DocRecord, *, fresh: bool = False,
-                      detail: bool = False) -> dict[str, Any]:
-        """The document object D. ``fresh`` renders it as a create/update answer does:
-        just queued."""
+    def document_dict(self, doc: DocRecord, *, fresh: bool = False, detail: bool = False,
+                      now: float | None = None) -> dict[str, Any]:
+        """The document object D (as of ``now``, default the clock's). ``fresh`` renders it
+        as a create/update answer does: just queued."""
         with self.lock:
-            status = "waiting" if fresh else self.indexing_status(doc)
-            error = None if fresh else self.error_of(doc)
+            status = "waiting" if fresh else self.indexing_status(doc, now)
+            error = None if fresh else self.error_of(doc, now)
             completed = status == "completed"
             words = self.segments.word_count(doc.id) if completed else 0
             data: dict[str, Any] = {
