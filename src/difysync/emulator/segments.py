@@ -21,7 +21,7 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from functools import cache
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, create_model
 
@@ -402,10 +402,43 @@ class DocSegments:
     segment API; ``chunks`` is how many the current run split (what its time grows with)."""
 
     dataset_id: str
-    current: dict[str, SegmentRec] = field(default_factory=dict)
+    _current: dict[str, SegmentRec] = field(default_factory=dict)
     previous: dict[str, SegmentRec] = field(default_factory=dict)
-    word_count: int = 0
-    chunks: int = 0
+    _word_count: int = 0
+    _chunks: int = 0
+    # The split of the current run, made when something first needs it: an import of
+    # thousands of documents (a benchmark's) never pays for splits nobody looks at.
+    pending: Callable[[], tuple[dict[str, SegmentRec], int, int]] | None = None
+
+    def _split(self) -> None:
+        if self.pending is not None:
+            make, self.pending = self.pending, None
+            self._current, self._word_count, self._chunks = make()
+
+    @property
+    def current(self) -> dict[str, SegmentRec]:
+        self._split()
+        return self._current
+
+    @current.setter
+    def current(self, value: dict[str, SegmentRec]) -> None:
+        self._split()
+        self._current = value
+
+    @property
+    def word_count(self) -> int:
+        self._split()
+        return self._word_count
+
+    @word_count.setter
+    def word_count(self, value: int) -> None:
+        self._split()
+        self._word_count = value
+
+    @property
+    def chunks(self) -> int:
+        self._split()
+        return self._chunks
 
 
 def _hash(content: str) -> str:
@@ -435,7 +468,7 @@ class SegmentBook:
         self.docs: dict[str, DocSegments] = {}  # document id -> its segments
         self.owner: dict[str, str] = {}  # segment id -> document id (ids are tenant-wide)
         self.indexed = 0  # segments (re-)indexed so far, credited runs only
-        self.running: dict[str, tuple[str, int]] = {}  # doc id -> (dataset id, chunks) of a run
+        self.running: dict[str, tuple[str, None]] = {}  # doc id -> (dataset id, None): a run not yet counted
 
     # rules -------------------------------------------------------------------
     def _new_rule(self, ds: DatasetRec, rule: dict[str, Any]) -> str:
@@ -478,20 +511,32 @@ class SegmentBook:
             self.owner.pop(seg_id, None)
         rule = self.rules.get(doc.process_rule_id, {"mode": "automatic", "rules": AUTOMATIC_RULES})
         try:
-            chunks, error = split_document(doc.content, doc.extension, rule), None
+            _splitter_for(rule)  # the rule's own checks: a bad rule fails the run at once
+            error = None
         except SplitError as exc:
-            chunks, error = [], str(exc)
-        now = self.store.clock()
-        entry.current = {}
-        for position, chunk in enumerate(chunks, start=1):
-            seg = self._record(doc.dataset_id, doc.id, position, chunk, technique, now)
-            seg.split = True
-            self._keep(entry.current, seg)
-        entry.word_count, entry.chunks = sum(len(c) for c in chunks), len(chunks)
+            error = str(exc)
+        entry.current, entry.word_count, entry._chunks = {}, 0, 0
+        if error is None:
+            entry.pending = self._splitting(doc, doc.content, rule, technique, self.store.clock())
         self.docs[doc.id] = entry
         if run:
-            self.running[doc.id] = (doc.dataset_id, len(chunks))
+            self.running[doc.id] = (doc.dataset_id, None)  # its chunks are counted when it completes
         return error
+
+    def _splitting(self, doc: DocRecord, content: bytes, rule: dict[str, Any], technique: str | None,
+                   now: float) -> Callable[[], tuple[dict[str, SegmentRec], int, int]]:
+        """The split of this run (of this content, at this time), to be made later."""
+        extension = doc.extension
+
+        def split() -> tuple[dict[str, SegmentRec], int, int]:
+            chunks = split_document(content, extension, rule)
+            current: dict[str, SegmentRec] = {}
+            for position, chunk in enumerate(chunks, start=1):
+                seg = self._record(doc.dataset_id, doc.id, position, chunk, technique, now)
+                seg.split = True
+                self._keep(current, seg)
+            return current, sum(len(c) for c in chunks), len(chunks)
+        return split
 
     def _frozen(self, segs: dict[str, SegmentRec], stage: Stage) -> dict[str, SegmentRec]:
         """A completed run's segments with its times written in, as the rows hold them."""
@@ -518,7 +563,8 @@ class SegmentBook:
         """Count a run's chunks once it has completed (a run replaced or deleted before
         that never counts)."""
         if doc_id in self.running and stage is not None and stage.status == "completed":
-            self.indexed += self.running.pop(doc_id)[1]
+            self.running.pop(doc_id)
+            self.indexed += self.chunk_count(doc_id)
 
     def segments_indexed(self) -> int:
         """Segments indexed so far: every chunk of each completed run, one per segment
@@ -621,10 +667,10 @@ class SegmentBook:
     def load_state(self, state: dict[str, Any]) -> None:
         self.rules = dict(state.get("rules", {}))
         self.indexed = int(state.get("indexed", 0))
-        self.running = {d: (ds, int(n)) for d, (ds, n) in state.get("running", {}).items()}
+        self.running = {d: (ds, None) for d, (ds, _) in state.get("running", {}).items()}
         for doc_id, raw in state.get("docs", {}).items():
-            entry = DocSegments(raw["dataset_id"], word_count=int(raw["word_count"]),
-                                chunks=int(raw["chunks"]))
+            entry = DocSegments(raw["dataset_id"], _word_count=int(raw["word_count"]),
+                                _chunks=int(raw["chunks"]))
             for key in ("current", "previous"):
                 for seg_raw in raw[key]:
                     self._keep(getattr(entry, key), SegmentRec(**seg_raw))

@@ -898,8 +898,8 @@ class Store:
 
     def _delay(self, doc: DocRecord) -> float:
         """A document's indexing time: the fixed delay plus the per-chunk one."""
-        return max(self.indexing_delay, 0.0) + \
-            max(self.indexing_delay_per_segment, 0.0) * self.segments.chunk_count(doc.id)
+        per_segment = max(self.indexing_delay_per_segment, 0.0)
+        return max(self.indexing_delay, 0.0) + (per_segment * self.segments.chunk_count(doc.id) if per_segment else 0.0)
 
     def stage(self, doc: DocRecord) -> Stage:
         """The document's indexing stage now, with when it reached "indexing" and when it
