@@ -158,3 +158,41 @@ def test_json_is_one_object_on_stdout(box):
     box.write("a.md", "a")
     result = box.reconcile()
     assert json.loads(result.stdout.strip().splitlines()[-1]) == result.json
+
+
+def _refusing_box(tmp_path):
+    """A server that refuses .csv (difysync allows it): what it refuses is recorded as such."""
+    emu = EmulatorServer(allowed_extensions=["md"])
+    emu.start()
+    box = Sandbox(tmp_path, emu)
+    box.write("ok.md", "fine")
+    box.write("data/table.csv", "a,b\n1,2\n")
+    for i in range(5):
+        box.write(f"pics/{i}.png", b"\x89PNG")  # refused locally: unsupported type
+    assert box.reconcile().code == 0  # refusals are skips, not failures
+    return emu, box
+
+
+def test_retry_takes_a_path_as_status_prints_it(tmp_path):
+    emu, box = _refusing_box(tmp_path)
+    try:
+        status = box.cli("status", "-c", str(box.config))
+        assert "data/table.csv" in status.stdout
+        result = box.cli("retry", "-c", str(box.config), "data/table.csv")
+        assert result.code == 0, result.stdout + result.stderr
+        assert result.stdout.startswith("1 file(s)")
+        missing = box.cli("retry", "-c", str(box.config), "nowhere/else.md")
+        assert missing.code == 2 and "status" in missing.stderr  # a usage error
+    finally:
+        emu.stop()
+
+
+def test_retry_all_counts_only_what_it_lifts(tmp_path):
+    emu, box = _refusing_box(tmp_path)
+    try:
+        result = box.cli("retry", "-c", str(box.config), "--all")
+        assert result.stdout.startswith("1 file(s)")  # the refused csv, not the five .png
+        again = box.cli("retry", "-c", str(box.config), "--all")
+        assert again.stdout.startswith("0 file(s)")
+    finally:
+        emu.stop()

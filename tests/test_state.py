@@ -232,7 +232,11 @@ def test_retry_counts_only_what_it_lifts(store):
     store.settle_upload(None, "/f", "ds", "ok.md", document_id="d", document_name="ok.md", batch=None,
                         sha256="x", size=1, mtime_ns=1, inode=1, indexing_status="completed")
     store.record_skips("/f", "ds", [Skip(None, "big.md", "file too large", SkipCode.TOO_LARGE)])
+    assert store.retry() == 0  # every pass judges the file's own size again: nothing to lift
+    store.settle_failure(None, "/f", "ds", "odd.md", "refused by Dify: 415", ErrorKind.REQUEST_FAILED,
+                         refused_sha256="abc", skip=SkipCode.REFUSED)
     assert store.retry() == 1
+    assert store.retry() == 0
 
 
 def test_schema_4_db_gains_segment_records_and_keeps_its_rows(tmp_path):

@@ -16,13 +16,13 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
 import click
 
 from . import __version__
-from .config import Settings, find_config_path, load_api_key, load_settings, render_problems
+from .config import FolderSettings, Settings, find_config_path, load_api_key, load_settings, render_problems
 from .dify import DifyClient
 from .errors import (EX_CONFIG, EX_FAILED, EX_TEMPFAIL, ConfigError, DifyError, FatalError, LeaseBusy,
                      StateError, exit_code)
@@ -256,14 +256,30 @@ def retry(config: str | None, paths: tuple[str, ...], all_: bool) -> None:
         else:
             count = 0
             for raw in paths:
-                target = Path(raw).absolute()
-                folder = next((f for f in settings.folders
-                               if target == Path(f.path) or Path(f.path) in target.parents), None)
-                if folder is None:
-                    _die(f"{raw} is not inside a configured folder", EX_USAGE)
-                rel = target.relative_to(folder.path).as_posix()
-                count += store.retry(folder_key(folder), None if rel == "." else rel)
+                targets = _retry_targets(settings, store, raw)
+                if not targets:
+                    _die(f"{raw} is neither inside a configured folder nor a path as `difysync status` "
+                         f"prints it (relative to a folder's root)", EX_USAGE)
+                count += sum(store.retry(folder_key(folder), rel) for folder, rel in targets)
     click.echo(f"{count} file(s) will be tried again on the next pass")
+
+
+def _retry_targets(settings: Settings, store: StateStore, raw: str) -> list[tuple[FolderSettings, str | None]]:
+    """(folder, path relative to its root; None: all of it) for a PATH given to ``retry``:
+    a path on disk inside a folder, or one relative to a folder's root as ``status``
+    prints it (in every folder whose state DB rows or tree have it)."""
+    from .reconcile import folder_key
+
+    target = Path(raw).absolute()
+    for folder in settings.folders:
+        if target == Path(folder.path) or Path(folder.path) in target.parents:
+            rel = target.relative_to(folder.path).as_posix()
+            return [(folder, None if rel == "." else rel)]
+    if Path(raw).is_absolute():
+        return []
+    rel = PurePosixPath(raw).as_posix().strip("/")
+    return [(folder, rel) for folder in settings.folders
+            if store.has_path(folder_key(folder), rel) or (Path(folder.path) / rel).exists()]
 
 
 @main.command("rebuild-state")

@@ -388,6 +388,12 @@ class StateStore:
                 out[state.rel_path] = state
         return out
 
+    def has_path(self, folder: str, rel_path: str) -> bool:
+        """The folder has a row for this path, or for files below it."""
+        key = encode_path(rel_path)
+        return self.db.execute("SELECT 1 FROM files WHERE folder = ? AND (rel_path = ? OR (rel_path >= ? AND "
+                               "rel_path < ?)) LIMIT 1", [folder, key, key + "/", key + "0"]).fetchone() is not None
+
     def count_tracked(self, folder: str) -> int:
         return self.db.execute("SELECT count(*) FROM files WHERE folder = ? AND document_id IS NOT NULL",
                                [folder]).fetchone()[0]
@@ -595,10 +601,12 @@ class StateStore:
 
     def retry(self, folder: str | None = None, rel_path: str | None = None) -> int:
         """Lift quarantine and refusals so the next pass tries again; returns how many
-        files that re-enables (files with nothing to lift are not counted)."""
+        files that re-enables. Skips the file itself decides (its type, size, emptiness,
+        readability) are judged again by every pass anyway: nothing to lift, not counted."""
         sql = ("UPDATE files SET refused_sha256 = NULL, attempts = 0, skip_reason = NULL, skip_code = NULL, "
                "last_error = NULL, error_kind = NULL "
-               "WHERE (refused_sha256 IS NOT NULL OR attempts > 0 OR skip_reason IS NOT NULL)")
+               "WHERE (refused_sha256 IS NOT NULL OR attempts > 0 OR skip_code IN "
+               f"('{SkipCode.REFUSED.value}', '{SkipCode.QUARANTINED.value}'))")
         args: list[Any] = []
         if folder is not None:
             sql += " AND folder = ?"
