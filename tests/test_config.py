@@ -515,4 +515,5 @@ def test_folder_settings_field_names_are_stable() -> None:
     # the daemon and the planner read these names; renaming one is a breaking change
     assert set(FolderSettings.model_fields) == {
         "path", "dataset_id", "dataset_name", "indexing_technique", "include", "exclude", "delete",
-        "watch_mode", "process_rule", "name_prefix", "chunking", "local_chunk_types", "chunk_max_tokens"}
+        "watch_mode", "process_rule", "name_prefix", "chunking", "local_chunk_types", "chunk_max_tokens",
+        "recreate_dataset"}

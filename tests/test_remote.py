@@ -21,8 +21,8 @@ from difysync.errors import DatasetMissing, NotFoundError
 from difysync.models import FileState, LocalFile
 from difysync.naming import document_name
 from difysync.reconcile import Env, policy_for, reconcile_folder, with_hashes
-from difysync.remote import (MAX_NAME_LOOKUPS, POLL_STATUSES, IndexingPoller, RemoteView, forget_dataset,
-                             poll_folder, resolve_dataset, wait_for_indexing)
+from difysync.remote import (MAX_NAME_LOOKUPS, POLL_STATUSES, IndexingPoller, RemoteView, poll_folder,
+                             resolve_dataset, stale_dataset, wait_for_indexing)
 from difysync.scanner import scan_tree
 from difysync.state import InFlight, StateStore
 
@@ -435,7 +435,7 @@ def test_a_dry_run_never_creates_a_missing_dataset(tmp_path, emulator, client, s
     assert store.known_dataset(folder.key, "Docs") is None
 
 
-def test_after_the_dataset_is_recreated_forgetting_the_old_id_lets_the_next_resolve_find_the_new_one(
+def test_after_the_dataset_is_recreated_a_resolve_without_recall_finds_the_new_one(
         tmp_path, emulator, client, store):
     # given a remembered id whose dataset was deleted and made again under the same name
     folder = settings_for(tmp_path, emulator, 'dataset_name = "Docs"').folders[0]
@@ -447,38 +447,38 @@ def test_after_the_dataset_is_recreated_forgetting_the_old_id_lets_the_next_reso
     with pytest.raises(DatasetMissing) as missing:
         RemoteView(client, old).everything()
     # when
-    forgotten = forget_dataset(store, folder, missing.value)
+    stale = stale_dataset(store, folder, missing.value)
     emulator.reset_requests()
-    again = resolve_dataset(client, store, folder, create=False)
+    again = resolve_dataset(client, store, folder, create=False, recall=False)
     # then
-    assert forgotten is True
+    assert stale is True
     assert again == new and asked(emulator) == ["datasets"]
     assert store.known_dataset(folder.key, "Docs") == new
 
 
-def test_forget_dataset_keeps_the_id_after_other_errors(tmp_path, emulator, client, store):
+def test_a_remembered_id_is_stale_only_after_dataset_not_found(tmp_path, emulator, client, store):
     folder = settings_for(tmp_path, emulator, 'dataset_name = "Docs"').folders[0]
     ds = emulator.store.create_dataset("Docs", "high_quality")
     resolve_dataset(client, store, folder, create=False)
     with pytest.raises(NotFoundError) as not_found:
         client.indexing_status(ds, "no-such-batch")
-    assert forget_dataset(store, folder, not_found.value) is False
-    assert forget_dataset(store, folder, ValueError("not from Dify")) is False
+    assert stale_dataset(store, folder, not_found.value) is False
+    assert stale_dataset(store, folder, ValueError("not from Dify")) is False
     assert store.known_dataset(folder.key, "Docs") == ds
 
 
-def test_forget_dataset_never_forgets_a_configured_id(tmp_path, emulator, client, store):
+def test_a_configured_id_is_never_stale(tmp_path, emulator, client, store):
     folder = settings_for(tmp_path, emulator, 'dataset_id = "configured-id"').folders[0]
     with pytest.raises(DatasetMissing) as missing:
         RemoteView(client, "configured-id").everything()
-    assert forget_dataset(store, folder, missing.value) is False
+    assert stale_dataset(store, folder, missing.value) is False
 
 
-def test_forget_dataset_is_false_when_nothing_was_remembered(tmp_path, emulator, client, store):
+def test_nothing_remembered_is_never_stale(tmp_path, emulator, client, store):
     folder = settings_for(tmp_path, emulator, 'dataset_name = "Docs"').folders[0]
     with pytest.raises(DatasetMissing) as missing:
         RemoteView(client, "no-such-dataset").everything()
-    assert forget_dataset(store, folder, missing.value) is False
+    assert stale_dataset(store, folder, missing.value) is False
 
 
 # --- a targeted pass: names -------------------------------------------------------------------
@@ -624,6 +624,37 @@ def test_a_pass_whose_remembered_dataset_vanished_looks_the_name_up_again(tmp_pa
     again = reconcile_folder(Env(settings, client, store), folder)
     assert again.fatal is None and again.dataset_id == new and again.counts["created"] == 1
     assert store.known_dataset(folder.key, "Team docs") == new
+
+
+def test_a_dataset_deleted_in_dify_is_not_made_again_silently(tmp_path, emulator, client, store):
+    from difysync.reconcile import Env, PassOptions, reconcile_folder
+
+    settings = settings_for(tmp_path, emulator, 'dataset_name = "Team docs"')
+    folder = settings.folders[0]
+    (tmp_path / "docs" / "a.md").write_text("a")
+    old = reconcile_folder(Env(settings, client, store), folder).dataset_id
+    emulator.store.delete_dataset(old)
+    # when a pass finds it gone and no dataset of that name
+    stopped = reconcile_folder(Env(settings, client, store), folder)
+    # then it stops, says why and how to go on, and makes nothing
+    assert isinstance(stopped.fatal, DatasetMissing)
+    assert "--recreate-dataset" in stopped.fatal.describe() and "deleted in Dify" in stopped.fatal.describe()
+    assert emulator.store.list_datasets(1, 100, None)["total"] == 0
+    assert isinstance(reconcile_folder(Env(settings, client, store), folder).fatal, DatasetMissing)  # every pass
+    # and with --recreate-dataset it is made again, and the folder uploaded into it
+    again = reconcile_folder(Env(settings, client, store), folder, PassOptions(recreate_dataset=True))
+    assert again.fatal is None and again.dataset_id not in (None, old) and again.counts["created"] == 1
+    assert store.known_dataset(folder.key, "Team docs") == again.dataset_id
+
+
+def test_a_pass_refused_for_a_missing_root_makes_no_dataset(tmp_path, emulator, client, store):
+    from difysync.reconcile import Env, reconcile_folder
+
+    settings = settings_for(tmp_path, emulator, 'dataset_name = "Team docs"')
+    (tmp_path / "docs").rmdir()
+    report = reconcile_folder(Env(settings, client, store), settings.folders[0])
+    assert report.errors and "does not exist" in " ".join(report.errors)
+    assert emulator.store.list_datasets(1, 100, None)["total"] == 0
 
 
 def test_a_paused_document_counts_as_settled_when_polled_by_listing(emulator, client, store, dataset):

@@ -115,15 +115,17 @@ lock_timeout_option = click.option(
               help="Refuse a pass that would delete more than this (default 50% of tracked documents).")
 @click.option("--full-listing", is_flag=True,
               help="List every document even when a quick check shows nothing changed in Dify.")
+@click.option("--recreate-dataset", is_flag=True,
+              help="Make a dataset found by name again if it was deleted in Dify (and upload the folder).")
 @lock_timeout_option
 def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: float, as_json: bool,
-              max_delete: str | None, full_listing: bool, lock_timeout: float) -> None:
+              max_delete: str | None, full_listing: bool, recreate_dataset: bool, lock_timeout: float) -> None:
     """Make the datasets mirror the folders, once (cron, CI, first import)."""
     from .reconcile import Env, Hooks, PassOptions
     from .reconcile import reconcile as run_pass
 
     options = PassOptions(dry_run=dry_run, max_delete=_max_delete(max_delete), full_listing=full_listing,
-                          lock_timeout=lock_timeout)
+                          lock_timeout=lock_timeout, recreate_dataset=recreate_dataset)
     settings = load_config(config)
     with make_client(settings) as client, open_store(settings) as store:
         report = run_pass(Env(settings, client, store), options, Hooks(on_lease_wait=_say_waiting))

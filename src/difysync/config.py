@@ -252,6 +252,9 @@ class FolderSettings(_Strict):
     local_chunk_types: list[str] = Field(default_factory=lambda: ["md", "markdown", "mdx", "txt"])
     # Largest chunk, in Dify's segmentation unit (characters on current servers).
     chunk_max_tokens: int = Field(500, ge=50, le=2000)
+    # A dataset found by dataset_name that was deleted in Dify is made again (and the folder
+    # uploaded into it); false: the pass stops with an error saying so.
+    recreate_dataset: bool = False
 
     @field_validator("local_chunk_types")
     @classmethod

@@ -26,11 +26,11 @@ from .apply import FolderContext, Stopped, apply_actions
 from .outcomes import Outcome, Result
 from .config import FolderSettings, Settings
 from .dify import DifyClient
-from .errors import DifySyncError, verdict
+from .errors import DatasetMissing, DifySyncError, verdict
 from .lease import FolderLocks, Holder
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
 from .plan import Kind, MaxDelete, Plan, Policy, plan_folder, refusal
-from .remote import RemoteView, forget_dataset, metadata_fields, resolve_dataset, stale_dataset
+from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
 from .scanner import scan_tree, sha256_file, stat_paths
 from .segsync import LocalChunking, edit_note
@@ -57,6 +57,7 @@ class PassOptions:
     full_listing: bool = False           # list the dataset even when a probe shows no change
     paths: tuple[str, ...] | None = None  # a targeted pass over these relative paths
     lock_timeout: float | None = 60.0    # seconds to wait for the write lease; None: until stopped
+    recreate_dataset: bool = False       # a dataset found by name that was deleted in Dify is made again
 
 
 @dataclass(frozen=True)
@@ -108,8 +109,8 @@ def reconcile_folder(env: Env, folder: FolderSettings, options: PassOptions = Pa
         with _lease(env, folder, options, hooks):
             report = _attempt(env, folder, options, hooks)
             if report.fatal is not None and stale_dataset(env.store, folder, report.fatal):
-                if not options.dry_run:  # a dry run writes nothing: it only looks again
-                    forget_dataset(env.store, folder, report.fatal)
+                log.info("%s: dataset %r is not where it was; looking it up by name again", folder.key,
+                         folder.dataset_name)
                 report = _attempt(env, folder, options, hooks, recall=False)
             if not options.dry_run and options.paths is None:
                 _record_run(env.store, folder.key, started, report)
@@ -187,8 +188,7 @@ class _Pass:
         self.view: RemoteView | None = None
 
     def run(self) -> None:
-        dataset_id = resolve_dataset(self.env.client, self.store, self.folder, create=not self.options.dry_run,
-                                     remember=not self.options.dry_run, recall=self.recall)
+        dataset_id = self._dataset()
         self.report.dataset_id = dataset_id
         known = self.store.known_metadata(dataset_id) if dataset_id else None
         if known is not None and not known.supported:  # no metadata API there: own by the state DB alone
@@ -202,6 +202,24 @@ class _Pass:
             return
         self._apply(inputs, plan)
         self._record(inputs, plan)
+
+    def _dataset(self) -> str | None:
+        """The folder's dataset id. A dataset found by name is made when it does not exist
+        yet, but not by a pass the root refuses, and not again after Dify lost the one
+        difysync synced (``recall`` False: the remembered id answered "not found"), unless
+        the user says so: a silent re-creation would upload everything into an empty new
+        dataset."""
+        folder, options = self.folder, self.options
+        recreate = options.recreate_dataset or folder.recreate_dataset
+        create = not options.dry_run and self.root.is_dir() and (self.recall or recreate)
+        dataset_id = resolve_dataset(self.env.client, self.store, folder, create=create,
+                                     remember=not options.dry_run, recall=self.recall)
+        if dataset_id is None and not self.recall and not options.dry_run and self.root.is_dir():
+            raise DatasetMissing(
+                f"dataset {folder.dataset_name!r} was deleted in Dify (difysync had synced this folder into it): "
+                f"nothing synced; run `difysync reconcile --recreate-dataset` (or set recreate_dataset = true "
+                f"for the folder) to make it again and upload the folder")
+        return dataset_id
 
     # --- seeing both sides ------------------------------------------------------------
 

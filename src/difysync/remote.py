@@ -37,9 +37,9 @@ def resolve_dataset(client: DifyClient, store: StateBackend, folder: FolderSetti
                     create: bool, remember: bool = True, recall: bool = True) -> str | None:
     """The folder's dataset: its configured id, or the id its name was resolved to before
     (kept in the state DB; not with ``recall=False``), or found by name now (created when
-    absent and ``create``; kept when ``remember``). A remembered id that Dify no longer
-    knows is dropped with ``forget_dataset`` by the caller that saw the "dataset not
-    found", and the next resolve asks again."""
+    absent and ``create``; kept when ``remember``). After a remembered id answered
+    "dataset not found" (``stale_dataset``), the caller resolves with ``recall=False``:
+    the name is looked up again and what it finds replaces the remembered id."""
     if folder.dataset_id:
         return folder.dataset_id
     known = store.known_dataset(folder.key, folder.dataset_name) if recall else None
@@ -61,15 +61,6 @@ def stale_dataset(store: StateBackend, folder: FolderSettings, error: BaseExcept
     if folder.dataset_id or not isinstance(error, DatasetMissing):
         return False
     return store.known_dataset(folder.key, folder.dataset_name) is not None
-
-
-def forget_dataset(store: StateBackend, folder: FolderSettings, error: BaseException) -> bool:
-    """``stale_dataset``, and if so the remembered id is forgotten."""
-    if not stale_dataset(store, folder, error):
-        return False
-    store.forget_dataset(folder.key)
-    log.info("%s: dataset %r is not where it was; looking it up by name again", folder.key, folder.dataset_name)
-    return True
 
 
 # --- difysync's metadata fields ----------------------------------------------------------
@@ -369,5 +360,5 @@ def _tally(statuses: Mapping[str, str]) -> dict[str, int]:
     return out
 
 
-__all__ = ["IndexingPoller", "metadata_fields", "RemoteView", "Unsettled", "filtered_listing", "forget_dataset", "poll_folder",
+__all__ = ["IndexingPoller", "metadata_fields", "RemoteView", "Unsettled", "filtered_listing", "poll_folder",
            "resolve_dataset", "stale_dataset", "wait_for_indexing"]
