@@ -226,7 +226,10 @@ def test_sigterm_lets_requests_finish_settles_the_journal_and_exits_0(tmp_path):
 def test_a_second_sigterm_exits_at_once_and_the_next_pass_makes_no_duplicates(tmp_path):
     with uploading(tmp_path, files=10, latency=3.0, in_flight=1) as (emu, box, daemon):
         daemon.signal(signal.SIGTERM)
-        time.sleep(0.2)
+        # Two signals sent before the first is handled are one signal (POSIX does not queue
+        # them, and Python runs its handler once for both): the second comes after the first
+        # has been seen, as an operator's second Ctrl-C or systemd's second stop does.
+        wait_until(lambda: "stopping:" in daemon.log, 10, what="the first signal handled")
         started = time.monotonic()
         daemon.signal(signal.SIGTERM)
         assert daemon.proc.wait(timeout=5) == 130
@@ -281,12 +284,13 @@ def test_sighup_with_a_broken_config_keeps_running_on_the_old_one(running):
     wait_until(lambda: "config reload failed" in daemon.log, 5, what="reload error")
     assert daemon.proc.poll() is None
     box.write("still.md", "syncing")
-    wait_until(lambda: "still.md" in box.docs(), DEBOUNCE + 2, what="sync after failed reload")
+    # (about the reload, not latency: generous limits, the machine may be busy)
+    wait_until(lambda: "still.md" in box.docs(), 10, what="sync after failed reload")
     box.config.write_text(good.replace("debounce_seconds = 0.3", "debounce_seconds = 0.2"))
     daemon.signal(signal.SIGHUP)
     wait_until(lambda: "reloading the configuration" in daemon.log, 5, what="reload")
     box.write("after.md", "reloaded")
-    wait_until(lambda: "after.md" in box.docs(), DEBOUNCE + 3, what="sync after reload")
+    wait_until(lambda: "after.md" in box.docs(), 10, what="sync after reload")
     assert daemon.stop() == 0
 
 
