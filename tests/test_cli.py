@@ -196,3 +196,38 @@ def test_retry_all_counts_only_what_it_lifts(tmp_path):
         assert again.stdout.startswith("0 file(s)")
     finally:
         emu.stop()
+
+
+def test_ctrl_c_during_reconcile_prints_the_partial_summary_and_exits_130(tmp_path):
+    import signal
+    import sqlite3
+    import subprocess
+    import sys
+    import time
+
+    from difysync.emulator.faults import Faults
+
+    with EmulatorServer(faults=Faults(latency=1.0)) as emu:
+        box = Sandbox(tmp_path, emu, extra_dify="concurrency = 2")
+        for i in range(20):
+            box.write(f"{i:02d}.md", f"file {i}")
+        proc = subprocess.Popen([sys.executable, "-m", "difysync", "reconcile", "-c", str(box.config)],
+                                cwd=tmp_path, env={**__import__("os").environ, **box.env},
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 20
+        while emu.count(method="POST") < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+        assert proc.returncode == 130, out + err
+        assert "Aborted" not in out + err and "Traceback" not in err
+        assert "stopped" in out and "interrupted" in out  # the summary, with what was not attempted
+        assert "stopping: letting the requests in flight finish" in err
+        created = len(box.docs())
+        assert 0 < created < 20
+        journal = sqlite3.connect(tmp_path / "state.db").execute("SELECT count(*) FROM journal").fetchone()[0]
+        assert journal == 0  # the requests in flight were settled
+        emu.faults.latency = 0.0
+        result = box.reconcile()
+        assert result.code == 0 and result.json["created"] == 20 - created
+        assert sorted(box.docs()) == sorted(f"{i:02d}.md" for i in range(20))

@@ -197,7 +197,7 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
                 if error is not None and fatal is None:
                     fatal = error
         for action in queue:
-            done(Outcome(action, Result.FAILED, "not attempted: the pass was stopped"))
+            done(Outcome(action, Result.STOPPED, "not attempted: the pass was stopped"))
     return fatal
 
 
@@ -451,6 +451,8 @@ def _log_outcome(outcome: Outcome) -> None:
         log.info("waiting %s: %s", a.rel_path, outcome.message)
     elif outcome.result is Result.DEFERRED:
         log.debug("deferred %s: %s", a.rel_path, outcome.message)
+    elif outcome.result is Result.STOPPED:
+        log.info("stopped  %s %s: %s", a.kind, a.rel_path, outcome.message)
     else:
         log.warning("failed  %s %s: %s", a.kind, a.rel_path, outcome.message)
 

@@ -12,7 +12,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -31,7 +34,7 @@ from .plan import MaxDelete
 from .report import print_status, printable, run_errors, run_json, summary_line
 from .state import StateStore
 
-EX_OK, EX_USAGE = 0, 2
+EX_OK, EX_USAGE, EX_INTERRUPTED = 0, 2, 130  # 130: 128 + SIGINT, as shells report Ctrl-C
 
 log = logging.getLogger("difysync")
 
@@ -127,10 +130,12 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
     options = PassOptions(dry_run=dry_run, max_delete=_max_delete(max_delete), full_listing=full_listing,
                           lock_timeout=lock_timeout, recreate_dataset=recreate_dataset)
     settings = load_config(config)
-    with make_client(settings) as client, open_store(settings) as store:
-        report = run_pass(Env(settings, client, store), options, Hooks(on_lease_wait=_say_waiting))
-        waited = _wait(client, store, report, wait_timeout) if wait_ and not dry_run and report.fatal is None \
-            else None
+    with make_client(settings) as client, open_store(settings) as store, _interruptible() as stop:
+        report = run_pass(Env(settings, client, store), options,
+                          Hooks(on_lease_wait=_say_waiting, should_stop=stop.is_set))
+        report.interrupted = stop.is_set()
+        waited = _wait(client, store, report, wait_timeout) \
+            if wait_ and not dry_run and report.fatal is None and not stop.is_set() else None
     if as_json:
         echo_json(run_json(report, waited))
     else:
@@ -144,7 +149,32 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
     code = exit_code(report.fatal)
     if code == EX_OK and (not report.ok or (waited is not None and not waited["finished"])):
         code = EX_FAILED
-    sys.exit(code)
+    sys.exit(EX_INTERRUPTED if report.interrupted else code)
+
+
+@contextmanager
+def _interruptible() -> Iterator[threading.Event]:
+    """Ctrl-C (or SIGTERM) during a pass: the first lets the requests in flight finish and
+    sends nothing more, so the pass ends with its summary (exit 130); a second leaves at
+    once (what was in flight is resolved by the next pass, from the journal)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if stop.is_set():
+            os.write(2, b"difysync: second signal, exiting at once\n")
+            os._exit(EX_INTERRUPTED)
+        stop.set()
+        log.warning("stopping: letting the requests in flight finish (press Ctrl-C again to quit at once)")
+
+    if threading.current_thread() is not threading.main_thread():  # (signals reach the main thread only)
+        yield stop
+        return
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _say_waiting(holder: Any) -> None:

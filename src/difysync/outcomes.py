@@ -20,6 +20,7 @@ class Result(str, Enum):
     WAITING = "waiting"
     GONE = "gone"  # the file vanished before it could be sent
     DEFERRED = "deferred"  # metadata not written this time; a later pass tries again (not a failure)
+    STOPPED = "stopped"  # not attempted: the pass was stopped (Ctrl-C, the service stopping)
 
     def __str__(self) -> str:
         return self.value

@@ -19,7 +19,8 @@ from .models import ScanProblem
 from .plan import Kind, Plan
 from .state import FolderSummary, ProblemFile
 
-COUNT_KEYS = ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed", "waiting", "tagged")
+COUNT_KEYS = ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed", "waiting", "tagged",
+              "stopped")
 
 
 class RemoteCheck(str, Enum):
@@ -55,7 +56,8 @@ class FolderReport:
 
     @property
     def ok(self) -> bool:
-        return not self.errors and self.fatal is None and self.counts["failed"] == 0
+        counts = self.counts
+        return not self.errors and self.fatal is None and counts["failed"] == 0 and counts["stopped"] == 0
 
     def uploaded(self) -> set[str]:
         """Ids of the documents this pass uploaded (what ``--wait`` waits for)."""
@@ -68,6 +70,7 @@ class RunReport:
     folders: list[FolderReport]
     dry_run: bool = False
     seconds: float = 0.0
+    interrupted: bool = False  # stopped by a signal (Ctrl-C) before it was done
 
     @property
     def counts(self) -> dict[str, int]:
@@ -132,6 +135,7 @@ def run_json(report: RunReport, waited: dict[str, Any] | None = None) -> dict[st
     out: dict[str, Any] = {k: counts.get(k, 0) for k in COUNT_KEYS}
     out["hashed"] = report.hashed
     out["dry_run"] = report.dry_run
+    out["interrupted"] = report.interrupted
     out["errors"] = run_errors(report)
     out["remote_checks"] = {f.folder: f.remote_check.value for f in report.folders}
     out["actions"] = actions_json(report)
@@ -162,6 +166,8 @@ def summary_line(report: RunReport) -> str:
     """``3 created, 0 failed, 12 unchanged in 1.2 s`` (``plan (dry run): ...`` for a dry run)."""
     counts = report.counts
     summary = ", ".join(f"{v} {k}" for k, v in counts.items() if v or k in ("created", "failed"))
+    if report.interrupted:
+        summary += " (interrupted: what was not attempted is sent by the next pass)"
     prefix = "plan (dry run): " if report.dry_run else ""
     return f"{prefix}{summary} in {report.seconds:.1f} s"
 
