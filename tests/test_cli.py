@@ -231,3 +231,23 @@ def test_ctrl_c_during_reconcile_prints_the_partial_summary_and_exits_130(tmp_pa
         result = box.reconcile()
         assert result.code == 0 and result.json["created"] == 20 - created
         assert sorted(box.docs()) == sorted(f"{i:02d}.md" for i in range(20))
+
+
+def test_logging_options_work_before_and_after_the_subcommand(tmp_path, emulator):
+    box = Sandbox(tmp_path, emulator)
+    box.write("a.md", "a")
+    box.write("x.png", "x")  # skipped: said at INFO once, then at DEBUG on every pass
+    first = box.cli("reconcile", "-c", str(box.config))
+    assert "INFO" in first.stderr and "skipped x.png" in first.stderr
+    plain = box.cli("reconcile", "-c", str(box.config))
+    assert "skipped x.png" not in plain.stderr
+    after = box.cli("reconcile", "-c", str(box.config), "--log-level", "debug")
+    assert "DEBUG" in after.stderr and "skipped x.png" in after.stderr
+    box.write("b.md", "b")
+    quiet = box.cli("reconcile", "-c", str(box.config), "-q")
+    assert quiet.code == 0 and quiet.stderr == ""
+    later_wins = box.cli("-q", "reconcile", "-c", str(box.config), "-v")
+    assert "skipped x.png" in later_wins.stderr
+    as_json = box.cli("reconcile", "-c", str(box.config), "--log-format", "json", "-v")
+    lines = [json.loads(line) for line in as_json.stderr.splitlines() if line.strip()]
+    assert lines and any("x.png" in str(line) for line in lines)

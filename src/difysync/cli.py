@@ -91,15 +91,51 @@ config_option = click.option("-c", "--config", "config", metavar="FILE", envvar=
                              help="Config file (default: $DIFYSYNC_CONFIG, ./sync.toml, /etc/difysync/sync.toml).")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+_LOGGING = "difysync.logging"
+
+
+def _set_logging(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+    """A logging option, given before the subcommand or after it (the later one wins)."""
+    if value is None or value is False:
+        return
+    chosen = ctx.find_root().meta.setdefault(_LOGGING, {"level": "info", "format": "text"})
+    if param.name == "log_format":
+        chosen["format"] = value
+    else:
+        chosen["level"] = {"verbose": "debug", "quiet": "warning"}.get(param.name or "", value)
+    setup_logging(chosen["level"], chosen["format"])
+
+
+def _logging_options() -> list[click.Parameter]:
+    """The options every command takes, the group too: ``difysync -v reconcile`` and
+    ``difysync reconcile -v`` are the same."""
+    def option(*decls: str, **kw: Any) -> click.Option:
+        return click.Option(list(decls), expose_value=False, callback=_set_logging, **kw)
+    return [option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default=None,
+                   help="How much to log on stderr (default: info)."),
+            option("--log-format", type=click.Choice(["text", "json"]), default=None,
+                   help="json: one JSON object per line, for log shippers (default: text)."),
+            option("-v", "--verbose", is_flag=True, default=False, help="Log debug lines too (--log-level debug)."),
+            option("-q", "--quiet", is_flag=True, default=False, help="Only warnings and errors (--log-level warning).")]
+
+
+class _Commands(click.Group):
+    """The group of difysync's commands: each one also takes the logging options."""
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        cmd.params.extend(_logging_options())
+        super().add_command(cmd, name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]},
+             params=_logging_options())
 @click.version_option(__version__, prog_name="difysync")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info",
-              show_default=True, help="How much to log on stderr.")
-@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
-              help="json: one JSON object per line, for log shippers.")
-def main(log_level: str, log_format: str) -> None:
+@click.pass_context
+def main(ctx: click.Context) -> None:
     """Keep Dify knowledge bases in step with folders on disk."""
-    setup_logging(log_level, log_format)
+    chosen = ctx.meta.get(_LOGGING)
+    if chosen is None:
+        setup_logging("info", "text")
 
 
 lock_timeout_option = click.option(
