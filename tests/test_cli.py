@@ -251,3 +251,21 @@ def test_logging_options_work_before_and_after_the_subcommand(tmp_path, emulator
     as_json = box.cli("reconcile", "-c", str(box.config), "--log-format", "json", "-v")
     lines = [json.loads(line) for line in as_json.stderr.splitlines() if line.strip()]
     assert lines and any("x.png" in str(line) for line in lines)
+
+
+def test_status_keeps_the_last_successful_pass_and_tells_of_a_failed_attempt(tmp_path, emulator):
+    import shutil
+
+    box = Sandbox(tmp_path, emulator)
+    box.write("a.md", "a")
+    assert box.reconcile().code == 0
+    before = box.cli("status", "-c", str(box.config), "--json").json["folders"][0]
+    assert before["last_attempt_ok"] is True and before["last_attempt_error"] is None
+    shutil.rmtree(box.root)
+    assert box.reconcile().code == 1
+    after = box.cli("status", "-c", str(box.config), "--json").json["folders"][0]
+    assert after["last_full_reconcile"] == before["last_full_reconcile"]  # a refused pass is no full pass
+    assert after["last_attempt"] > before["last_attempt"] and after["last_attempt_ok"] is False
+    assert "does not exist" in after["last_attempt_error"]
+    table = box.cli("status", "-c", str(box.config))
+    assert "failed: folder root does not exist" in " ".join(table.stdout.split())

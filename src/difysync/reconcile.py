@@ -146,8 +146,15 @@ def _attempt(env: Env, folder: FolderSettings, options: PassOptions, hooks: Hook
 
 
 def _record_run(store: StateBackend, key: str, started: float, report: FolderReport) -> None:
+    """Every whole pass is the folder's last attempt, with its outcome; only a pass that
+    succeeded is its last full pass (a refused or failed one must not look like one)."""
     try:
-        store.record_run(key, "full", started, report.ok, report.counts)
+        error = report.fatal.describe() if report.fatal is not None else (report.errors or [None])[0]
+        if error is None and not report.ok:
+            error = f"{report.counts['failed']} failed, {report.counts['stopped']} not attempted"
+        store.record_run(key, "attempt", started, report.ok, {**report.counts, "error": error})
+        if report.ok:
+            store.record_run(key, "full", started, True, report.counts)
         if report.remote_check is RemoteCheck.LISTING and report.fatal is None:
             store.record_run(key, "listing", started, True, {})
     except Exception:  # noqa: BLE001 - the run record is a nicety; never mask the pass

@@ -181,12 +181,16 @@ def print_status(summaries: Sequence[FolderSummary], problems: Sequence[ProblemF
     ``services``: folder -> the lease.Holder of the service that holds it, if any;
     ``owner``: this difysync's name in its documents' metadata (None: metadata off)."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = Console()
     # A full pass may be quiet (a probe, not a listing): say when each dataset was last
     # listed whole, below the table, where it does not crowd an 80-column terminal.
     notes = [f"{s.folder}: whole dataset last listed {_when(s.last_full_listing)}" for s in summaries]
+    notes += [f"[red]{escape(s.folder)}: last attempt {_when(s.last_attempt)} failed: "
+              f"{escape(str(printable(s.last_attempt_error or 'see the files below')))}[/red]"
+              for s in summaries if s.last_attempt_ok is False]
     notes += [f"{folder}: served by {holder.describe()}" for folder, holder in (services or {}).items()
               if holder is not None]
     if owner is not None:

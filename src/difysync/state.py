@@ -73,6 +73,9 @@ class FolderSummary:
     last_full_reconcile: float | None
     last_full_listing: float | None  # the last pass that listed the whole dataset (not a probe)
     journal: int
+    last_attempt: float | None = None  # the last whole pass, whatever its outcome
+    last_attempt_ok: bool | None = None
+    last_attempt_error: str | None = None  # why it failed or was refused
 
 
 @dataclass(frozen=True, slots=True)
@@ -704,8 +707,10 @@ class StateStore:
                 f"    (indexing_status IS NULL OR indexing_status NOT IN {_IN_FLIGHT_SQL})), "
                 f"sum(skip_reason IS NOT NULL), max(dataset_id) FROM {files} WHERE folder = ?",
                 [folder]).fetchone()
-            run = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'full'",
+            run = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'full' AND ok",
                                   [folder]).fetchone()
+            attempt = self.db.execute("SELECT finished_at, ok, summary FROM runs WHERE folder = ? AND "
+                                      "kind = 'attempt'", [folder]).fetchone()
             listed = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'listing' AND ok",
                                      [folder]).fetchone()
             journal = self.db.execute("SELECT count(*) FROM journal WHERE folder = ?", [folder]).fetchone()[0]
@@ -713,7 +718,8 @@ class StateStore:
                                      pending=counts[1] or 0, indexing=counts[2] or 0,
                                      error=counts[3] or 0, skipped=counts[4] or 0,
                                      last_full_reconcile=run[0] if run else None,
-                                     last_full_listing=listed[0] if listed else None, journal=journal))
+                                     last_full_listing=listed[0] if listed else None, journal=journal,
+                                     **_attempt_fields(attempt)))
         return out
 
     def problems(self) -> list[ProblemFile]:
@@ -767,6 +773,17 @@ def _file_state(r: tuple[Any, ...]) -> FileState:
                      skip_code=_SKIP_CODES.get(r[13]) if r[13] else None,
                      error_kind=_ERROR_KINDS.get(r[14]) if r[14] else None,
                      chunking=_CHUNKINGS.get(r[15], r[15]))
+
+
+def _attempt_fields(row: tuple[Any, ...] | None) -> dict[str, Any]:
+    """A folder's last attempt, from its ``runs`` row (none before this was recorded)."""
+    if row is None:
+        return {}
+    try:
+        error = json.loads(row[2] or "{}").get("error")
+    except ValueError:
+        error = None
+    return {"last_attempt": row[0], "last_attempt_ok": bool(row[1]), "last_attempt_error": error}
 
 
 def _drop_segments(conn: sqlite3.Connection, folder: str, rel_path: str, keep: str | None) -> None:
