@@ -269,3 +269,16 @@ def test_status_keeps_the_last_successful_pass_and_tells_of_a_failed_attempt(tmp
     assert "does not exist" in after["last_attempt_error"]
     table = box.cli("status", "-c", str(box.config))
     assert "failed: folder root does not exist" in " ".join(table.stdout.split())
+
+
+def test_a_failing_exit_code_comes_with_its_reason_in_the_summary(tmp_path, emulator):
+    import shutil
+
+    box = Sandbox(tmp_path, emulator)
+    box.write("a.md", "a")
+    assert box.cli("reconcile", "-c", str(box.config)).code == 0
+    shutil.rmtree(box.root)
+    result = box.cli("reconcile", "-c", str(box.config))
+    assert result.code == 1
+    summary = result.stdout.strip().splitlines()[-1]
+    assert "0 failed" in summary and "exit 1: " in summary and "folder root does not exist" in summary

@@ -172,6 +172,10 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
         report.interrupted = stop.is_set()
         waited = _wait(client, store, report, wait_timeout) \
             if wait_ and not dry_run and report.fatal is None and not stop.is_set() else None
+    code = exit_code(report.fatal)
+    unfinished = waited is not None and not waited["finished"]
+    if code == EX_OK and (not report.ok or unfinished):
+        code = EX_FAILED
     if as_json:
         echo_json(run_json(report, waited))
     else:
@@ -179,13 +183,24 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
             for f in report.folders:
                 for a in f.plan.actions if f.plan else ():
                     click.echo(printable(f"{f.folder}: {a.describe()}"))
-        for e in run_errors(report):
+        errors = run_errors(report)
+        for e in errors:
             click.echo(f"difysync: error: {e}", err=True)
-        click.echo(summary_line(report))
-    code = exit_code(report.fatal)
-    if code == EX_OK and (not report.ok or (waited is not None and not waited["finished"])):
-        code = EX_FAILED
+        click.echo(summary_line(report) + _why_not_ok(code, report, errors, unfinished))
     sys.exit(EX_INTERRUPTED if report.interrupted else code)
+
+
+def _why_not_ok(code: int, report: Any, errors: list[str], unfinished: bool) -> str:
+    """The reason beside a failing exit code, in the summary itself: "0 failed" must
+    never stand alone next to exit 1."""
+    if code == EX_OK or report.interrupted:
+        return ""
+    if errors:
+        more = f" (and {len(errors) - 1} more, above)" if len(errors) > 1 else ""
+        return f"; exit {code}: {printable(errors[0])}{more}"
+    if unfinished:
+        return f"; exit {code}: indexing did not finish in time"
+    return f"; exit {code}: see the failed actions above"
 
 
 @contextmanager
