@@ -282,3 +282,23 @@ def test_a_failing_exit_code_comes_with_its_reason_in_the_summary(tmp_path, emul
     assert result.code == 1
     summary = result.stdout.strip().splitlines()[-1]
     assert "0 failed" in summary and "exit 1: " in summary and "folder root does not exist" in summary
+
+
+def test_check_says_when_the_state_db_cannot_be_written(box):
+    (box.tmp / "not-a-dir").write_text("a file where a folder should be")
+    box.config.write_text(box.config.read_text().replace('state_db = "state.db"', 'state_db = "not-a-dir/state.db"'))
+    result = box.cli("check", "-c", str(box.config))
+    assert result.code == 78 and "NOT WRITABLE" in result.stdout and "state_db" in result.stdout
+
+
+def test_check_warns_about_a_key_file_others_can_read(box):
+    key = box.tmp / "key.txt"
+    key.write_text(box.emu.api_key)
+    key.chmod(0o644)
+    box.config.write_text(box.config.read_text().replace("[dify]\n", '[dify]\napi_key_file = "key.txt"\n'))
+    loose = box.cli("check", "-c", str(box.config), env={"DIFYSYNC_API_KEY": ""})
+    assert loose.code == 0 and "can be read by other users (mode 644): chmod 600" in loose.stdout
+    assert box.emu.api_key not in loose.stdout + loose.stderr
+    key.chmod(0o600)
+    tight = box.cli("check", "-c", str(box.config), env={"DIFYSYNC_API_KEY": ""})
+    assert tight.code == 0 and "other users" not in tight.stdout and "state DB" in tight.stdout

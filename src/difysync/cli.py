@@ -294,7 +294,7 @@ def check(config: str | None) -> None:
     click.echo(f"config {settings.config_path}: ok ({len(settings.folders)} folders)")
     click.echo(f"owner {settings.owner!r}: " + ("written into difysync_owner on every document it makes"
                                                  if settings.metadata.enabled else "metadata off"))
-    code = EX_OK
+    code = _check_local(settings)
     with make_client(settings) as client:
         try:
             client.check_key()
@@ -320,6 +320,33 @@ def check(config: str | None) -> None:
             except DifyError as exc:
                 _die(str(exc), exit_code(exc))
     sys.exit(code)
+
+
+def _check_local(settings: Settings) -> int:
+    """What ``check`` can tell without the server: the state DB can be written, and the key
+    file is not readable by others (a warning). Returns the exit code so far."""
+    from .config import api_key_path
+
+    db = Path(settings.state_db)
+    if db.exists():
+        target = db
+        writable = os.access(db, os.W_OK) and os.access(db.parent, os.W_OK)  # (SQLite writes -wal beside it)
+    else:  # made on the first pass, with its missing folders: the nearest existing one must take it
+        target = next(p for p in db.parents if p.exists())
+        writable = target.is_dir() and os.access(target, os.W_OK)
+    if writable:
+        click.echo(f"state DB {db}: ok ({'writable' if db.exists() else 'will be created'})")
+    else:
+        click.echo(f"state DB {db}: NOT WRITABLE ({target} cannot be written by this user; SQLite also "
+                   f"writes {db.name}-wal beside it): fix its owner or permissions, or set state_db")
+    try:
+        key_file = api_key_path(settings)
+    except ConfigError:
+        key_file = None  # reported when the key is loaded
+    if key_file is not None and key_file.exists() and key_file.stat().st_mode & 0o077:
+        mode = key_file.stat().st_mode & 0o777
+        click.echo(f"warning: key file {key_file} can be read by other users (mode {mode:o}): chmod 600 {key_file}")
+    return EX_OK if writable else EX_CONFIG
 
 
 @main.command()

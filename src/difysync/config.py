@@ -655,21 +655,28 @@ def render_problems(err: ConfigError) -> str:
 _CREDENTIALS = re.compile(r"\$(?:\{CREDENTIALS_DIRECTORY\}|CREDENTIALS_DIRECTORY(?![A-Za-z0-9_]))")
 
 
+def api_key_path(settings: Settings, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """The file ``dify.api_key_file`` names (``$CREDENTIALS_DIRECTORY`` expanded), or None."""
+    name = settings.dify.api_key_file.strip()
+    if not name:
+        return None
+    if _CREDENTIALS.search(name):
+        credentials = environ.get("CREDENTIALS_DIRECTORY")
+        if not credentials:
+            raise ConfigError(f"dify.api_key_file: {name} refers to $CREDENTIALS_DIRECTORY, which is "
+                              "not set (add LoadCredential= to the systemd unit)")
+        name = _CREDENTIALS.sub(lambda _: credentials, name)
+    return _resolve(name, settings.config_dir)
+
+
 def load_api_key(settings: Settings, environ: Mapping[str, str] = os.environ) -> SecretStr:
     """The Dify API key: from ``dify.api_key_file`` when set, else ``$DIFYSYNC_API_KEY``.
 
     ``$CREDENTIALS_DIRECTORY`` in the file name is expanded (systemd LoadCredential=).
     Errors name the file, never its content.
     """
-    name = settings.dify.api_key_file.strip()
-    if name:
-        if _CREDENTIALS.search(name):
-            credentials = environ.get("CREDENTIALS_DIRECTORY")
-            if not credentials:
-                raise ConfigError(f"dify.api_key_file: {name} refers to $CREDENTIALS_DIRECTORY, which is "
-                                  "not set (add LoadCredential= to the systemd unit)")
-            name = _CREDENTIALS.sub(lambda _: credentials, name)
-        path = _resolve(name, settings.config_dir)
+    path = api_key_path(settings, environ)
+    if path is not None:
         try:
             key = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
