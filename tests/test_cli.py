@@ -302,3 +302,27 @@ def test_check_warns_about_a_key_file_others_can_read(box):
     key.chmod(0o600)
     tight = box.cli("check", "-c", str(box.config), env={"DIFYSYNC_API_KEY": ""})
     assert tight.code == 0 and "other users" not in tight.stdout and "state DB" in tight.stdout
+
+
+def test_datasets_and_ls_show_the_remote_side(box):
+    box.write("a.md", "a")
+    box.write("sub/b.md", "b")
+    assert box.reconcile("--wait").code == 0
+    box.emu.store.add_document(box.dataset, "by-hand.md", b"a person's upload", match_by_name=False)
+    listed = box.cli("datasets", "-c", str(box.config), "--json")
+    assert listed.code == 0, listed.stderr
+    (row,) = [d for d in listed.json["datasets"] if d["id"] == box.dataset]
+    assert row["documents"] == 3 and row["folder"] == str(box.root) and row["indexing_technique"] == "high_quality"
+    ls = box.cli("ls", "-c", str(box.config), "--json")
+    assert ls.code == 0, ls.stderr
+    docs = {d["name"]: d for d in ls.json["folders"][0]["documents"]}
+    assert docs["a.md"]["path"] == "a.md" and docs["a.md"]["owner"] == box.owner
+    assert docs["sub∕b.md"]["path"] == "sub/b.md" and docs["sub∕b.md"]["status"] == "available"
+    assert docs["by-hand.md"]["path"] is None and docs["by-hand.md"]["owner"] is None
+    table = box.cli("ls", "-c", str(box.config), str(box.root))
+    assert table.code == 0 and "sub/b.md" in table.stdout and "by-hand.md" in table.stdout
+    assert box.cli("ls", "-c", str(box.config), "elsewhere").code == 2
+    before = box.mutations()  # both are read-only
+    box.cli("datasets", "-c", str(box.config))
+    box.cli("ls", "-c", str(box.config))
+    assert box.mutations() == before

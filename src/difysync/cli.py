@@ -392,6 +392,84 @@ def _retry_targets(settings: Settings, store: StateStore, raw: str) -> list[tupl
             if store.has_path(folder_key(folder), rel) or (Path(folder.path) / rel).exists()]
 
 
+@main.command()
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def datasets(config: str | None, as_json: bool) -> None:
+    """The datasets the API key sees: name, id, documents, indexing technique, and the
+    configured folder that syncs into each."""
+    from .listing import dataset_rows, print_datasets
+
+    settings = load_config(config)
+    with make_client(settings) as client:
+        try:
+            rows = dataset_rows(client.list_datasets(), settings)
+        except DifyError as exc:
+            _die(str(exc), exit_code(exc))
+    if as_json:
+        echo_json({"datasets": rows})
+    else:
+        print_datasets(rows)
+
+
+@main.command("ls")
+@config_option
+@click.argument("folder", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
+def ls(config: str | None, folder: str | None, as_json: bool) -> None:
+    """The documents of a folder's dataset (every folder's without FOLDER): name, local
+    path, status and owner. Read-only."""
+    from .listing import document_rows, print_documents
+
+    settings = load_config(config)
+    chosen = [f for f in settings.folders if folder is None or Path(folder).absolute() == Path(f.path)
+              or folder in (f.dataset_name, f.dataset_id)]
+    if not chosen:
+        _die(f"{folder} is not a configured folder (give its path or its dataset's name)", EX_USAGE)
+    out = []
+    with make_client(settings) as client, _readable_store(settings) as store:
+        for f in chosen:
+            try:
+                dataset_id = _dataset_for_listing(client, store, f)
+                docs = client.list_documents(dataset_id) if dataset_id else []
+            except DifyError as exc:
+                _die(f"folder {f.key}: {exc}", exit_code(exc))
+            paths = store.document_paths(f.key) if store is not None else {}
+            out.append((f, dataset_id, document_rows(docs, paths)))
+    if as_json:
+        echo_json({"folders": [{"folder": f.key, "dataset_id": ds, "documents": rows} for f, ds, rows in out]})
+        return
+    for f, ds, rows in out:
+        if ds is None:
+            click.echo(f"folder {f.key}: dataset {f.dataset_name!r} does not exist yet")
+        else:
+            print_documents(f, ds, rows)
+
+
+@contextmanager
+def _readable_store(settings: Settings) -> Iterator[StateStore | None]:
+    """The state DB for reading, or None when there is none yet (``ls`` works without)."""
+    try:
+        store = StateStore(settings.state_db, readonly=True)
+    except StateError:
+        yield None
+        return
+    try:
+        yield store
+    finally:
+        store.close()
+
+
+def _dataset_for_listing(client: DifyClient, store: StateStore | None, folder: FolderSettings) -> str | None:
+    if folder.dataset_id:
+        return folder.dataset_id
+    known = store.known_dataset(folder.key, folder.dataset_name) if store is not None else None
+    if known:
+        return known
+    found = client.find_dataset(folder.dataset_name)
+    return str(found["id"]) if found else None
+
+
 @main.command("rebuild-state")
 @config_option
 @lock_timeout_option

@@ -391,6 +391,11 @@ class StateStore:
                 out[state.rel_path] = state
         return out
 
+    def document_paths(self, folder: str) -> dict[str, str]:
+        """document id -> the relative path of the file the folder's row says it holds."""
+        return {r[0]: decode_path(r[1]) for r in self.db.execute(
+            "SELECT document_id, rel_path FROM files WHERE folder = ? AND document_id IS NOT NULL", [folder])}
+
     def has_path(self, folder: str, rel_path: str) -> bool:
         """The folder has a row for this path, or for files below it."""
         key = encode_path(rel_path)
