@@ -87,8 +87,14 @@ def machine_line(tmp: Path) -> str:
     except (AttributeError, OSError):
         affinity = cores
     fs = filesystem_of(tmp)
+    # No path of this machine in results that get committed: the interpreter relative to
+    # the working directory, the scratch dir by the filesystem it is on.
+    try:
+        python = os.path.relpath(sys.executable)
+    except ValueError:
+        python = Path(sys.executable).name
     return (f"{cpu}; {cores} cores ({affinity} usable); Python {platform.python_version()} "
-            f"({sys.executable}); temp dir {tmp} on {fs}; {platform.system()} {platform.release()}")
+            f"({python}); temp dir on {fs}; {platform.system()} {platform.release()}")
 
 
 def filesystem_of(path: Path) -> str:
