@@ -110,7 +110,30 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
         if on_outcome:
             on_outcome(outcome)
 
-    # Bookkeeping actions first: they send nothing.
+    _bookkeeping(actions, ctx, store, rows, local, done)
+    uploads = [a for a in actions if a.kind in UPLOADS]
+    deletes = [a for a in actions if a.kind is Kind.DELETE]
+    tagger = Tagger(ctx.key, ctx.dataset_id, ctx.owner, ctx.metadata_fields,
+                    [a for a in actions if a.kind is Kind.TAG], local)
+    fatal = _run_pool(uploads, ctx, client, store, rows, concurrency, done, should_stop, tagger)
+    if fatal is None:
+        tagger.flush(client, store, done, concurrency)
+    if fatal is None and deletes:
+        if any(o.result is Result.FAILED for o in outcomes):
+            for a in deletes:
+                done(Outcome(a, Result.FAILED, "not deleted: other actions of this pass failed"))
+        else:
+            fatal = _run_pool(deletes, ctx, client, store, rows, concurrency, done, should_stop)
+    if fatal is not None:
+        raise Stopped(fatal, outcomes)
+    return outcomes
+
+
+def _bookkeeping(actions: Sequence[Action], ctx: FolderContext, store: StateBackend,
+                 rows: Mapping[str, FileState], local: Mapping[str, LocalFile],
+                 done: Callable[[Outcome], None]) -> None:
+    """The actions that send nothing, recorded first: skips, waits, forgotten rows and
+    adoptions."""
     skips = [a for a in actions if a.kind is Kind.SKIP]
     known = {a.rel_path for a in skips if _skip_recorded(a, rows.get(a.rel_path), local.get(a.rel_path))}
     store.record_skips(ctx.key, ctx.dataset_id,
@@ -136,23 +159,6 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
                                 inode=f.inode if f and a.sha256 else None, indexing_status=None,
                                 chunking="local" if records else None, segments=records)
             done(Outcome(a, Result.OK, a.reason, a.document_id))
-
-    uploads = [a for a in actions if a.kind in UPLOADS]
-    deletes = [a for a in actions if a.kind is Kind.DELETE]
-    tagger = Tagger(ctx.key, ctx.dataset_id, ctx.owner, ctx.metadata_fields,
-                    [a for a in actions if a.kind is Kind.TAG], local)
-    fatal = _run_pool(uploads, ctx, client, store, rows, concurrency, done, should_stop, tagger)
-    if fatal is None:
-        tagger.flush(client, store, done, concurrency)
-    if fatal is None and deletes:
-        if any(o.result is Result.FAILED for o in outcomes):
-            for a in deletes:
-                done(Outcome(a, Result.FAILED, "not deleted: other actions of this pass failed"))
-        else:
-            fatal = _run_pool(deletes, ctx, client, store, rows, concurrency, done, should_stop)
-    if fatal is not None:
-        raise Stopped(fatal, outcomes)
-    return outcomes
 
 
 def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient, store: StateBackend,

@@ -461,13 +461,11 @@ def _readable_store(settings: Settings) -> Iterator[StateStore | None]:
 
 
 def _dataset_for_listing(client: DifyClient, store: StateStore | None, folder: FolderSettings) -> str | None:
-    if folder.dataset_id:
-        return folder.dataset_id
-    known = store.known_dataset(folder.key, folder.dataset_name) if store is not None else None
-    if known:
-        return known
-    found = client.find_dataset(folder.dataset_name)
-    return str(found["id"]) if found else None
+    """The folder's dataset as a pass resolves it (remembered id first), made and
+    remembered never: ``ls`` only looks."""
+    from .remote import resolve_dataset
+
+    return resolve_dataset(client, store, folder, create=False, remember=False, recall=store is not None)
 
 
 @main.command("rebuild-state")

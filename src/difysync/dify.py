@@ -358,22 +358,26 @@ class DifyClient:
         """Create a document. A re-send after a failure that may have landed first looks the
         name up, so an old server (no name matching) never gets a duplicate; a document of
         that name that another ``owner`` tagged is not what landed."""
-        about = f"create {name!r}"
+        return self._create(dataset_id, "create_by_file", name, owner, len(content), about=f"create {name!r}",
+                            files={"file": (name, content, "application/octet-stream")},
+                            data={"data": json.dumps(dict(data))})
 
+    def _create(self, dataset_id: str, route: str, name: str, owner: str | None, size: int | None, *,
+                about: str, **body: Any) -> Upload:
+        """A create (by file or by text) whose re-send first asks whether it landed: an
+        enabled document of that name, of ours or untagged, and of this ``size`` when known
+        (a same-named document that was there before is not what landed)."""
         def landed() -> Upload | None:
             try:
                 found = self.find_documents(dataset_id, name)
             except TransientError:
                 return None
-            # same size too: a same-named document that was there before is not what landed
             found = [d for d in found if d.enabled and not d.archived
-                     and d.size in (None, len(content)) and d.owner in (None, owner)]
+                     and (size is None or d.size in (None, size)) and d.owner in (None, owner)]
             return Upload(found[0], None) if found else None
 
-        result = self._request(
-            "POST", f"/datasets/{dataset_id}/document/create_by_file", about=about, mutating=True,
-            on_create=True, files={"file": (name, content, "application/octet-stream")},
-            data={"data": json.dumps(dict(data))}, before_retry=landed)
+        result = self._request("POST", f"/datasets/{dataset_id}/document/{route}", about=about, mutating=True,
+                               on_create=True, before_retry=landed, **body)
         if isinstance(result, Upload):
             return result
         return self._upload(result, about)
@@ -399,24 +403,11 @@ class DifyClient:
 
     def create_by_text(self, dataset_id: str, name: str, text: str, data: Mapping[str, Any], *,
                        owner: str | None = None) -> Upload:
-        """Create a document from text (a locally chunked file). A re-send looks the name
-        up first, as create_by_file does."""
-        about = f"create {name!r} (by text)"
-
-        def landed() -> Upload | None:
-            try:
-                found = self.find_documents(dataset_id, name)
-            except TransientError:
-                return None
-            found = [d for d in found if d.enabled and not d.archived and d.owner in (None, owner)]
-            return Upload(found[0], None) if found else None
-
-        result = self._request("POST", f"/datasets/{dataset_id}/document/create_by_text", about=about,
-                               mutating=True, on_create=True, json={**data, "name": name, "text": text},
-                               before_retry=landed)
-        if isinstance(result, Upload):
-            return result
-        return self._upload(result, about)
+        """Create a document from text (a locally chunked file); a re-send looks the name up
+        first, as create_by_file does (the size is not compared: the server keeps the text
+        as a file of its own making)."""
+        return self._create(dataset_id, "create_by_text", name, owner, None, about=f"create {name!r} (by text)",
+                            json={**data, "name": name, "text": text})
 
     def update_by_text(self, dataset_id: str, document_id: str, name: str, text: str,
                        data: Mapping[str, Any]) -> Upload:

@@ -33,7 +33,7 @@ MAX_NAME_LOOKUPS = 20
 # --- the dataset ------------------------------------------------------------------------
 
 
-def resolve_dataset(client: DifyClient, store: StateBackend, folder: FolderSettings, *,
+def resolve_dataset(client: DifyClient, store: StateBackend | None, folder: FolderSettings, *,
                     create: bool, remember: bool = True, recall: bool = True) -> str | None:
     """The folder's dataset: its configured id, or the id its name was resolved to before
     (kept in the state DB; not with ``recall=False``), or found by name now (created when
@@ -42,7 +42,7 @@ def resolve_dataset(client: DifyClient, store: StateBackend, folder: FolderSetti
     the name is looked up again and what it finds replaces the remembered id."""
     if folder.dataset_id:
         return folder.dataset_id
-    known = store.known_dataset(folder.key, folder.dataset_name) if recall else None
+    known = store.known_dataset(folder.key, folder.dataset_name) if recall and store is not None else None
     if known:
         return known
     if create:
@@ -50,7 +50,7 @@ def resolve_dataset(client: DifyClient, store: StateBackend, folder: FolderSetti
     else:
         hit = client.find_dataset(folder.dataset_name)
         found = str(hit["id"]) if hit else None
-    if found and remember:
+    if found and remember and store is not None:
         store.remember_dataset(folder.key, folder.dataset_name, found)
     return found
 

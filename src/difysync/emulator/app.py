@@ -446,17 +446,22 @@ class _Api:
             f"You have requested this URI [{path}] but did you mean " + \
             " or ".join(rules[m] for m in close) + " ?"
 
-    def metadata_prelude(self, request: Request, methods: tuple[str, ...],
-                         uuid_params: tuple[str, ...] = ("ds",)) -> str:
-        """What Dify checks before a metadata handler runs, in its order: the route (a
-        non-UUID id is no route: 404), the method (405), the key, the dataset (404, with
-        flask_restx's hint where it gives one). Returns the (lower-case) dataset id."""
+    def _route_checks(self, request: Request, methods: tuple[str, ...], uuid_params: tuple[str, ...]) -> None:
+        """Werkzeug's and Flask's checks before any handler, in their order: an id that is
+        not a UUID is no route (404), a method the route lacks is 405; then the key."""
         for name in uuid_params:
             if not _UUID_SEGMENT.match(request.path_params[name]):
                 raise HTTPException(404)
         if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
             raise HTTPException(405)
         self.auth(request)
+
+    def metadata_prelude(self, request: Request, methods: tuple[str, ...],
+                         uuid_params: tuple[str, ...] = ("ds",)) -> str:
+        """What Dify checks before a metadata handler runs, in its order: the route (a
+        non-UUID id is no route: 404), the method (405), the key, the dataset (404, with
+        flask_restx's hint where it gives one). Returns the (lower-case) dataset id."""
+        self._route_checks(request, methods, uuid_params)
         ds_id = request.path_params["ds"].lower()
         try:
             self.store.get_dataset(ds_id)
@@ -527,12 +532,7 @@ class _Api:
         not found."), in Dify's order. Returns the path's ids, lower-cased."""
         if not self.store.segment_api:
             raise HTTPException(404)
-        for name in uuid_params:
-            if not _UUID_SEGMENT.match(request.path_params[name]):
-                raise HTTPException(404)
-        if request.method not in methods and not (request.method == "HEAD" and "GET" in methods):
-            raise HTTPException(405)
-        self.auth(request)
+        self._route_checks(request, methods, uuid_params)
         ids = tuple(request.path_params[name].lower() for name in uuid_params)
         self.store.get_dataset(ids[0])
         return ids
@@ -582,12 +582,6 @@ class _Api:
     # routing -----------------------------------------------------------------
     def routes(self) -> list[Route]:
         legacy = self.opt.legacy
-
-        def spell(path: str) -> list[str]:
-            """The underscore spelling, plus the hyphen one on current servers."""
-            hyphen = path.replace("_by_", "-by-")
-            return [path] if legacy or hyphen == path else [path, hyphen]
-
         v = "/v1/datasets"
         routes = [
             Route(v, self.datasets, methods=["GET", "POST"]),
@@ -595,23 +589,7 @@ class _Api:
                                                                           ["PATCH"])),
             Route(v + "/{ds}/documents", self.documents, methods=["GET"]),
         ]
-        if not legacy:
-            # every method, so that the handler answers 404/405 in Dify's order (and
-            # documents/metadata and metadata/built-in win over {doc} and {metadata_id})
-            routes += [
-                Route(v + "/{ds}/metadata", self.metadata, methods=EVERY_METHOD),
-                Route(v + "/{ds}/metadata/built-in", self.metadata_built_in,
-                      methods=EVERY_METHOD),
-                Route(v + "/{ds}/metadata/built-in/{action}", self.metadata_built_in_action,
-                      methods=EVERY_METHOD),
-                Route(v + "/{ds}/metadata/{metadata_id}", self.metadata_field,
-                      methods=EVERY_METHOD),
-                Route(v + "/{ds}/documents/metadata", self.documents_metadata,
-                      methods=EVERY_METHOD),
-            ]
-        else:  # no such route (not even {doc}: "metadata" is no UUID): the plain 404
-            routes.append(Route(v + "/{ds}/documents/metadata", self.no_route,
-                                methods=EVERY_METHOD))
+        routes += self._metadata_routes(v)
         routes += [
             Route(v + "/{ds}/documents/{doc}/segments", self.segments, methods=EVERY_METHOD),
             Route(v + "/{ds}/documents/{doc}/segments/{seg}", self.segment,
@@ -628,22 +606,43 @@ class _Api:
             routes.append(Route("/console/api/datasets", self.console, methods=everything))
             routes.append(Route("/console/api/datasets/{rest:path}", self.console,
                                 methods=everything))
-        for path in spell(v + "/{ds}/document/create_by_file"):
-            routes.append(Route(path, self.create_by_file, methods=["POST"]))
-        for path in spell(v + "/{ds}/document/create_by_text"):
-            routes.append(Route(path, self.create_by_text, methods=["POST"]))
-        for path in spell(v + "/{ds}/documents/{doc}/update_by_file"):
-            routes.append(Route(path, self.update_by_file, methods=["POST"]))
-        for path in spell(v + "/{ds}/documents/{doc}/update_by_text"):
-            routes.append(Route(path, self.update_by_text, methods=["POST"]))
-        rules = []
-        for route in routes:
-            rule = route.path
-            for ours, flask in _FLASK_PARAMS.items():
-                rule = rule.replace(ours, flask)
-            rules.append(rule)
-        self.flask_rules = rules
+        routes += self._upload_routes(v)
+        self.flask_rules = [_flask_rule(route.path) for route in routes]
         return routes
+
+    def _metadata_routes(self, v: str) -> list[Route]:
+        if self.opt.legacy:  # no such route (not even {doc}: "metadata" is no UUID): the plain 404
+            return [Route(v + "/{ds}/documents/metadata", self.no_route, methods=EVERY_METHOD)]
+        # every method, so that the handler answers 404/405 in Dify's order (and
+        # documents/metadata and metadata/built-in win over {doc} and {metadata_id})
+        return [
+            Route(v + "/{ds}/metadata", self.metadata, methods=EVERY_METHOD),
+            Route(v + "/{ds}/metadata/built-in", self.metadata_built_in, methods=EVERY_METHOD),
+            Route(v + "/{ds}/metadata/built-in/{action}", self.metadata_built_in_action,
+                  methods=EVERY_METHOD),
+            Route(v + "/{ds}/metadata/{metadata_id}", self.metadata_field, methods=EVERY_METHOD),
+            Route(v + "/{ds}/documents/metadata", self.documents_metadata, methods=EVERY_METHOD),
+        ]
+
+    def _upload_routes(self, v: str) -> list[Route]:
+        """Create and update, by file and by text: the underscore spelling, plus the hyphen
+        one on current servers."""
+        routes = []
+        for path, handler in ((v + "/{ds}/document/create_by_file", self.create_by_file),
+                              (v + "/{ds}/document/create_by_text", self.create_by_text),
+                              (v + "/{ds}/documents/{doc}/update_by_file", self.update_by_file),
+                              (v + "/{ds}/documents/{doc}/update_by_text", self.update_by_text)):
+            hyphen = path.replace("_by_", "-by-")
+            for spelled in [path] if self.opt.legacy else [path, hyphen]:
+                routes.append(Route(spelled, handler, methods=["POST"]))
+        return routes
+
+
+def _flask_rule(path: str) -> str:
+    """A route's path as Flask writes it (what a 404's "did you mean" hint shows)."""
+    for ours, flask in _FLASK_PARAMS.items():
+        path = path.replace(ours, flask)
+    return path
 
 
 def _flask_int(raw: str | None, default: int) -> int:

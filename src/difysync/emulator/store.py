@@ -429,17 +429,7 @@ class Store:
                 match = max(same, key=lambda d: d.seq) if same else None
             rule_id = self.segments.rule_for_create(ds, process_rule)
             if match is not None:
-                old = self.stage(match)
-                self._replace_content(match, content, extension, mime_type, now)
-                match.process_rule_id = rule_id
-                self._restart_indexing(match, now)
-                self._resplit(match, old)
-                match.created_from = "api"
-                if doc_form:
-                    match.doc_form = doc_form
-                if doc_language:
-                    match.doc_language = doc_language
-                batch = self._move_to_new_batch(match)
+                batch = self._reupload(match, content, extension, mime_type, rule_id, doc_form, doc_language)
                 self._save()
                 return match, batch
             doc = DocRecord(
@@ -458,6 +448,23 @@ class Store:
             doc.batch = self._new_batch(dataset_id, [doc.id])
             self._save()
             return doc, doc.batch
+
+    def _reupload(self, match: DocRecord, content: bytes, extension: str, mime_type: str | None,
+                  rule_id: str, doc_form: str | None, doc_language: str | None) -> str:
+        """A create whose name matched: the document is re-indexed in place with the new
+        content and rule, and moves to a new batch (returned)."""
+        now = self.clock()
+        old = self.stage(match)
+        self._replace_content(match, content, extension, mime_type, now)
+        match.process_rule_id = rule_id
+        self._restart_indexing(match, now)
+        self._resplit(match, old)
+        match.created_from = "api"
+        if doc_form:
+            match.doc_form = doc_form
+        if doc_language:
+            match.doc_language = doc_language
+        return self._move_to_new_batch(match)
 
     def _replace_content(self, doc: DocRecord, content: bytes, extension: str,
                          mime_type: str | None, now: float) -> None:
