@@ -319,3 +319,12 @@ def test_the_service_sends_a_watched_one_section_edit_as_one_segment_update(tmp_
         assert daemon.stop() == 0
     finally:
         daemon.kill()
+
+
+def test_a_text_file_that_is_not_utf8_goes_as_a_file_and_stays_settled(sb: Sandbox) -> None:
+    sb.write("latin1.md", "# Café\n\nCrème brûlée.\n".encode("latin-1"))
+    sync(sb)
+    assert segment_requests(sb)["create_by_file"] == 1
+    before = len(sb.emu.mutating_requests())
+    sync(sb)
+    assert len(sb.emu.mutating_requests()) == before  # not sent again to be split locally
