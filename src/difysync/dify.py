@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import re
 import ssl
 import threading
 import time
@@ -25,6 +26,7 @@ from tenacity.wait import wait_base
 
 from . import __version__
 from .backoff import delay_after, request_wait
+from .events import NOBODY, Observer
 from .errors import (DatasetMissing, DifyError, FatalError, NotDifyAPI, NotFoundError,
                      ServerUnreachable, TransientError, error_from_response, verdict)
 from .models import RemoteDocument, RemoteSegment
@@ -117,6 +119,7 @@ class DifyClient:
         self.retry = retry or RetryPolicy()
         self.limiter = RateLimiter(requests_per_minute)
         self.on_retry = on_retry
+        self.observer: Observer = NOBODY  # requests and retries, for the progress display and metrics
         self.sleep = sleep  # the pause between retries (the rate limiter keeps its own)
         self.list_workers = 4
         self.stats = {"requests": 0, "mutating": 0, "retries": 0}
@@ -168,6 +171,7 @@ class DifyClient:
                 self.stats["retries"] += 1
             if self.on_retry:
                 self.on_retry(about, error, pause)
+            self.observer.retry(about, error, pause, state.attempt_number, policy.attempts - 1)
             log.debug("retrying %s in %.1fs: %s", about, pause, error)
 
         retrying = Retrying(
@@ -197,16 +201,20 @@ class DifyClient:
             self.stats["requests"] += 1
             if mutating:
                 self.stats["mutating"] += 1
+        started = time.monotonic()
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TimeoutException:
+            self.observer.request(method, route_of(path), None, time.monotonic() - started)
             error: DifyError = ServerUnreachable(f"{about}: no answer within the timeout")
         except httpx.TransportError as exc:
+            self.observer.request(method, route_of(path), None, time.monotonic() - started)
             tls = _tls_failure(exc)
             error = ServerUnreachable(f"{about}: cannot reach {self._host()} ({_transport_reason(exc, tls)})")
             if tls is not None:
                 raise _NoRetry(error) from None  # a certificate does not fix itself: no retries
         else:
+            self.observer.request(method, route_of(path), response.status_code, time.monotonic() - started)
             if response.status_code < 300:
                 return response
             error = error_from_response(response.status_code, response.content,
@@ -532,6 +540,15 @@ class DifyClient:
             raise FatalError(f"{about}: the server's answer holds no document")
         batch = body.get("batch")
         return Upload(remote_document(doc), str(batch) if batch else None)
+
+
+_ID = re.compile(r"/[^/]*[0-9][^/]*")  # a path segment with a digit: an id (no route word has one)
+
+
+def route_of(path: str) -> str:
+    """The request's route with its ids (dataset, document, segment, batch) replaced by ``{id}`` (``/datasets/{id}/documents``):
+    a label for metrics that stays a small set however many documents there are."""
+    return _ID.sub("/{id}", path.split("?", 1)[0])
 
 
 def remote_document(raw: Mapping[str, Any]) -> RemoteDocument:

@@ -27,9 +27,10 @@ from .outcomes import Outcome, Result
 from .config import FolderSettings, Settings
 from .dify import DifyClient
 from .errors import DatasetMissing, DifySyncError, verdict
+from .events import NOBODY, Observer, Phase
 from .lease import FolderLocks, Holder
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
-from .plan import Kind, MaxDelete, Plan, Policy, plan_folder, refusal
+from .plan import UPLOADS, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
 from .scanner import scan_tree, sha256_file, stat_paths
@@ -66,6 +67,7 @@ class Hooks:
     on_plan: Callable[[Plan], None] | None = None
     should_stop: Callable[[], bool] = lambda: False
     on_lease_wait: Callable[[Holder | None], None] | None = None
+    observer: Observer = NOBODY  # progress and metrics: see events.py
 
 
 def folder_key(folder: FolderSettings) -> str:
@@ -117,6 +119,7 @@ def reconcile_folder(env: Env, folder: FolderSettings, options: PassOptions = Pa
     except DifySyncError as exc:  # the lease (busy, or given up): no pass ran, none is recorded
         report.fatal = exc
         report.errors.append(exc.describe())
+    hooks.observer.phase(folder.key, Phase.IDLE if report.fatal is None else Phase.ERROR)
     return report
 
 
@@ -240,6 +243,7 @@ class _Pass:
         inputs.journal = self.store.pending_journal(self.key)
         inputs.plan_journal = inputs.journal
         if self.view is not None and not inputs.root_error:
+            self.hooks.observer.phase(self.key, Phase.LISTING)
             listing = self.view.unsettled(inputs.files, inputs.rows, inputs.journal, self.policy)
             inputs.remote, inputs.files, inputs.rows = listing.remote, listing.files, listing.rows
             inputs.status_changes, inputs.fingerprint = listing.status_changes, listing.fingerprint
@@ -273,7 +277,9 @@ class _Pass:
         candidate = self._usable_mark(mark_key)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
             probing = pool.submit(self.view.probe) if candidate is not None and self.view is not None else None
+            self.hooks.observer.phase(self.key, Phase.SCANNING)
             scan = scan_tree(self.root, self.folder.include, self.folder.exclude)
+            self.hooks.observer.scanned(self.key, len(scan.files))
             inputs = _Inputs(scan.files, {}, list(scan.problems), root_error=scan.root_error, mark_key=mark_key)
             del scan  # _hash makes the list that lives on; keep one copy in memory
             if dataset_id and not inputs.root_error:
@@ -310,8 +316,11 @@ class _Pass:
             self.hooks.on_plan(self.report.plan)
 
     def _hash(self, inputs: _Inputs) -> None:
+        observer, key = self.hooks.observer, self.key
+        observer.phase(key, Phase.HASHING)
         inputs.files, inputs.restat, unreadable, self.report.hashed = \
-            with_hashes(inputs.files, inputs.rows, self.root, self.policy)
+            with_hashes(inputs.files, inputs.rows, self.root, self.policy,
+                        progress=lambda done, total, nbytes: observer.hashing(key, done, total, nbytes))
         inputs.problems.extend(unreadable)
         inputs.unreadable = len(unreadable)
         self.report.problems = inputs.problems
@@ -333,6 +342,7 @@ class _Pass:
         self.report.plan = plan
         if self.hooks.on_plan is not None:
             self.hooks.on_plan(plan)
+        self.hooks.observer.planned(self.key, plan, upload_bytes(plan, inputs.files))
         self.report.errors.extend(plan.errors)
         for warning in plan.warnings:
             log.warning("%s", warning)
@@ -372,10 +382,18 @@ class _Pass:
                             metadata_fields=lambda verify: metadata_fields(
                                 self.env.client, self.store, self.key, dataset_id, verify=verify,
                                 recheck_after=self.env.settings.schedule.full_listing_minutes * 60))
+        local = {f.rel_path: f for f in inputs.files}
+        observer, on_outcome = self.hooks.observer, self.hooks.on_outcome
+
+        def done(outcome: Outcome) -> None:
+            if on_outcome is not None:
+                on_outcome(outcome)
+            observer.outcome(self.key, outcome, sent_bytes(outcome, local))
+
+        observer.phase(self.key, Phase.SYNCING)
         self.report.outcomes = apply_actions(plan.actions, ctx, self.env.client, self.store, inputs.rows,
-                                             concurrency=self.env.settings.dify.concurrency,
-                                             local={f.rel_path: f for f in inputs.files},
-                                             on_outcome=self.hooks.on_outcome, should_stop=self.hooks.should_stop)
+                                             concurrency=self.env.settings.dify.concurrency, local=local,
+                                             on_outcome=done, should_stop=self.hooks.should_stop)
 
     def _note_statuses(self, inputs: _Inputs) -> None:
         """Indexing statuses the listing showed that the state does not have yet."""
@@ -418,24 +436,27 @@ def update_data(folder: FolderSettings) -> dict[str, Any]:
     return {"process_rule": dict(folder.process_rule)}
 
 
-def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root: Path,
-                policy: Policy) -> tuple[list[LocalFile], list[LocalFile], list[ScanProblem], int]:
+def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root: Path, policy: Policy,
+                progress: Callable[[int, int, int], None] | None = None,
+                ) -> tuple[list[LocalFile], list[LocalFile], list[ScanProblem], int]:
     """Attach sha256 to each eligible file: the stored one when size, mtime and inode are
     unchanged, else a fresh streamed hash. Returns (files, restat, problems, hashed) where
     ``restat`` are synced files whose row needs its stat or skip note refreshed: the hash
-    matched the store but the stat moved, or a skip recorded earlier no longer holds."""
+    matched the store but the stat moved, or a skip recorded earlier no longer holds.
+    ``progress(done, total, bytes)`` hears of each file hashed."""
     # Entries are replaced in place, so a big tree never holds two copies of its records.
     out = files if isinstance(files, list) else list(files)
     restat: list[LocalFile] = []
     problems: list[ScanProblem] = []
-    hashed = 0
+    hashed = nbytes = 0
     unreadable: list[int] = []
+    todo = _to_hash(out, rows, policy) if progress is not None else 0
     for i, f in enumerate(out):
         if refusal(f.rel_path, f.size, policy):
             continue
         row = rows.get(f.rel_path)
-        if row is not None and row.sha256 and row.size == f.size and row.mtime_ns == f.mtime_ns \
-                and row.inode == f.inode:
+        if _unchanged_stat(f, row):
+            assert row is not None
             # Built from the row's own objects (equal values), so the scan's copies go.
             out[i] = LocalFile(row.rel_path, row.size, row.mtime_ns, row.inode, row.sha256)
             if row.skip_code is not None and row.skip_code.about_the_file and row.document_id:
@@ -448,6 +469,9 @@ def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root:
             unreadable.append(i)
             continue
         hashed += 1
+        nbytes += f.size
+        if progress is not None:
+            progress(hashed, todo, nbytes)
         fresh = LocalFile(f.rel_path, f.size, f.mtime_ns, f.inode, digest)
         out[i] = fresh
         if row is not None and row.sha256 == digest and row.document_id:
@@ -455,6 +479,32 @@ def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root:
     for i in reversed(unreadable):
         del out[i]
     return out, restat, problems, hashed
+
+
+def _unchanged_stat(f: LocalFile, row: FileState | None) -> bool:
+    return row is not None and bool(row.sha256) and row.size == f.size and row.mtime_ns == f.mtime_ns \
+        and row.inode == f.inode
+
+
+def _to_hash(files: Sequence[LocalFile], rows: Mapping[str, FileState], policy: Policy) -> int:
+    """How many of ``files`` with_hashes will read (for a progress total)."""
+    return sum(1 for f in files
+               if not refusal(f.rel_path, f.size, policy) and not _unchanged_stat(f, rows.get(f.rel_path)))
+
+
+def upload_bytes(plan: Plan, files: Sequence[LocalFile]) -> int:
+    """The file content the plan's uploads will send (what a progress bar counts down)."""
+    sizes = {f.rel_path: f.size for f in files}
+    return sum(sizes.get(a.rel_path, 0) for a in plan.actions if a.kind in UPLOADS)
+
+
+def sent_bytes(outcome: Outcome, local: Mapping[str, LocalFile]) -> int:
+    """The file content an action that ended sent: its file's size for an upload that
+    went through, else nothing."""
+    if outcome.result is not Result.OK or outcome.action.kind not in UPLOADS:
+        return 0
+    f = local.get(outcome.action.rel_path)
+    return f.size if f is not None else 0
 
 
 def _changes_nothing(plan: Plan) -> bool:
