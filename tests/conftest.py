@@ -14,3 +14,16 @@ def emulator() -> Iterator[EmulatorServer]:
     """A started EmulatorServer (current-Dify behaviour, key "test-key"), stopped after."""
     with EmulatorServer() as emu:
         yield emu
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Captured output that names a file whose name is not UTF-8 (surrogate escapes) is
+    made encodable, so that pytest-xdist can send the report from its worker."""
+    outcome = yield
+    report = outcome.get_result()
+    report.sections = [(title, _encodable(text)) for title, text in report.sections]
+
+
+def _encodable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
