@@ -516,4 +516,4 @@ def test_folder_settings_field_names_are_stable() -> None:
     assert set(FolderSettings.model_fields) == {
         "path", "dataset_id", "dataset_name", "indexing_technique", "include", "exclude", "delete",
         "watch_mode", "process_rule", "name_prefix", "chunking", "local_chunk_types", "chunk_max_tokens",
-        "recreate_dataset"}
+        "recreate_dataset", "name"}

@@ -13,15 +13,18 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, replace as _replace
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from .dify import DifyClient, Upload
 from .errors import DifyError, Next, NotFoundError, RefusedError, verdict
+from .logs import log_fields
 from .models import ErrorKind, FileState, LocalFile, SegmentRecord, SkipCode
 from .outcomes import Outcome, Result
 from .tagging import Tagger
@@ -50,6 +53,7 @@ class FolderContext:
     # called with True), None without a metadata API.
     metadata_fields: Callable[[bool], Mapping[str, str] | None] = lambda verify: None
     chunking: LocalChunking | None = None  # the folder splits its text files itself
+    label: str = ""  # how log lines name the folder (FolderSettings.label); "": by its key
 
     def chunks_locally(self, rel_path: str) -> bool:
         return self.chunking is not None and self.chunking.applies(rel_path)
@@ -73,6 +77,12 @@ class _Follow:
     sent: _Sent
     journal_ids: list[int]
     before: tuple[SegmentRecord, ...]
+
+
+class _Done(Protocol):
+    """Hears of each outcome, with the time its requests took when there were any."""
+
+    def __call__(self, outcome: Outcome, duration_ms: float | None = None) -> None: ...
 
 
 class _Unreachable:
@@ -104,9 +114,9 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
     outcomes: list[Outcome] = []
     local = local or {}
 
-    def done(outcome: Outcome) -> None:
+    def done(outcome: Outcome, duration_ms: float | None = None) -> None:
         outcomes.append(outcome)
-        _log_outcome(outcome)
+        _log_outcome(outcome, ctx.label or ctx.key, duration_ms)
         if on_outcome:
             on_outcome(outcome)
 
@@ -114,7 +124,7 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
     uploads = [a for a in actions if a.kind in UPLOADS]
     deletes = [a for a in actions if a.kind is Kind.DELETE]
     tagger = Tagger(ctx.key, ctx.dataset_id, ctx.owner, ctx.metadata_fields,
-                    [a for a in actions if a.kind is Kind.TAG], local)
+                    [a for a in actions if a.kind is Kind.TAG], local, label=ctx.label)
     fatal = _run_pool(uploads, ctx, client, store, rows, concurrency, done, should_stop, tagger)
     if fatal is None:
         tagger.flush(client, store, done, concurrency)
@@ -162,13 +172,14 @@ def _bookkeeping(actions: Sequence[Action], ctx: FolderContext, store: StateBack
 
 
 def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient, store: StateBackend,
-              rows: Mapping[str, FileState], concurrency: int, done: Callable[[Outcome], None],
+              rows: Mapping[str, FileState], concurrency: int, done: _Done,
               should_stop: Callable[[], bool], tagger: Tagger | None = None) -> DifyError | None:
     """A sliding window of ``concurrency`` requests; journal rows are written only for
     requests about to be sent, so a crash leaves at most that many unsettled. An edit of a
     locally chunked file comes back first as a plan of segment requests: those are
-    journaled here and sent as a second job in the same window."""
-    pending: dict[Future[Any], tuple[Action, int, _Follow | None]] = {}
+    journaled here and sent as a second job in the same window. An outcome's duration runs
+    from its first request's submission to its settling."""
+    pending: dict[Future[Any], tuple[Action, int, _Follow | None, float]] = {}
     queue = deque(actions)
     fatal: DifyError | None = None
     # Requests that ran out of retries in a row before the server is taken to be down:
@@ -182,18 +193,20 @@ def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,
                 records = _records_of(action, ctx, store)
                 journal_id = store.journal_begin(ctx.key, ctx.dataset_id, str(action.kind), action.rel_path,
                                                  action.document_name, action.document_id, action.sha256)
-                pending[pool.submit(_send, action, ctx, client, records)] = (action, journal_id, None)
+                pending[pool.submit(_send, action, ctx, client, records)] = \
+                    (action, journal_id, None, time.monotonic())
             if not pending:
                 break
             finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
             for future in finished:
-                action, journal_id, follow = pending.pop(future)
+                action, journal_id, follow, started = pending.pop(future)
                 later = _segment_job(future, action, ctx, store) if follow is None else None
                 if later is not None:
                     pending[pool.submit(send_segments, client, ctx.dataset_id, action.document_id or "",
-                                        later.sent.prepared, later.before)] = (action, journal_id, later)
+                                        later.sent.prepared, later.before)] = (action, journal_id, later, started)
                     continue
-                error = _settle(future, action, journal_id, ctx, store, rows, done, tagger, follow)
+                timed = partial(done, duration_ms=(time.monotonic() - started) * 1000)
+                error = _settle(future, action, journal_id, ctx, store, rows, timed, tagger, follow)
                 if isinstance(error, _Unreachable):
                     streak += 1
                     if streak >= outage_after and fatal is None:
@@ -436,31 +449,39 @@ def _skip_recorded(action: Action, row: FileState | None, f: LocalFile | None) -
         (row.refused_sha256 is not None and row.refused_sha256 == f.sha256)
 
 
-def _log_outcome(outcome: Outcome) -> None:
+def _log_outcome(outcome: Outcome, label: str, duration_ms: float | None = None) -> None:
+    """One line per outcome, naming the folder by its label; JSON lines carry its fields."""
+    level, text = _outcome_line(outcome)
+    if not log.isEnabledFor(level):
+        return
+    a = outcome.action
+    log.log(level, "%s: %s", label, text, extra=log_fields(
+        folder=label, path=a.rel_path, action=a.kind, document_id=outcome.document_id or a.document_id,
+        result=outcome.result, duration_ms=duration_ms, reason_code=outcome.code or a.code))
+
+
+def _outcome_line(outcome: Outcome) -> tuple[int, str]:
+    """The level and the text (after the folder's label) of an outcome's log line."""
     a = outcome.action
     if a.kind is Kind.WAIT:
-        log.debug("waiting  %s (%s)", a.rel_path, outcome.message)
-        return
+        return logging.DEBUG, f"waiting  {a.rel_path} ({outcome.message})"
     doc = outcome.document_id or a.document_id
     if outcome.result is Result.OK:
         where = f"{a.old_rel_path} -> {a.rel_path}" if a.kind is Kind.RENAME and \
             a.old_rel_path != a.rel_path else a.rel_path
         level = logging.DEBUG if a.kind is Kind.FORGET else logging.INFO
-        log.log(level, "%s %s%s", _DONE_VERBS.get(a.kind, str(a.kind)), where,
-                f" (document {doc})" if doc else "")
-    elif outcome.result is Result.SKIPPED:
-        log.log(logging.DEBUG if outcome.repeat else logging.INFO, "skipped %s: %s", a.rel_path,
-                outcome.message)
-    elif outcome.result is Result.GONE:
-        log.info("gone    %s: %s", a.rel_path, outcome.message)
-    elif outcome.result is Result.WAITING:
-        log.info("waiting %s: %s", a.rel_path, outcome.message)
-    elif outcome.result is Result.DEFERRED:
-        log.debug("deferred %s: %s", a.rel_path, outcome.message)
-    elif outcome.result is Result.STOPPED:
-        log.info("stopped  %s %s: %s", a.kind, a.rel_path, outcome.message)
-    else:
-        log.warning("failed  %s %s: %s", a.kind, a.rel_path, outcome.message)
+        return level, f"{_DONE_VERBS.get(a.kind, str(a.kind))} {where}" + (f" (document {doc})" if doc else "")
+    if outcome.result is Result.SKIPPED:
+        return logging.DEBUG if outcome.repeat else logging.INFO, f"skipped {a.rel_path}: {outcome.message}"
+    if outcome.result is Result.GONE:
+        return logging.INFO, f"gone    {a.rel_path}: {outcome.message}"
+    if outcome.result is Result.WAITING:
+        return logging.INFO, f"waiting {a.rel_path}: {outcome.message}"
+    if outcome.result is Result.DEFERRED:
+        return logging.DEBUG, f"deferred {a.rel_path}: {outcome.message}"
+    if outcome.result is Result.STOPPED:
+        return logging.INFO, f"stopped  {a.kind} {a.rel_path}: {outcome.message}"
+    return logging.WARNING, f"failed  {a.kind} {a.rel_path}: {outcome.message}"
 
 
 _DONE_VERBS = {Kind.CREATE: "created", Kind.UPDATE: "updated", Kind.RENAME: "renamed",

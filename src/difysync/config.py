@@ -15,6 +15,7 @@ import socket
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -67,6 +68,7 @@ API_KEY_ENV_VAR = "DIFYSYNC_API_KEY"
 LOCAL_CONFIG_NAME = "sync.toml"
 SYSTEM_CONFIG_PATH = Path("/etc/difysync/sync.toml")
 DATASET_NAME_MAX = 40  # Dify refuses longer dataset names
+FOLDER_NAME_MAX = 64  # a label for log lines: short enough to read at the start of one
 
 API_KEY_IN_CONFIG = ("the API key is never read from the config file; "
                      f"set {API_KEY_ENV_VAR} or dify.api_key_file")
@@ -234,6 +236,8 @@ class FolderSettings(_Strict):
     """One local folder mirrored into one Dify dataset."""
 
     path: Path
+    # A short label naming the folder in log lines (see ``label``); unset: its dataset name.
+    name: str | None = None
     dataset_id: str = ""
     dataset_name: str = ""
     indexing_technique: Literal["high_quality", "economy"] = "high_quality"
@@ -279,6 +283,20 @@ class FolderSettings(_Strict):
     def _strip(cls, value: str) -> str:
         return value.strip()
 
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if not value:
+            raise ValueError("must not be empty (leave it out to label the folder by its dataset name)")
+        if any(unicodedata.category(c) == "Cc" for c in value):
+            raise ValueError("must be one line without tabs or other control characters")
+        if len(value) > FOLDER_NAME_MAX:
+            raise ValueError(f"must be at most {FOLDER_NAME_MAX} characters (it is a label for log lines)")
+        return value
+
     @field_validator("dataset_name")
     @classmethod
     def _check_name_length(cls, value: str) -> str:
@@ -308,6 +326,12 @@ class FolderSettings(_Strict):
     def key(self) -> str:
         """The folder's identity in the state DB and the lock files: its absolute path."""
         return str(self.path)
+
+    @property
+    def label(self) -> str:
+        """How log lines name the folder: its ``name``, else its dataset name, else the last
+        component of its path. Only for people: the state DB knows it by ``key``."""
+        return self.name or self.dataset_name or self.path.name or str(self.path)
 
     def effective_watch_mode(self, settings: Settings) -> WatchMode:
         """This folder's watch mode: its own ``watch_mode`` if set, else ``[watch].mode``."""
@@ -403,6 +427,7 @@ class Settings(BaseSettings):
                 problems.append((f"folders[{i}].path", (
                     f"folders[{by_path[folder.path]}] already watches {folder.path}")))
             by_path.setdefault(folder.path, i)
+            problems.extend(_name_taken(self.folders, i))
             if self.state_db.is_relative_to(folder.path) and not any(k == "state_db" for k, _ in problems):
                 problems.append(("state_db", (
                     f"{self.state_db} is inside folders[{i}].path ({folder.path}); "
@@ -424,6 +449,21 @@ class Settings(BaseSettings):
     def config_dir(self) -> Path:
         """The folder relative paths were resolved against."""
         return self._config_path.parent if self._config_path else Path.cwd()
+
+
+def _name_taken(folders: list[FolderSettings], i: int) -> list[tuple[str, str]]:
+    """A folder's ``name`` that another folder's log lines already use: two folders one
+    label would make the logs ambiguous."""
+    name = folders[i].name
+    for j, other in enumerate(folders):
+        if j == i or name is None:
+            continue
+        if other.name == name and j < i:
+            return [(f"folders[{i}].name", f"folders[{j}] is already named {name!r}; give each folder its own name")]
+        if other.name is None and other.label == name:
+            return [(f"folders[{i}].name", (f"folders[{j}] is already labelled {name!r} in log lines (its dataset "
+                                            "name or folder); give this folder another name"))]
+    return []
 
 
 # --- finding and loading -------------------------------------------------------------

@@ -31,7 +31,7 @@ from .config import FolderSettings, Settings, load_api_key, load_settings
 from .dify import DifyClient
 from .errors import EX_CONFIG, EX_TEMPFAIL, ConfigError, DifyError, LeaseBusy, StateError, verdict
 from .lease import FolderLocks, Holder
-from .logs import add_secret
+from .logs import add_secret, log_fields
 from .notify import Notifier
 from .reconcile import Env, Hooks, PassOptions, reconcile_folder
 from .remote import SETTLED, IndexingPoller, poll_folder
@@ -155,7 +155,7 @@ class FolderWorker(threading.Thread):
         try:
             self._store = self._open_store()
         except StateError as exc:
-            log.error("%s: %s", self.key, exc)
+            log.error("%s: %s", self.folder.label, exc, extra=log_fields(folder=self.folder.label))
             self.first_pass_done.set()
             self._on_fatal(exc)
             return
@@ -184,11 +184,12 @@ class FolderWorker(threading.Thread):
                 self._enter_backoff(str(exc))
                 self.request_full()
             else:
-                log.error("%s: %s", self.key, exc)
+                log.error("%s: %s", self.folder.label, exc, extra=log_fields(folder=self.folder.label))
                 self._on_fatal(exc)
                 self._halt = True
         except Exception:  # noqa: BLE001 - a bug in one pass must not kill the service
-            log.exception("%s: unexpected error in a pass; a full pass will follow", self.key)
+            log.exception("%s: unexpected error in a pass; a full pass will follow", self.folder.label,
+                          extra=log_fields(folder=self.folder.label))
             self._enter_backoff("internal error (see the traceback above)")
             self.request_full()
         return kind
@@ -200,7 +201,8 @@ class FolderWorker(threading.Thread):
         return self._store
 
     def _pass(self, paths: list[str] | None) -> None:
-        log.debug("%s: %s pass", self.key, "full" if paths is None else f"{len(paths)} paths")
+        log.debug("%s: %s pass", self.folder.label, "full" if paths is None else f"{len(paths)} paths",
+                  extra=log_fields(folder=self.folder.label))
         env = Env(self.settings, self.client, self.store, who=WHO)
         options = PassOptions(paths=tuple(paths) if paths is not None else None, lock_timeout=None)
         hooks = Hooks(on_plan=(lambda _plan: self.first_pass_done.set()) if paths is None else None,
@@ -213,7 +215,8 @@ class FolderWorker(threading.Thread):
 
     def _waiting_for_lease(self, holder: Holder | None) -> None:
         who = holder.describe() if holder is not None else "another process"
-        log.info("%s: waiting for the write lease, held by %s", self.key, who)
+        log.info("%s: waiting for the write lease, held by %s", self.folder.label, who,
+                 extra=log_fields(folder=self.folder.label))
 
     def _schedule_full(self) -> None:
         interval = self.settings.schedule.full_reconcile_minutes * 60
@@ -226,11 +229,12 @@ class FolderWorker(threading.Thread):
         described = fatal.describe() if fatal is not None else ""
         for error in report.errors:
             if fatal is None or error != described:
-                log.warning("%s: %s", self.key, error)
+                log.warning("%s: %s", self.folder.label, error, extra=log_fields(folder=self.folder.label))
         if fatal is not None and self._halt:
             return  # stopping: an abandoned wait or a cut-short pass is not news
         if fatal is not None and verdict(fatal).exit_code == EX_CONFIG:
-            log.error("%s: %s", self.key, described)  # an unusable state DB: systemd must not loop on it
+            # an unusable state DB: systemd must not loop on it
+            log.error("%s: %s", self.folder.label, described, extra=log_fields(folder=self.folder.label))
             self._on_fatal(fatal)
             self._halt = True
             return
@@ -239,7 +243,8 @@ class FolderWorker(threading.Thread):
             self.request_full()  # catch up once the backoff is over
             return
         if self._outage is not None:
-            log.info("%s: Dify answers again; caught up", self.key)
+            log.info("%s: Dify answers again; caught up", self.folder.label,
+                     extra=log_fields(folder=self.folder.label))
         self._outage = None
         self._outages.reset()
         self.status.backoff_until = 0.0
@@ -255,9 +260,10 @@ class FolderWorker(threading.Thread):
         self.status.last_error = why
         if self._outage is None:
             log.warning("%s: %s; backing off (retry in %.0f s, then less and less often), still watching",
-                        self.key, why, pause)
+                        self.folder.label, why, pause, extra=log_fields(folder=self.folder.label))
         else:
-            log.debug("%s: still failing (%s); next try in %.0f s", self.key, why, pause)
+            log.debug("%s: still failing (%s); next try in %.0f s", self.folder.label, why, pause,
+                      extra=log_fields(folder=self.folder.label))
         self._outage = why
         self._on_update()
 
@@ -363,14 +369,17 @@ class Daemon:
             if mode == "off" or folder.key not in self.workers:
                 continue
             watcher.add_folder(folder.key, Path(folder.path), mode=mode, include=folder.include,
-                               exclude=folder.exclude, poll_interval=s.watch.poll_interval_seconds)
+                               exclude=folder.exclude, poll_interval=s.watch.poll_interval_seconds,
+                               label=folder.label)
         watcher.start()
         for folder in s.folders:
             try:
-                log.info("%s: watching (%s) -> dataset %s", folder.key, watcher.mode_of(folder.key),
-                         folder.dataset_id or repr(folder.dataset_name))
+                log.info("%s: watching %s (%s) -> dataset %s", folder.label, folder.key,
+                         watcher.mode_of(folder.key), folder.dataset_id or repr(folder.dataset_name),
+                         extra=log_fields(folder=folder.label))
             except KeyError:
-                log.info("%s: not watched (periodic full passes only)", folder.key)
+                log.info("%s: %s not watched (periodic full passes only)", folder.label, folder.key,
+                         extra=log_fields(folder=folder.label))
         self.watcher = watcher
 
     def _health_check(self) -> None:
@@ -454,8 +463,9 @@ class Daemon:
         self._wake.set()
 
     def _on_watch_error(self, key: str, error: BaseException) -> None:
-        log.warning("%s: watcher reported %s; a full pass follows", key, error)
         worker = self.workers.get(key)
+        label = worker.folder.label if worker is not None else key
+        log.warning("%s: watcher reported %s; a full pass follows", label, error, extra=log_fields(folder=label))
         if worker is not None:
             worker.request_full()
 

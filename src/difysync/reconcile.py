@@ -29,6 +29,7 @@ from .dify import DifyClient
 from .errors import DatasetMissing, DifySyncError, verdict
 from .events import NOBODY, Observer, Phase
 from .lease import FolderLocks, Holder
+from .logs import log_fields
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
 from .plan import UPLOADS, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
@@ -111,8 +112,8 @@ def reconcile_folder(env: Env, folder: FolderSettings, options: PassOptions = Pa
         with _lease(env, folder, options, hooks):
             report = _attempt(env, folder, options, hooks)
             if report.fatal is not None and stale_dataset(env.store, folder, report.fatal):
-                log.info("%s: dataset %r is not where it was; looking it up by name again", folder.key,
-                         folder.dataset_name)
+                log.info("%s: dataset %r is not where it was; looking it up by name again", folder.label,
+                         folder.dataset_name, extra=log_fields(folder=folder.label))
                 report = _attempt(env, folder, options, hooks, recall=False)
             if not options.dry_run and options.paths is None:
                 _record_run(env.store, folder.key, started, report)
@@ -291,7 +292,7 @@ class _Pass:
                 return inputs
             if probing.result() != candidate.remote:
                 log.debug("%s: the dataset changed since the last clean pass (or cannot be probed): listing it",
-                          self.key)
+                          self.folder.label, extra=log_fields(folder=self.folder.label))
                 return inputs
         self._report_quiet(candidate)
         return None
@@ -345,7 +346,7 @@ class _Pass:
         self.hooks.observer.planned(self.key, plan, upload_bytes(plan, inputs.files))
         self.report.errors.extend(plan.errors)
         for warning in plan.warnings:
-            log.warning("%s", warning)
+            log.warning("%s: %s", self.folder.label, warning, extra=log_fields(folder=self.folder.label))
         return plan
 
     @property
@@ -379,9 +380,11 @@ class _Pass:
         ctx = FolderContext(key=self.key, root=self.root, dataset_id=dataset_id,
                             create_data=create_data(self.folder), update_data=update_data(self.folder),
                             max_bytes=self.policy.max_bytes, owner=self.policy.owner, chunking=self.chunking,
+                            label=self.folder.label,
                             metadata_fields=lambda verify: metadata_fields(
                                 self.env.client, self.store, self.key, dataset_id, verify=verify,
-                                recheck_after=self.env.settings.schedule.full_listing_minutes * 60))
+                                recheck_after=self.env.settings.schedule.full_listing_minutes * 60,
+                                label=self.folder.label))
         local = {f.rel_path: f for f in inputs.files}
         observer, on_outcome = self.hooks.observer, self.hooks.on_outcome
 

@@ -18,6 +18,7 @@ from .config import FolderSettings
 from .dify import PAGE_LIMIT, DifyClient
 from . import tags
 from .errors import DatasetMissing, NotFoundError, RefusedError
+from .logs import log_fields
 from .marks import FLAGGED_STATUSES, ListingRecorder, RemoteFingerprint, fingerprint
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument
 from .naming import document_name
@@ -67,12 +68,14 @@ def stale_dataset(store: StateBackend, folder: FolderSettings, error: BaseExcept
 
 
 def metadata_fields(client: DifyClient, store: StateBackend, folder: str, dataset_id: str, *,
-                    recheck_after: float, verify: bool = False) -> dict[str, str] | None:
+                    recheck_after: float, verify: bool = False, label: str = "") -> dict[str, str] | None:
     """The ids of difysync's four fields in the dataset (name -> id), made where missing
     and remembered in the state DB; None when the server has no metadata API (then it is
     asked again only after ``recheck_after`` seconds: a server can be upgraded). With
     ``verify`` the remembered ids are checked against Dify's list (a person may have
-    deleted a field: writing its old id binds nothing anyone can see)."""
+    deleted a field: writing its old id binds nothing anyone can see). ``label`` names the
+    folder in log lines (default: its key)."""
+    label = label or folder
     known = store.known_metadata(dataset_id)
     if known is not None and known.supported and tags.NAMES <= known.fields.keys() and not verify:
         return known.fields
@@ -81,19 +84,19 @@ def metadata_fields(client: DifyClient, store: StateBackend, folder: str, datase
     listed = client.metadata_fields(dataset_id)
     if listed is None:
         log.info("%s: this server has no metadata API; difysync's metadata fields are off for dataset %s",
-                 folder, dataset_id)
+                 label, dataset_id, extra=log_fields(folder=label))
         store.remember_metadata(dataset_id, False, {})
         return None
     by_name = {str(f.get("name")): str(f.get("id")) for f in listed}
     by_name.update(_create_fields(client, store, folder, dataset_id,
-                                  [(name, kind) for name, kind in tags.FIELDS if name not in by_name]))
+                                  [(name, kind) for name, kind in tags.FIELDS if name not in by_name], label))
     fields = {name: by_name[name] for name in tags.NAMES}
     store.remember_metadata(dataset_id, True, fields)
     return fields
 
 
 def _create_fields(client: DifyClient, store: StateBackend, folder: str, dataset_id: str,
-                   missing: Sequence[tuple[str, str]]) -> dict[str, str]:
+                   missing: Sequence[tuple[str, str]], label: str) -> dict[str, str]:
     """Make the missing fields side by side, journaled (on this thread) before they are sent."""
     if not missing:
         return {}
@@ -104,7 +107,8 @@ def _create_fields(client: DifyClient, store: StateBackend, folder: str, dataset
     finally:
         store.clear_journal(journal)
     for name, _ in missing:
-        log.info("%s: made the metadata field %s in dataset %s", folder, name, dataset_id)
+        log.info("%s: made the metadata field %s in dataset %s", label, name, dataset_id,
+                 extra=log_fields(folder=label))
     return {name: field_id for (name, _), field_id in zip(missing, made)}
 
 

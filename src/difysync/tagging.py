@@ -20,6 +20,7 @@ from typing import Any
 from . import tags
 from .dify import DifyClient
 from .errors import DifyError
+from .logs import log_fields
 from .models import LocalFile, Tags
 from .outcomes import Outcome, Result
 from .plan import Action, Kind
@@ -35,9 +36,10 @@ class Tagger:
 
     def __init__(self, key: str, dataset_id: str, owner: str | None,
                  fields: Callable[[bool], Mapping[str, str] | None], retags: Sequence[Action],
-                 local: Mapping[str, LocalFile]) -> None:
+                 local: Mapping[str, LocalFile], *, label: str = "") -> None:
         self.key, self.dataset_id, self.owner, self._fields = key, dataset_id, owner, fields
         self.local = local
+        self.label = label or key  # how log lines name the folder
         # document id -> (its TAG action, or None after an upload), the path, our values,
         # and whether the listing showed other people's values on it
         self.items: dict[str, tuple[Action | None, str, Tags, bool]] = {}
@@ -96,7 +98,8 @@ class Tagger:
                 done(Outcome(action, Result.OK, action.reason, d))
 
     def _deferred(self, batch: list[str], why: str, done: Callable[[Outcome], None]) -> None:
-        log.warning("%s: %s (%d document(s)); a later pass tries again", self.key, why, len(batch))
+        log.warning("%s: %s (%d document(s)); a later pass tries again", self.label, why, len(batch),
+                    extra=log_fields(folder=self.label, result=Result.DEFERRED))
         for d in batch:
             action = self.items[d][0]
             if action is not None:
@@ -139,9 +142,10 @@ class _Writer:
             return exc
         self.merges = all(name in after for _, name, _ in before)
         self.store.remember_merges(self.t.dataset_id, self.merges)
-        log.info("%s: dataset %s %s", self.t.key, self.t.dataset_id,
+        log.info("%s: dataset %s %s", self.t.label, self.t.dataset_id,
                  "merges metadata writes (partial_update)" if self.merges
-                 else "replaces a document's metadata on each write: others' values are sent along")
+                 else "replaces a document's metadata on each write: others' values are sent along",
+                 extra=log_fields(folder=self.t.label))
         if self.merges:
             return None
         return self._write([document_id], [tags.operation(document_id, self.t.items[document_id][2],

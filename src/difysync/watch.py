@@ -36,6 +36,7 @@ from watchdog.events import (
 )
 from watchdog.observers.api import BaseObserver
 
+from difysync.logs import log_fields
 from difysync.scanner import DEFAULT_IGNORES, PatternMatcher, compile_patterns
 
 __all__ = [
@@ -426,6 +427,7 @@ class _Folder:
     mode: WatchModeUsed = "events"
     identity: tuple[int, int] | None = None
     failed: bool = False
+    label: str = ""  # how log lines name the folder
 
 
 class _Handler(FileSystemEventHandler):
@@ -555,17 +557,19 @@ class Watcher:
 
     def add_folder(self, folder_key: str, root: Path, mode: Literal["auto", "events", "poll"] = "auto",
                    include: Sequence[str] = ("**/*",), exclude: Sequence[str] = (),
-                   poll_interval: float = 30.0) -> None:
-        """Watch ``root`` under ``folder_key`` (now if started, else on ``start()``)."""
+                   poll_interval: float = 30.0, label: str = "") -> None:
+        """Watch ``root`` under ``folder_key`` (now if started, else on ``start()``); log
+        lines name it ``label`` (default: its key)."""
         folder = _Folder(folder_key, os.path.abspath(os.fspath(root)), mode, poll_interval,
-                         compile_patterns(include), compile_patterns(exclude), self._ignores)
+                         compile_patterns(include), compile_patterns(exclude), self._ignores,
+                         label=label or folder_key)
         if mode == "poll":
             folder.mode = "poll"
         elif mode == "auto":
             folder.mode = auto_watch_mode(folder.root, self._mountinfo)
             if folder.mode == "poll":
-                log.info("watching %s by polling every %gs: it is on a network or FUSE filesystem",
-                         folder.root, poll_interval)
+                log.info("%s: watching %s by polling every %gs: it is on a network or FUSE filesystem",
+                         folder.label, folder.root, poll_interval, extra=log_fields(folder=folder.label))
         with self._lock:
             if folder_key in self._folders:
                 raise ValueError(f"folder {folder_key!r} is already watched")
@@ -636,10 +640,10 @@ class Watcher:
                     self._fail(folder, exc)
                     return
                 log.warning(
-                    "cannot watch %s with inotify (%s): polling it every %gs instead; raise "
+                    "%s: cannot watch %s with inotify (%s): polling it every %gs instead; raise "
                     "the limits fs.inotify.max_user_watches / fs.inotify.max_user_instances "
-                    "(sysctl) to get events back", folder.root, exc.strerror or exc,
-                    folder.poll_interval)
+                    "(sysctl) to get events back", folder.label, folder.root, exc.strerror or exc,
+                    folder.poll_interval, extra=log_fields(folder=folder.label))
                 folder.mode = "poll"
         try:
             self._schedule_poll(folder)
@@ -673,7 +677,8 @@ class Watcher:
 
     def _fail(self, folder: _Folder, exc: BaseException) -> None:
         folder.mode, folder.failed = "off", True
-        log.warning("cannot watch %s: %s", folder.root, exc)
+        log.warning("%s: cannot watch %s: %s", folder.label, folder.root, exc,
+                    extra=log_fields(folder=folder.label))
         self._report_error(folder.key, exc)
 
     def _root_gone(self, folder: _Folder, why: str) -> None:
@@ -689,7 +694,9 @@ class Watcher:
         try:
             self._on_error(folder_key, exc)
         except Exception:  # noqa: BLE001 - the watcher's threads must survive the callback
-            log.exception("watch error callback failed for folder %s", folder_key)
+            known = self._folders.get(folder_key)
+            label = known.label if known is not None else folder_key
+            log.exception("watch error callback failed for folder %s", label, extra=log_fields(folder=label))
 
 
 def _identity(root: str) -> tuple[int, int] | None:
