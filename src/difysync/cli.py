@@ -4,7 +4,9 @@ the exit code. No sync logic lives here.
 Exit codes: 0 ok, 1 some actions failed, 2 usage, 69 server unreachable (EX_UNAVAILABLE),
 75 the folder is busy: another service holds it, or another pass held its write lease
 too long (EX_TEMPFAIL), 77 API key rejected (EX_NOPERM), 78 invalid configuration or
-state (EX_CONFIG). Which error gives which code is errors.verdict's decision.
+state (EX_CONFIG). Which error gives which code is errors.verdict's decision. `diff`
+exits 0 when every folder is in step and 1 when something differs or a folder's root is
+missing (nothing compared); 69, 77 and 78 as above.
 """
 
 from __future__ import annotations
@@ -466,6 +468,54 @@ def _dataset_for_listing(client: DifyClient, store: StateStore | None, folder: F
     from .remote import resolve_dataset
 
     return resolve_dataset(client, store, folder, create=False, remember=False, recall=store is not None)
+
+
+@main.command("diff")
+@config_option
+@click.argument("folder", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (keys in the README).")
+def diff(config: str | None, folder: str | None, as_json: bool) -> None:
+    """Compare each folder (or FOLDER: its path or its dataset's name) with its dataset,
+    like `rclone check`: only local, only remote (made by us or not), differing, in
+    error, skipped, and how much is in step. Read-only: exit 0 in step, 1 differences
+    (or a folder root that is missing)."""
+    from .compare import diff_folder, diff_json, print_diffs
+
+    settings = load_config(config)
+    chosen = _folders_named(settings, folder)
+    results = []
+    with make_client(settings) as client, _state_for_reading(settings) as store:
+        for f in chosen:
+            try:
+                results.append(diff_folder(client, store, settings, f))
+            except DifyError as exc:
+                _die(f"folder {f.key}: {exc}", exit_code(exc))
+    if as_json:
+        echo_json(diff_json(results))
+    else:
+        print_diffs(results)
+    sys.exit(EX_OK if all(r.comparison.ok for r in results) else EX_FAILED)
+
+
+def _folders_named(settings: Settings, folder: str | None) -> list[FolderSettings]:
+    """The configured folders a FOLDER argument names (its path, or its dataset's name or
+    id), as `ls` matches them; all of them without one. Exit 2 when none matches."""
+    chosen = [f for f in settings.folders if folder is None or Path(folder).absolute() == Path(f.path)
+              or folder in (f.dataset_name, f.dataset_id)]
+    if not chosen:
+        _die(f"{folder} is not a configured folder (give its path or its dataset's name)", EX_USAGE)
+    return chosen
+
+
+@contextmanager
+def _state_for_reading(settings: Settings) -> Iterator[StateStore | None]:
+    """The state DB opened read-only, or None when there is none yet; one that exists but
+    cannot be read is an error (exit 78), not an empty state."""
+    if not Path(settings.state_db).exists():
+        yield None
+        return
+    with open_store(settings, readonly=True) as store:
+        yield store
 
 
 @main.command("rebuild-state")
