@@ -96,3 +96,60 @@ def test_the_documented_environment_variables_are_the_ones_that_are_read(tmp_pat
         for part in path.split("."):
             found = getattr(found, part)
         assert found == value, path
+
+
+# --- troubleshooting.md --------------------------------------------------------------------
+
+
+def test_every_dify_error_code_in_the_mapping_table_has_a_heading():
+    headings = set(_headings(TROUBLESHOOTING))
+    missing = [code for code in errors._CODE_TABLE if f"`{code}`" not in headings]
+    assert not missing, f"docs/troubleshooting.md has no heading for: {missing}"
+
+
+def test_each_dify_code_section_names_the_class_the_code_maps_to():
+    for code, cls in errors._CODE_TABLE.items():
+        assert f"class `{cls.__name__}`" in _section(TROUBLESHOOTING, f"`{code}`"), code
+
+
+def _exit_constants() -> dict[str, int]:
+    found = {}
+    for module in (errors, cli):
+        found.update({name: value for name, value in vars(module).items()
+                      if name.startswith("EX_") and isinstance(value, int)})
+    return found
+
+
+def test_every_exit_code_constant_has_a_heading():
+    constants = _exit_constants()
+    assert {0, 1, 2, 69, 75, 77, 78, 130} <= set(constants.values())
+    headings = set(_headings(TROUBLESHOOTING))
+    missing = [f"{name} = {value}" for name, value in constants.items()
+               if f"Exit code {value} (`{name}`)" not in headings]
+    assert not missing, f"docs/troubleshooting.md has no heading for: {missing}"
+
+
+def _verdict_of(cls: type[BaseException]) -> errors.Verdict:
+    return next(found for row, found in errors._VERDICTS if issubclass(cls, row))
+
+
+def test_the_table_of_error_classes_says_what_errors_verdict_says():
+    rows = {m.group(1): [c.strip() for c in m.group(2).split("|")]
+            for m in re.finditer(r"^\| `(\w+)` \|(.+)\|$", TROUBLESHOOTING.read_text(), re.MULTILINE)}
+    classes = {cls for cls, _ in errors._VERDICTS} | set(errors._CODE_TABLE.values())
+    assert {c.__name__ for c in classes} <= set(rows), "a class of errors.verdict is missing from the table"
+    for cls in classes:
+        found = _verdict_of(cls)
+        resend, item, folder, others, code = rows[cls.__name__]
+        assert resend == ("yes" if found.resend else "no"), cls
+        assert (item, folder) == (found.item.value, found.folder.value), cls
+        assert others == ("stopped too" if found.stops_run else "go on"), cls
+        assert int(code) == found.exit_code, cls
+
+
+def test_links_within_the_docs_point_at_headings_that_exist():
+    for page in (TROUBLESHOOTING, SERVICE, DOCS / "configuration.md"):
+        text = page.read_text()
+        for target, anchor in re.findall(r"\]\(([\w./-]*)#([\w-]+)\)", text):
+            linked = page.parent / target if target else page
+            assert anchor in {_slug(h) for h in _headings(linked)}, f"{page.name}: {target}#{anchor}"
