@@ -153,3 +153,52 @@ def test_links_within_the_docs_point_at_headings_that_exist():
         for target, anchor in re.findall(r"\]\(([\w./-]*)#([\w-]+)\)", text):
             linked = page.parent / target if target else page
             assert anchor in {_slug(h) for h in _headings(linked)}, f"{page.name}: {target}#{anchor}"
+
+
+# --- service.md against the unit files -----------------------------------------------------
+
+
+def _unit(name: str) -> configparser.SectionProxy:
+    parser = configparser.ConfigParser(strict=False, interpolation=None)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]
+    parser.read(ROOT / "systemd" / name)
+    return parser["Service"]
+
+
+def test_service_md_uses_the_binary_config_user_and_key_of_the_unit():
+    unit, doc = _unit("difysync.service"), SERVICE.read_text()
+    binary, _run, _c, config = unit["ExecStart"].split()
+    assert (binary, _run, _c) == ("/usr/local/bin/difysync", "run", "-c")
+    assert f"ln -s /opt/difysync/bin/difysync {binary}" in doc
+    assert f"{binary} check -c {config}" in doc
+    assert f"cat > {config} <<" in doc
+    assert f"--shell /usr/sbin/nologin {unit['User']}" in doc
+    credential, source = unit["LoadCredential"].split(":")
+    assert f"-p LoadCredential={credential}:{source}" in doc
+    assert f'api_key_file = "$CREDENTIALS_DIRECTORY/{credential}"' in doc
+    assert f"install -m 0600 -o root -g root /dev/null {source}" in doc
+
+
+def test_service_md_makes_the_state_directory_before_the_first_check():
+    unit, doc = _unit("difysync.service"), SERVICE.read_text()
+    state_dir = f"/var/lib/{unit['StateDirectory']}"
+    made = doc.index(f"install -d -o {unit['User']} -g {unit['Group']} -m {unit['StateDirectoryMode']} "
+                     f"{state_dir}\n")
+    assert made < doc.index("difysync check -c")
+    assert f'state_db = "{state_dir}/state.db"' in doc
+
+
+def test_service_md_installs_from_the_checkout_or_a_wheel_not_an_index():
+    doc = SERVICE.read_text()
+    assert "pip install difysync" not in doc  # it is on no public index
+    assert "/opt/difysync/bin/pip install /usr/src/difysync" in doc
+    assert "pip wheel /usr/src/difysync" in doc and "pip install /tmp/wheels/difysync-*.whl" in doc
+    assert "apt-get install python3-venv" in doc
+
+
+def test_service_md_creates_the_template_units_state_directory_too():
+    unit, doc = _unit("difysync@.service"), SERVICE.read_text()
+    assert unit["StateDirectory"] == "difysync/%i"
+    assert unit["ExecStart"] == "/usr/local/bin/difysync run -c /etc/difysync/%i.toml"
+    assert "install -d -o difysync -g difysync -m 0700 /var/lib/difysync /var/lib/difysync/handbook" in doc
+    assert 'state_db = "/var/lib/difysync/handbook/state.db"' in doc
