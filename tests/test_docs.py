@@ -202,3 +202,43 @@ def test_service_md_creates_the_template_units_state_directory_too():
     assert unit["ExecStart"] == "/usr/local/bin/difysync run -c /etc/difysync/%i.toml"
     assert "install -d -o difysync -g difysync -m 0700 /var/lib/difysync /var/lib/difysync/handbook" in doc
     assert 'state_db = "/var/lib/difysync/handbook/state.db"' in doc
+
+
+# --- shell completion ----------------------------------------------------------------------
+
+
+def _complete(shell_var: str, program: list[str], **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(program, capture_output=True, text=True, timeout=60, check=False,
+                          env={**os.environ, "_DIFYSYNC_COMPLETE": shell_var, **env})
+
+
+@pytest.mark.parametrize("shell, marker", [("bash", "complete -o nosort -F _difysync_completion difysync"),
+                                           ("zsh", "#compdef difysync"),
+                                           ("fish", "function _difysync_completion")])
+def test_completion_scripts_name_the_difysync_completion_function(shell, marker):
+    # what `_DIFYSYNC_COMPLETE={shell}_source difysync` prints, asked of click in-process
+    # (the bash one is also run for real, through the installed script, below)
+    script = get_completion_class(shell)(cli.main, {}, "difysync", "_DIFYSYNC_COMPLETE").source()
+    assert marker in script
+
+
+def test_completing_rec_suggests_reconcile():
+    done = _complete("bash_complete", [sys.executable, "-m", "difysync"],
+                     COMP_WORDS="difysync rec", COMP_CWORD="1")
+    assert done.stdout.split() == ["plain,reconcile"]
+
+
+def test_bash_completes_through_the_installed_script_as_the_readme_says(tmp_path):
+    # the entry point pip installed beside this interpreter (it imports the tree under test)
+    script = Path(sys.executable).with_name("difysync")
+    if not script.exists() or shutil.which("bash") is None:
+        pytest.skip("no installed difysync script beside the interpreter, or no bash")
+    line = 'eval "$(_DIFYSYNC_COMPLETE=bash_source difysync)"'
+    assert line in (ROOT / "README.md").read_text()
+    done = subprocess.run(
+        ["bash", "-c", (f'{line}; COMP_WORDS=(difysync rec); COMP_CWORD=1; '
+                        '_difysync_completion difysync; printf "%s\\n" "${COMPREPLY[@]}"')],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={**os.environ, "PATH": f"{script.parent}{os.pathsep}{os.environ.get('PATH', '')}"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["reconcile"]
