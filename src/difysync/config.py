@@ -119,22 +119,45 @@ class _Strict(BaseModel):
 class DifySettings(_Strict):
     """How to reach Dify and how hard to push it."""
 
-    base_url: str = "https://api.dify.ai/v1"
-    api_key_file: str = ""
-    timeout_seconds: float = Field(30.0, gt=0)
-    concurrency: int = Field(4, ge=1, le=32)
-    max_file_size_mb: float = Field(15.0, gt=0)
+    base_url: str = Field("https://api.dify.ai/v1", description=(
+        "The Knowledge (Service) API root of your Dify: https://api.dify.ai/v1 for Dify Cloud, "
+        "http(s)://your-host/v1 self-hosted. It must end in /v1; /console/api is the web "
+        "console's API, which dataset keys cannot use."))
+    api_key_file: str = Field("", description=(
+        "A file holding the dataset API key (surrounding whitespace ignored); relative paths "
+        "resolve against the config file's folder. Under systemd's LoadCredential= write "
+        "\"$CREDENTIALS_DIRECTORY/dify-api-key\". Empty: the key comes from $DIFYSYNC_API_KEY. "
+        "The key itself is never read from the config file."))
+    timeout_seconds: float = Field(30.0, gt=0, description=(
+        "Seconds one request may take; raise it for large PDFs over slow links."))
+    concurrency: int = Field(4, ge=1, le=32, description=(
+        "Requests (uploads) in flight at once per folder; lower it if Dify's workers fall behind."))
+    max_file_size_mb: float = Field(15.0, gt=0, description=(
+        "Larger files are skipped (reason too_large); match the server's UPLOAD_FILE_SIZE_LIMIT "
+        "(Dify's default is 15)."))
     allowed_extensions: list[str] = Field(
-        default_factory=lambda: ["txt", "markdown", "md", "pdf", "html", "htm", "xlsx", "docx", "csv"])
-    requests_per_minute: int = Field(0, ge=0)
-    # Failed indexing runs of one content before the file is quarantined (see `retry`).
-    quarantine_after: int = Field(3, ge=1)
-    # The old name of quarantine_after: still read, with a warning (see load_settings).
-    max_attempts: int | None = Field(None, ge=1)
-    retries: int = Field(5, ge=0, le=20)
-    backoff_base_seconds: float = Field(0.5, gt=0)
-    backoff_max_seconds: float = Field(30.0, gt=0)
-    allow_insecure_http: bool = False
+        default_factory=lambda: ["txt", "markdown", "md", "pdf", "html", "htm", "xlsx", "docx", "csv"],
+        description=("File types sent to Dify, without the dot (case and a leading dot are "
+                     "ignored); others are skipped and listed by `difysync status`. Add what your "
+                     "Dify accepts (e.g. mdx, xls, vtt on newer servers)."))
+    requests_per_minute: int = Field(0, ge=0, description=(
+        "Client-side ceiling on requests per minute, spacing them out; 0 means none. Dify "
+        "Cloud's per-minute write limits are 10 (Sandbox), 100 (Professional), 1,000 (Team)."))
+    quarantine_after: int = Field(3, ge=1, description=(
+        "Failed indexing runs (or refusals) of one content before the file is quarantined: "
+        "not sent again until it changes or `difysync retry` is run on it."))
+    max_attempts: int | None = Field(None, ge=1, description=(
+        "Deprecated: the old name of dify.quarantine_after, still read, with a warning."))
+    retries: int = Field(5, ge=0, le=20, description=(
+        "Re-sends of one request after a transient failure (connection, timeout, 5xx, 429, "
+        "Dify Cloud's rate-limit 403) before it counts as failed."))
+    backoff_base_seconds: float = Field(0.5, gt=0, description=(
+        "First pause before a re-send, doubled each time (with jitter); a Retry-After from the "
+        "server wins."))
+    backoff_max_seconds: float = Field(30.0, gt=0, description="Longest single pause between re-sends.")
+    allow_insecure_http: bool = Field(False, description=(
+        "Allow plain http:// to a host that is not loopback; only on a network you trust, "
+        "since the API key then travels in clear."))
 
     @model_validator(mode="before")
     @classmethod
@@ -210,55 +233,97 @@ def _is_loopback(host: str | None) -> bool:
 class WatchSettings(_Strict):
     """When filesystem events turn into a look at the folder."""
 
-    mode: WatchMode = "auto"
-    debounce_seconds: float = Field(3.0, ge=0)
-    delete_delay_seconds: float = Field(10.0, ge=0)
-    max_delay_seconds: float = Field(60.0, gt=0)
-    poll_interval_seconds: float = Field(30.0, gt=0)
+    mode: WatchMode = Field("auto", description=(
+        "\"events\" (inotify), \"poll\" (a scan every poll_interval_seconds: network shares, "
+        "FUSE), \"auto\" (events, polling where they cannot work) or \"off\" (no watcher: "
+        "scheduled full passes only)."))
+    debounce_seconds: float = Field(3.0, ge=0, description=(
+        "Quiet seconds after the last change to a file before it is synced; raise it for "
+        "editors that save in bursts."))
+    delete_delay_seconds: float = Field(10.0, ge=0, description=(
+        "Seconds a deleted file must stay gone before its document is deleted, so that a "
+        "save-by-rename or a move is seen as one change."))
+    max_delay_seconds: float = Field(60.0, gt=0, description=(
+        "A file that keeps changing is synced at least this often anyway (seconds)."))
+    poll_interval_seconds: float = Field(30.0, gt=0, description=(
+        "Seconds between scans in poll mode; lower is quicker but means more disk activity."))
 
 
 class MetadataSettings(_Strict):
     """difysync's own metadata fields on its documents (owner, path, content hash, mtime)."""
 
-    enabled: bool = True
+    enabled: bool = Field(True, description=(
+        "Write difysync_path, difysync_sha256, difysync_owner and difysync_mtime on every "
+        "document (Dify's knowledge metadata, so apps can filter retrieval by them); false: "
+        "do not, and know its documents by the state DB alone."))
 
 
 class ScheduleSettings(_Strict):
     """Timers that run regardless of events."""
 
-    full_reconcile_minutes: float = Field(60.0, gt=0)
-    full_listing_minutes: float = Field(360.0, ge=0)
-    status_poll_seconds: float = Field(10.0, gt=0)
-    status_poll_max_seconds: float = Field(60.0, gt=0)
+    full_reconcile_minutes: float = Field(60.0, gt=0, description=(
+        "Minutes between full passes of a folder under `difysync run` (plus up to 25% jitter); "
+        "they catch missed events and remote edits."))
+    full_listing_minutes: float = Field(360.0, ge=0, description=(
+        "A pass that finds no local change checks the dataset with a few small requests "
+        "instead of listing all of it (one request per 100 documents); it still lists "
+        "everything at least this often (minutes). 0 lists every time."))
+    status_poll_seconds: float = Field(10.0, gt=0, description=(
+        "Seconds before the first check of the indexing status of documents in flight."))
+    status_poll_max_seconds: float = Field(60.0, gt=0, description=(
+        "Longest pause (seconds) between indexing status checks as they stretch for long jobs."))
 
 
 class FolderSettings(_Strict):
     """One local folder mirrored into one Dify dataset."""
 
-    path: Path
-    # A short label naming the folder in log lines (see ``label``); unset: its dataset name.
-    name: str | None = None
-    dataset_id: str = ""
-    dataset_name: str = ""
-    indexing_technique: Literal["high_quality", "economy"] = "high_quality"
-    include: list[str] = Field(default_factory=lambda: ["**/*"])
-    exclude: list[str] = Field(default_factory=list)
-    delete: bool = True
-    # Put in front of every document name of this folder ("host-a/" -> "host-a∕..."), so two
-    # hosts can mirror trees with the same paths into one dataset.
-    name_prefix: str = ""
-    watch_mode: WatchMode | None = None
-    process_rule: dict[str, Any] = Field(default_factory=lambda: {"mode": "automatic"})
-    # "server": Dify splits each uploaded file (process_rule). "local": difysync splits text
-    # files itself and keeps each chunk's segment in step, so a one-line edit re-indexes one
-    # chunk (README "Segment-level sync").
-    chunking: Literal["server", "local"] = "server"
-    local_chunk_types: list[str] = Field(default_factory=lambda: ["md", "markdown", "mdx", "txt"])
-    # Largest chunk, in Dify's segmentation unit (characters on current servers).
-    chunk_max_tokens: int = Field(500, ge=50, le=2000)
-    # A dataset found by dataset_name that was deleted in Dify is made again (and the folder
-    # uploaded into it); false: the pass stops with an error saying so.
-    recreate_dataset: bool = False
+    path: Path = Field(description=(
+        "The folder to mirror (relative paths resolve against the config file's folder). A "
+        "missing folder is reported at run time (the pass is refused); it does not make the "
+        "config invalid."))
+    name: str | None = Field(None, description=(
+        "A short label naming the folder in log lines, the summary and the status page "
+        "(unique, at most 64 characters); unset: its dataset_name, else the folder's last "
+        "path component."))
+    dataset_id: str = Field("", description=(
+        "An existing dataset's id (from its URL in Dify); give this or dataset_name, not both."))
+    dataset_name: str = Field("", description=(
+        "Find the dataset by its name instead (created if absent), at most 40 characters "
+        "(Dify's limit); give this or dataset_id, not both."))
+    indexing_technique: Literal["high_quality", "economy"] = Field("high_quality", description=(
+        "\"high_quality\" (embeddings) or \"economy\" (keyword index, no embedding cost); "
+        "applied to what difysync creates."))
+    include: list[str] = Field(default_factory=lambda: ["**/*"], description=(
+        "Glob patterns (relative to path) of the files to sync; `**` spans folders, a pattern "
+        "without `/` matches the file name at any depth."))
+    exclude: list[str] = Field(default_factory=list, description=(
+        "Glob patterns left out even when included, e.g. [\"drafts/**\", \"**/.~lock.*\"]."))
+    delete: bool = Field(True, description=(
+        "Delete a document when its file is deleted; false keeps the documents of removed files."))
+    name_prefix: str = Field("", description=(
+        "Put in front of every document name of this folder (\"host-a/\" gives "
+        "\"host-a∕guides∕x.md\"), so two hosts can mirror trees with the same paths into one "
+        "dataset: each needs its own."))
+    watch_mode: WatchMode | None = Field(None, description=(
+        "This folder's own watch mode (\"auto\", \"events\", \"poll\" or \"off\"); unset "
+        "means watch.mode."))
+    process_rule: dict[str, Any] = Field(default_factory=lambda: {"mode": "automatic"}, description=(
+        "Dify's process_rule, sent as is with every upload: mode \"automatic\", \"custom\" "
+        "(with rules) or \"hierarchical\"."))
+    chunking: Literal["server", "local"] = Field("server", description=(
+        "\"server\": Dify splits each uploaded file (process_rule). \"local\": difysync "
+        "splits text files itself and keeps each chunk's segment in step, so a one-line edit "
+        "re-indexes one chunk (README \"Segment-level sync\")."))
+    local_chunk_types: list[str] = Field(default_factory=lambda: ["md", "markdown", "mdx", "txt"],
+                                         description=(
+        "The file types chunking = \"local\" splits; other types in the folder are sent as files."))
+    chunk_max_tokens: int = Field(500, ge=50, le=2000, description=(
+        "The largest local chunk, in Dify's segmentation unit (what Dify calls max_tokens: "
+        "characters on current servers)."))
+    recreate_dataset: bool = Field(False, description=(
+        "A dataset found by dataset_name that was deleted in Dify is made again and the "
+        "folder uploaded into it; false: the pass stops with an error saying so "
+        "(`reconcile --recreate-dataset` does it once)."))
 
     @field_validator("local_chunk_types")
     @classmethod
@@ -360,16 +425,23 @@ class Settings(BaseSettings):
         frozen=True,
     )
 
-    state_db: Path = Path("difysync.db")
-    # Who this difysync is, in the difysync_owner field of its documents: a dataset shared
-    # by several hosts (or people) is safe as long as each has its own.
-    owner: str = Field(default_factory=lambda: socket.gethostname() or "difysync")
-    shutdown_timeout_seconds: float = Field(20.0, gt=0)
-    dify: DifySettings = Field(default_factory=DifySettings)
-    watch: WatchSettings = Field(default_factory=WatchSettings)
-    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
-    metadata: MetadataSettings = Field(default_factory=MetadataSettings)
-    folders: list[FolderSettings] = Field(min_length=1)
+    state_db: Path = Field(Path("difysync.db"), description=(
+        "The SQLite file remembering what was uploaded (relative paths resolve against the "
+        "config file's folder); put it on persistent storage outside every watched folder."))
+    owner: str = Field(default_factory=lambda: socket.gethostname() or "difysync", description=(
+        "Who this difysync is, written into the difysync_owner field of every document it "
+        "makes; it never touches documents another owner holds. A dataset shared by several "
+        "hosts (or people) is safe as long as each has its own."),
+        json_schema_extra={"default_shown": "this host's name"})
+    shutdown_timeout_seconds: float = Field(20.0, gt=0, description=(
+        "Seconds `difysync run` waits on a stop (SIGTERM, SIGINT) for requests in flight; "
+        "keep it below systemd's TimeoutStopSec."))
+    dify: DifySettings = Field(default_factory=DifySettings, description=DifySettings.__doc__)
+    watch: WatchSettings = Field(default_factory=WatchSettings, description=WatchSettings.__doc__)
+    schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description=ScheduleSettings.__doc__)
+    metadata: MetadataSettings = Field(default_factory=MetadataSettings, description=MetadataSettings.__doc__)
+    folders: list[FolderSettings] = Field(min_length=1, description=(
+        "One [[folders]] table per local folder, each mirrored into its own dataset; at least one."))
 
     _config_path: Path | None = PrivateAttr(default=None)
 
