@@ -424,12 +424,9 @@ def ls(config: str | None, folder: str | None, as_json: bool) -> None:
     from .listing import document_rows, print_documents
 
     settings = load_config(config)
-    chosen = [f for f in settings.folders if folder is None or Path(folder).absolute() == Path(f.path)
-              or folder in (f.dataset_name, f.dataset_id)]
-    if not chosen:
-        _die(f"{folder} is not a configured folder (give its path or its dataset's name)", EX_USAGE)
+    chosen = _folders_named(settings, folder)
     out = []
-    with make_client(settings) as client, _readable_store(settings) as store:
+    with make_client(settings) as client, _state_for_reading(settings) as store:
         for f in chosen:
             try:
                 dataset_id = _dataset_for_listing(client, store, f)
@@ -446,20 +443,6 @@ def ls(config: str | None, folder: str | None, as_json: bool) -> None:
             click.echo(f"folder {f.key}: dataset {f.dataset_name!r} does not exist yet")
         else:
             print_documents(f, ds, rows)
-
-
-@contextmanager
-def _readable_store(settings: Settings) -> Iterator[StateStore | None]:
-    """The state DB for reading, or None when there is none yet (``ls`` works without)."""
-    try:
-        store = StateStore(settings.state_db, readonly=True)
-    except StateError:
-        yield None
-        return
-    try:
-        yield store
-    finally:
-        store.close()
 
 
 def _dataset_for_listing(client: DifyClient, store: StateStore | None, folder: FolderSettings) -> str | None:
@@ -498,10 +481,10 @@ def diff(config: str | None, folder: str | None, as_json: bool) -> None:
 
 
 def _folders_named(settings: Settings, folder: str | None) -> list[FolderSettings]:
-    """The configured folders a FOLDER argument names (its path, or its dataset's name or
-    id), as `ls` matches them; all of them without one. Exit 2 when none matches."""
+    """The configured folders a FOLDER argument names (its path, its ``name``, or its
+    dataset's name or id); all of them without one. Exit 2 when none matches."""
     chosen = [f for f in settings.folders if folder is None or Path(folder).absolute() == Path(f.path)
-              or folder in (f.dataset_name, f.dataset_id)]
+              or folder in (f.name, f.dataset_name, f.dataset_id)]
     if not chosen:
         _die(f"{folder} is not a configured folder (give its path or its dataset's name)", EX_USAGE)
     return chosen
