@@ -1,7 +1,8 @@
 """The command line: parse, load the config, call one library function, print, choose
 the exit code. No sync logic lives here.
 
-Exit codes: 0 ok, 1 some actions failed, 2 usage, 69 server unreachable (EX_UNAVAILABLE),
+Exit codes: 0 ok, 1 some actions failed (for ``status PATH``: difysync has no record of
+PATH), 2 usage, 69 server unreachable (EX_UNAVAILABLE),
 75 the folder is busy: another service holds it, or another pass held its write lease
 too long (EX_TEMPFAIL), 77 API key rejected (EX_NOPERM), 78 invalid configuration or
 state (EX_CONFIG). Which error gives which code is errors.verdict's decision. `diff`
@@ -11,7 +12,6 @@ missing (nothing compared); 69, 77 and 78 as above.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -256,36 +256,96 @@ def _wait(client: DifyClient, store: StateStore, report: Any, timeout: float) ->
 
 @main.command()
 @config_option
-@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-def status(config: str | None, as_json: bool) -> None:
-    """What the state store says: per-folder counts, and files in error or skipped."""
-    from .lease import FolderLocks
+@click.argument("path", required=False)
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object, with ISO 8601 times (UTC) and reason codes (schema: docs/status-json.md).")
+@click.option("--refresh", is_flag=True,
+              help="First ask Dify how the pending documents are doing and record it. Costs, per dataset with "
+                   "pending documents, one request per upload batch (up to four), else four status-filtered "
+                   "listings (one page per 100 documents), plus one dataset listing when a folder is configured "
+                   "by dataset_id (for its name). Without --refresh, status sends nothing.")
+def status(config: str | None, path: str | None, as_json: bool, refresh: bool) -> None:
+    """What the state DB says: per folder, the counts, the last successful full pass, the
+    last attempt and its outcome, and the files in error or skipped.
 
+    PATH (relative to its folder's root, as status prints it, or a path on disk)
+    describes one file instead: its hash, size and mtime, document, indexing status,
+    skip or error reason with its code, attempts and any unsettled request; a directory
+    lists its files. Exit 1 when difysync has no record of PATH."""
     settings = load_config(config)
+    with open_store(settings, readonly=True) as store:  # (says so when there is no state DB yet)
+        targets = _retry_targets(settings, store, path) if path is not None else None
+    if targets == []:
+        _die(f"{path} is neither inside a configured folder nor a path as `difysync status` prints it "
+             f"(relative to a folder's root)", EX_FAILED)
+    refreshed = _refresh_status(settings, targets) if refresh else None
+    if refreshed is not None and refreshed.error is not None:
+        click.echo(f"difysync: {refreshed.describe()}; showing what the state DB says", err=True)
+    roots = [f.key for f, rel in targets or () if rel is None]
+    if targets is None or roots:
+        _status_folders(settings, as_json, refreshed, only=roots or None)
+    else:
+        _status_files(settings, targets, as_json, refreshed)
+    if refreshed is not None and refreshed.error is not None:
+        sys.exit(exit_code(refreshed.error))
+
+
+def _refresh_status(settings: Settings, targets: list[tuple[FolderSettings, str | None]] | None) -> Any:
+    """``status --refresh``: what Dify says of the pending documents (of PATH's, if given),
+    written into the state DB; and the names of datasets configured by id."""
+    from .statusview import folder_rows, ids_to_name
+    from .statusview import refresh as refresh_pending
+
+    scope = None if targets is None else [(f.key, rel) for f, rel in targets]
+    with make_client(settings) as client, open_store(settings) as store:
+        rows = folder_rows(settings, store.summaries())
+        if scope is not None:
+            rows = [r for r in rows if r.folder in {key for key, _ in scope}]
+        return refresh_pending(client, store, scope, ids_to_name(settings, rows))
+
+
+def _status_folders(settings: Settings, as_json: bool, refreshed: Any, only: list[str] | None) -> None:
+    from .lease import FolderLocks
+    from .statusview import dataset_names, folder_rows, status_json
+
     with open_store(settings, readonly=True) as store:
-        summaries = store.summaries()
-        problems = store.problems()
-        in_flight = store.in_flight()
+        summaries = [s for s in folder_rows(settings, store.summaries()) if only is None or s.folder in only]
+        problems = [p for p in store.problems() if only is None or p.folder in only]
+        in_flight = [i for i in store.in_flight() if only is None or i.folder in only]
+        names = dataset_names(settings, summaries, store.dataset_names())
     # Who has the folders now: a service that holds one, a pass that is writing it.
     held = {s.folder: FolderLocks(Path(settings.state_db), s.folder, what="difysync status") for s in summaries}
     holders = {key: (locks.daemon_holder(), locks.current_holder()) for key, locks in held.items()}
     if as_json:
-        echo_json({
-            "owner": settings.owner, "metadata": settings.metadata.enabled,
-            "folders": [{**dataclasses.asdict(s), "service": _holder_json(holders[s.folder][0]),
-                         "writing": _holder_json(holders[s.folder][1])} for s in summaries],
-            "problems": [dataclasses.asdict(p) for p in problems],
-            "in_flight": [{"folder": i.folder, "path": i.rel_path, "document_id": i.document_id}
-                          for i in in_flight],
-        })
+        echo_json(status_json(settings, summaries, problems, in_flight, holders, names, refreshed))
         return
+    from rich.markup import escape
+
+    notes = [] if refreshed is None or refreshed.error is not None else [escape(refreshed.describe())]
     print_status(summaries, problems, {k: v[0] for k, v in holders.items()},
-                 owner=settings.owner if settings.metadata.enabled else None)
+                 owner=settings.owner if settings.metadata.enabled else None, names=names, notes=notes)
 
 
-def _holder_json(holder: Any) -> dict[str, Any] | None:
-    return None if holder is None else {"what": holder.what, "pid": holder.pid or None,
-                                        "host": holder.host or None, "since": holder.since or None}
+def _status_files(settings: Settings, targets: list[tuple[FolderSettings, str | None]], as_json: bool,
+                  refreshed: Any) -> None:
+    """``status PATH``: the file (or a directory's files) in each folder that has it."""
+    from .statusview import (dataset_names, describe_path, files_json, folder_rows, print_files,
+                             unknown_path_message)
+
+    views = []
+    with open_store(settings, readonly=True) as store:
+        names = dataset_names(settings, folder_rows(settings, store.summaries()), store.dataset_names())
+        for folder, rel in targets:
+            views.extend(describe_path(settings, store, folder, rel or "", names))
+    if not views:
+        folder, rel = targets[0]
+        _die(printable(unknown_path_message(folder, rel or "")), EX_FAILED)
+    if as_json:
+        echo_json(files_json(views, refreshed))
+        return
+    if refreshed is not None and refreshed.error is None:
+        click.echo(refreshed.describe())
+    print_files(views)
 
 
 @main.command()

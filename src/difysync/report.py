@@ -7,6 +7,8 @@ through it (so neither imports the other).
 
 from __future__ import annotations
 
+import re
+import textwrap
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -174,46 +176,156 @@ def summary_line(report: RunReport) -> str:
 
 # --- the status table ------------------------------------------------------------------
 
+_COUNTS = ("synced", "pending", "indexing", "error", "skipped")
+_COUNT_STYLES = {"error": "red", "skipped": "yellow"}  # on a terminal, a count above 0 of these
+_GAP = 2  # the table's space between two columns
+
 
 def print_status(summaries: Sequence[FolderSummary], problems: Sequence[ProblemFile],
-                 services: Mapping[str, Any] | None = None, owner: str | None = None) -> None:
-    """The `status` command's tables (rich), with the files in error or skipped below.
+                 services: Mapping[str, Any] | None = None, owner: str | None = None, *,
+                 names: Mapping[str, str | None] | None = None, notes: Sequence[str] = (),
+                 console: Any = None, now: float | None = None) -> None:
+    """The `status` command's table (rich): one row per folder with its dataset's name,
+    the notes below it, then the files in error or skipped, per folder. It fits the
+    console's width (80 columns included): paths break at their slashes, names at
+    spaces, and the counts and times never break. Errors are red and warnings yellow
+    on a terminal; without one there is no colour.
     ``services``: folder -> the lease.Holder of the service that holds it, if any;
-    ``owner``: this difysync's name in its documents' metadata (None: metadata off)."""
+    ``owner``: this difysync's name in its documents' metadata (None: metadata off);
+    ``names``: folder -> dataset name (None or absent: not known; without ``names`` the
+    ids are shown and nothing is said about learning names); ``notes``: lines (markup)
+    to say first."""
     from rich.console import Console
-    from rich.markup import escape
+
+    console = console or Console(highlight=False)
+    now = time.time() if now is None else now
+    hint = names is not None  # (the caller looked the names up: say how to learn the missing ones)
+    names = names or {}
+    console.print(_folder_table(summaries, names, console.width, now))
+    for note in list(notes) + _status_notes(summaries, services, owner, names if hint else None):
+        console.print(note, highlight=False)
+    by_folder: dict[str, list[ProblemFile]] = {}
+    for p in problems:
+        by_folder.setdefault(p.folder, []).append(p)
+    for folder, rows in by_folder.items():
+        name = names.get(folder)
+        console.print()
+        console.print(_escape(f"files in error or skipped in {folder}" + (f" ({name})" if name else "") + ":"),
+                      highlight=False)
+        console.print(files_table([(printable(p.rel_path), p.kind, printable(p.reason)) for p in rows],
+                                  ("file", "state", "reason"), console.width))
+
+
+def _folder_table(summaries: Sequence[FolderSummary], names: Mapping[str, str | None], width: int,
+                  now: float) -> Any:
+    from rich.text import Text
+
+    from .statusview import ago
+
+    cells = [[str(getattr(s, key)) for key in _COUNTS] + [ago(s.last_full_reconcile, now)] for s in summaries]
+    headers = [*_COUNTS, "last ok pass"]
+    fixed = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+    first = max(12, width - sum(fixed) - _GAP * len(fixed))
+    table = _table(title="difysync status")
+    table.add_column("folder / dataset", overflow="fold", width=first)
+    for header, size in zip(headers, fixed):
+        table.add_column(header, justify="right" if header in _COUNTS else "left", no_wrap=True, min_width=size)
+    for s, row in zip(summaries, cells):
+        label = Text(wrap_path(printable(s.folder), first))
+        name = textwrap.wrap(_dataset_label(s, names.get(s.folder)), first - 2, break_on_hyphens=False)
+        label.append("".join("\n  " + line for line in name), style="cyan")
+        counts = [Text(v, style=_COUNT_STYLES.get(k, "") if v != "0" else "") for k, v in zip(_COUNTS, row)]
+        last = Text(row[-1], style="yellow" if s.last_full_reconcile is None else "")
+        table.add_row(label, *counts, last)
+    return table
+
+
+def _dataset_label(s: FolderSummary, name: str | None) -> str:
+    if name:
+        return name
+    if s.dataset_id:
+        return f"(id {s.dataset_id[:8]}…)"
+    return "(no dataset yet)"
+
+
+def _status_notes(summaries: Sequence[FolderSummary], services: Mapping[str, Any] | None, owner: str | None,
+                  names: Mapping[str, str | None] | None) -> list[str]:
+    """The lines below the table (rich markup): per folder, when its last successful full
+    pass ran and when the whole dataset was last listed (a quiet pass probes instead),
+    a failed last attempt (red), requests not settled (yellow), who serves it."""
+    from .statusview import local_time
+
+    notes = [_escape(f"{s.folder}: last ok pass {local_time(s.last_full_reconcile)}, "
+                     f"whole dataset last listed {local_time(s.last_full_listing)}") for s in summaries]
+    notes += [f"[red]{_escape(s.folder)}: last attempt {local_time(s.last_attempt)} failed: "
+              f"{_escape(str(printable(s.last_attempt_error or 'see the files below')))}[/red]"
+              for s in summaries if s.last_attempt_ok is False]
+    notes += [f"[yellow]{_escape(s.folder)}: {s.journal} request(s) sent and not settled "
+              f"(the next pass resolves them)[/yellow]" for s in summaries if s.journal]
+    notes += [_escape(f"{folder}: served by {holder.describe()}") for folder, holder in (services or {}).items()
+              if holder is not None]
+    if names is not None and any(s.dataset_id and not names.get(s.folder) for s in summaries):
+        notes.append("dataset names not known yet: `difysync status --refresh` asks Dify for them")
+    if owner is not None:
+        notes.append(_escape(f"owner: {owner}"))
+    return notes
+
+
+def files_table(rows: Sequence[tuple[str, str, str]], headers: tuple[str, str, str], width: int) -> Any:
+    """A table of files: (path, state, text), the path broken at its slashes; rows in
+    error red, skipped ones yellow (on a terminal)."""
+    from rich.text import Text
+
+    state_width = max([len(headers[1])] + [len(r[1]) for r in rows])
+    longest = max([len(headers[0])] + [len(r[0]) for r in rows])
+    path_width = min(longest, max(16, (width * 45) // 100))
+    table = _table()
+    table.add_column(headers[0], overflow="fold", width=path_width)
+    table.add_column(headers[1], no_wrap=True, min_width=state_width)
+    table.add_column(headers[2], overflow="fold")
+    for path, state, text in rows:
+        style = {"error": "red", "skipped": "yellow"}.get(state, "")
+        table.add_row(Text(wrap_path(path, path_width)), state, Text(text), style=style)
+    return table
+
+
+def _table(**kw: Any) -> Any:
+    """The look of every status table: a rule under the header, no frame, two spaces
+    between columns (the most room for the columns in 80)."""
+    from rich import box
     from rich.table import Table
 
-    console = Console()
-    # A full pass may be quiet (a probe, not a listing): say when each dataset was last
-    # listed whole, below the table, where it does not crowd an 80-column terminal.
-    notes = [f"{s.folder}: whole dataset last listed {_when(s.last_full_listing)}" for s in summaries]
-    notes += [f"[red]{escape(s.folder)}: last attempt {_when(s.last_attempt)} failed: "
-              f"{escape(str(printable(s.last_attempt_error or 'see the files below')))}[/red]"
-              for s in summaries if s.last_attempt_ok is False]
-    notes += [f"{folder}: served by {holder.describe()}" for folder, holder in (services or {}).items()
-              if holder is not None]
-    if owner is not None:
-        notes.append(f"owner: {owner}")
-    table = Table(title="difysync status", caption="\n".join(notes) or None, caption_justify="left")
-    for col in ("folder", "dataset", "synced", "pending", "indexing", "error", "skipped", "last full pass"):
-        table.add_column(col, overflow="fold", justify="right" if col in (
-            "synced", "pending", "indexing", "error", "skipped") else "left")
-    for s in summaries:
-        table.add_row(s.folder, s.dataset_id or "-", str(s.synced), str(s.pending), str(s.indexing),
-                      str(s.error), str(s.skipped), _when(s.last_full_reconcile))
-    console.print(table)
-    if problems:
-        ptable = Table(title="files in error or skipped")
-        for col in ("folder", "file", "state", "reason"):
-            ptable.add_column(col, overflow="fold")
-        for p in problems:
-            ptable.add_row(p.folder, printable(p.rel_path), p.kind, printable(p.reason))
-        console.print(ptable)
+    return Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True, **kw)
 
 
-def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(t)) if t else "never"
+def wrap_path(path: str, width: int) -> str:
+    """``path`` in lines of at most ``width`` cells, broken after a slash where it can be
+    (a single name longer than a line is cut)."""
+    from rich.cells import cell_len
+
+    lines: list[str] = []
+    line = ""
+    for part in re.findall(r"[^/]*/|[^/]+$", path) or [path]:
+        while cell_len(part) > width:
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(part[:width])
+            part = part[width:]
+        if line and cell_len(line) + cell_len(part) > width:
+            lines.append(line)
+            line = part
+        else:
+            line += part
+    if line:
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)
 
 
 def printable(value: Any) -> Any:
@@ -233,4 +345,4 @@ def printable(value: Any) -> Any:
 
 
 __all__ = ["COUNT_KEYS", "FolderReport", "RemoteCheck", "RunReport", "actions_json", "count_outcomes",
-           "planned_counts", "print_status", "printable", "run_json", "summary_line"]
+           "files_table", "planned_counts", "print_status", "printable", "run_json", "summary_line", "wrap_path"]

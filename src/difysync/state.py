@@ -33,7 +33,7 @@ import sqlite_utils
 from .errors import StateError, StateWriteError
 from .models import ErrorKind, FileState, JournalEntry, LocalFile, SegmentRecord, SkipCode
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _FILE_COLUMNS = {
     "folder": str, "rel_path": str, "dataset_id": str, "size": int, "mtime_ns": int,
@@ -87,6 +87,29 @@ class ProblemFile:
     code: str | None = None  # the SkipCode or ErrorKind value beside the text
 
 
+@dataclass(frozen=True, slots=True)
+class FileDetail:
+    """All the state DB holds about one file (``status PATH``): its row, the dataset it
+    went into, when it was last written and last uploaded, and its segment records."""
+
+    folder: str
+    dataset_id: str | None
+    row: FileState
+    updated_at: float | None
+    synced_at: float | None
+    segments: int
+
+
+@dataclass(frozen=True, slots=True)
+class JournalNote:
+    """A journal row about one path: an intent sent (or about to be) and not settled."""
+
+    op: str
+    started_at: float | None
+    document_id: str | None
+    document_name: str | None
+
+
 class KnownMetadata(NamedTuple):
     """What was learnt of a dataset's metadata API: whether it has one, difysync's field
     ids there (name -> id), and when that was checked."""
@@ -104,6 +127,14 @@ class InFlight(NamedTuple):
     rel_path: str
     document_id: str
     batch: str | None
+
+
+class PendingDocument(NamedTuple):
+    """A document whose recorded indexing status is neither completed nor error, with the
+    dataset its row was synced into (what ``status --refresh`` asks Dify about)."""
+
+    dataset_id: str
+    item: InFlight
 
 
 class Skip(NamedTuple):
@@ -275,6 +306,8 @@ class StateStore:
             self._migration_4_metadata_fields()
         if version < 5:
             self._migration_5_segments()
+        if version < 6:
+            self._migration_6_dataset_names()
         self._files_source = "files"
 
     def _schema_version(self) -> int:
@@ -344,6 +377,14 @@ class StateStore:
                                         "segment_id": str, "server_sha256": str},
                                        pk=("document_id", "idx"), if_not_exists=True)
             self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '5')")
+
+    def _migration_6_dataset_names(self) -> None:
+        """The name each dataset had when difysync last saw it, so that ``status`` shows
+        names, not ids, also for a folder configured by ``dataset_id``."""
+        with self.transaction():
+            self.db["dataset_names"].create({"dataset_id": str, "name": str, "seen_at": float},
+                                            pk="dataset_id", if_not_exists=True)
+            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '6')")
 
     # --- reads ------------------------------------------------------------------------
 
@@ -596,16 +637,25 @@ class StateStore:
         if rows:
             with self.transaction() as conn:
                 _unmark(conn, folder)
-                conn.executemany(
-                    "UPDATE files SET indexing_status = ?1, "
-                    "last_error = CASE WHEN ?1 = 'error' THEN 'indexing failed in Dify: ' || COALESCE(?2, '') "
-                    "  WHEN error_kind IN ('waiting', 'indexing_failed') THEN NULL ELSE last_error END, "
-                    "error_kind = CASE WHEN ?1 = 'error' THEN 'indexing_failed' "
-                    "  WHEN error_kind IN ('waiting', 'indexing_failed') THEN NULL ELSE error_kind END, "
-                    "attempts = CASE WHEN ?1 = 'completed' THEN 0 ELSE attempts END "
-                    "WHERE document_id = ?3 AND folder = ?4 AND "
-                    "(indexing_status IS NOT ?1 OR (?1 = 'error' AND last_error IS NULL))",
-                    rows)
+                conn.executemany(_REFRESH_SQL, rows)
+
+    def record_refreshed(self, folder: str, statuses: Mapping[str, tuple[str, str | None]],
+                         batches: Mapping[str, str | None]) -> int:
+        """``refresh_statuses`` for what ``status --refresh`` learnt, written only where
+        the row still holds the upload that was asked about (same batch): a pass that
+        sent a new version meanwhile is not overwritten with the old one's status.
+        Returns how many rows changed."""
+        rows = [(status, error, document_id, folder, batches.get(document_id))
+                for document_id, (status, error) in statuses.items()]
+        if not rows:
+            return 0
+        with self.transaction() as conn:
+            changed = 0
+            for row in rows:
+                changed += conn.execute(_REFRESH_SQL + " AND batch IS ?5", row).rowcount
+            if changed:
+                _unmark(conn, folder)
+            return changed
 
     def retry(self, folder: str | None = None, rel_path: str | None = None) -> int:
         """Lift quarantine and refusals so the next pass tries again; returns how many
@@ -644,8 +694,25 @@ class StateStore:
 
     def remember_dataset(self, folder: str, dataset_name: str, dataset_id: str) -> None:
         with self.transaction():
+            now = time.time()
             self.db["datasets"].upsert({"folder": folder, "dataset_name": dataset_name, "dataset_id": dataset_id,
-                                        "resolved_at": time.time()}, pk="folder")
+                                        "resolved_at": now}, pk="folder")
+            self.db["dataset_names"].upsert({"dataset_id": dataset_id, "name": dataset_name, "seen_at": now},
+                                            pk="dataset_id")
+
+    def remember_dataset_names(self, names: Mapping[str, str]) -> None:
+        """dataset id -> the name Dify lists it under now (``status --refresh``)."""
+        if names:
+            now = time.time()
+            with self.transaction():
+                self.db["dataset_names"].upsert_all(
+                    [{"dataset_id": i, "name": n, "seen_at": now} for i, n in names.items()], pk="dataset_id")
+
+    def dataset_names(self) -> dict[str, str]:
+        """dataset id -> the name it had when difysync last saw it (empty before schema 6)."""
+        if "dataset_names" not in self.db.table_names():
+            return {}
+        return dict(self.db.execute("SELECT dataset_id, name FROM dataset_names").fetchall())
 
     def forget_dataset(self, folder: str) -> None:
         """The remembered id answered "dataset not found": resolve the name again."""
@@ -740,6 +807,54 @@ class StateStore:
                 out.append(ProblemFile(folder, decode_path(rel), "error", error, error_kind))
         return out
 
+    def file_detail(self, folder: str, rel_path: str) -> FileDetail | None:
+        """The folder's row for this path, whole, or None."""
+        cursor = self.db.execute(
+            "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
+            "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, error_kind, "
+            f"chunking, dataset_id, updated_at, synced_at FROM {self._files_source} "
+            "WHERE folder = ? AND rel_path = ?", [folder, encode_path(rel_path)])
+        r = cursor.fetchone()
+        if r is None:
+            return None
+        segments = 0
+        if r[5] and "segments" in self.db.table_names():
+            segments = self.db.execute("SELECT count(*) FROM segments WHERE document_id = ?", [r[5]]).fetchone()[0]
+        return FileDetail(folder=folder, dataset_id=r[16], row=_file_state(r[:16]), updated_at=r[17],
+                          synced_at=r[18], segments=segments)
+
+    def paths_under(self, folder: str, rel_path: str) -> list[str]:
+        """The folder's recorded paths below this directory, sorted."""
+        key = encode_path(rel_path).rstrip("/")
+        return [decode_path(r[0]) for r in self.db.execute(
+            "SELECT rel_path FROM files WHERE folder = ? AND rel_path >= ? AND rel_path < ? ORDER BY rel_path",
+            [folder, key + "/", key + "0"])]
+
+    def last_journal(self, folder: str, rel_path: str) -> JournalNote | None:
+        """The newest unsettled journal row about this path, if any."""
+        row = self.db.execute("SELECT op, started_at, document_id, document_name FROM journal "
+                              "WHERE folder = ? AND rel_path = ? ORDER BY id DESC LIMIT 1",
+                              [folder, encode_path(rel_path)]).fetchone()
+        return JournalNote(*row) if row else None
+
+    def pending_documents(self, folder: str | None = None, rel_path: str | None = None) -> list[PendingDocument]:
+        """Documents whose recorded indexing status is neither completed nor error (queued,
+        indexing, paused or not known), with their datasets and batches; of one folder,
+        and of one path or the files below it, if given."""
+        sql = ("SELECT folder, rel_path, document_id, batch, dataset_id FROM files WHERE document_id IS NOT NULL "
+               "AND dataset_id IS NOT NULL AND (indexing_status IS NULL OR indexing_status NOT IN "
+               "('completed', 'error'))")
+        args: list[Any] = []
+        if folder is not None:
+            sql += " AND folder = ?"
+            args.append(folder)
+        if rel_path is not None:  # the file, or a directory's files
+            key = encode_path(rel_path)
+            sql += " AND (rel_path = ? OR (rel_path >= ? AND rel_path < ?))"
+            args.extend([key, key + "/", key + "0"])
+        return [PendingDocument(r[4], InFlight(r[0], decode_path(r[1]), r[2], r[3]))
+                for r in self.db.execute(sql, args)]
+
 
 def _unmark(conn: sqlite3.Connection, folder: str | None) -> None:
     """The folder's state changes: its clean-pass mark no longer describes it."""
@@ -762,6 +877,18 @@ def _write_error(path: Path, exc: sqlite3.Error) -> StateWriteError:
         text = "disk full"
     return StateWriteError(f"cannot write the state DB {path}: {text}")
 
+
+# Copy one document's indexing status from the server onto the folder's rows that hold it
+# (?1 status, ?2 error text, ?3 document id, ?4 folder).
+_REFRESH_SQL = (
+    "UPDATE files SET indexing_status = ?1, "
+    "last_error = CASE WHEN ?1 = 'error' THEN 'indexing failed in Dify: ' || COALESCE(?2, '') "
+    "  WHEN error_kind IN ('waiting', 'indexing_failed') THEN NULL ELSE last_error END, "
+    "error_kind = CASE WHEN ?1 = 'error' THEN 'indexing_failed' "
+    "  WHEN error_kind IN ('waiting', 'indexing_failed') THEN NULL ELSE error_kind END, "
+    "attempts = CASE WHEN ?1 = 'completed' THEN 0 ELSE attempts END "
+    "WHERE document_id = ?3 AND folder = ?4 AND "
+    "(indexing_status IS NOT ?1 OR (?1 = 'error' AND last_error IS NULL))")
 
 _STATUSES = {s: s for s in ("waiting", "parsing", "cleaning", "splitting", "indexing", "completed",
                             "error", "paused")}
@@ -816,7 +943,7 @@ _ERROR_KINDS = {k.value: k for k in ErrorKind}
 def _files_source(columns: set[str]) -> str:
     """The ``files`` table as status queries read it: a reader of an older schema sees
     the columns it lacks as NULL."""
-    missing = [c for c in ("skip_code", "error_kind") if c not in columns]
+    missing = [c for c in ("skip_code", "error_kind", "chunking") if c not in columns]
     if not missing:
         return "files"
     return "(SELECT *, " + ", ".join(f"NULL AS {c}" for c in missing) + " FROM files)"
