@@ -51,6 +51,7 @@ __all__ = [
     "DifySettings",
     "FolderSettings",
     "MetadataSettings",
+    "MetricsSettings",
     "ScheduleSettings",
     "Settings",
     "WatchSettings",
@@ -221,6 +222,46 @@ class MetadataSettings(_Strict):
     enabled: bool = True
 
 
+class MetricsSettings(_Strict):
+    """The service's own HTTP endpoint (`run` only): Prometheus metrics, /healthz and a
+    read-only status page. Off unless ``listen`` names an address."""
+
+    listen: str = ""
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            _parse_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, the host without IPv6 brackets; None when off."""
+        return _parse_listen(self.listen) if self.listen else None
+
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+LISTEN_FORM = "must be HOST:PORT with a port from 1 to 65535, such as 127.0.0.1:9464 or [::1]:9464"
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); ValueError (the one message) for anything else."""
+    try:
+        parts = urlsplit(f"//{value}")
+        port, host = parts.port, parts.hostname or ""
+        if ":" in host:
+            ipaddress.IPv6Address(host)
+        elif not _HOST_NAME.match(host):
+            raise ValueError(host)
+    except ValueError:
+        port = None
+    if port is None or not 0 < port < 65536 or parts.path or parts.username is not None:
+        raise ValueError(LISTEN_FORM)
+    return host, port
+
+
 class ScheduleSettings(_Strict):
     """Timers that run regardless of events."""
 
@@ -345,6 +386,7 @@ class Settings(BaseSettings):
     watch: WatchSettings = Field(default_factory=WatchSettings)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings)
     metadata: MetadataSettings = Field(default_factory=MetadataSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     folders: list[FolderSettings] = Field(min_length=1)
 
     _config_path: Path | None = PrivateAttr(default=None)
