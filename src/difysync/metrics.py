@@ -10,7 +10,7 @@ someone asks. Nothing here writes the state, talks to Dify or raises into a pass
 
 from __future__ import annotations
 
-import logging
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -36,7 +36,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .errors import DifyError
     from .outcomes import Outcome
 
-log = logging.getLogger(__name__)
 
 RECENT_ACTIONS = 50
 RECENT_ERRORS = 20
@@ -152,12 +151,18 @@ class Metrics(Observer):
     # --- what the daemon reports --------------------------------------------------------
 
     def track(self, folders: list[str]) -> None:
-        """Folders the service syncs from now on start idle (so each has its series)."""
-        for key in folders:
-            with self._lock:
-                known = key in self._phase
-            if not known:
-                self.phase(key, Phase.IDLE)
+        """The folders the service syncs from now on (start, reload): new ones start idle,
+        so each has its series; a folder no longer synced loses its phase (its counters
+        stay, as counters do, until the service restarts)."""
+        with self._lock:
+            gone = [key for key in self._phase if key not in folders]
+            new = [key for key in folders if key not in self._phase]
+            for key in gone:
+                del self._phase[key]
+        for key in gone:
+            self.phases.remove(key)
+        for key in new:
+            self.phase(key, Phase.IDLE)
 
     def watcher_state(self, state: WatcherState) -> None:
         with self._lock:
@@ -355,10 +360,12 @@ def read_state(state_db: Path, folders: list[str]) -> tuple[dict[str, StoredFold
             summaries = {s.folder: s for s in store.summaries() if s.folder in folders}
             quarantined: dict[str, int] = {}
             for p in store.problems():
-                if p.kind == "skipped" and p.code == SkipCode.QUARANTINED.value:
+                if p.code == SkipCode.QUARANTINED.value:  # no ErrorKind has that value
                     quarantined[p.folder] = quarantined.get(p.folder, 0) + 1
     except StateError as exc:
         return {}, str(exc)
+    except sqlite3.Error as exc:  # busy past the timeout, say: no counts this time
+        return {}, f"state DB {state_db}: {exc}"
     out = {}
     for key, s in summaries.items():
         counts = FileCounts(synced=s.synced, pending=s.pending, indexing=s.indexing, error=s.error,
