@@ -52,6 +52,7 @@ __all__ = [
     "DifySettings",
     "FolderSettings",
     "MetadataSettings",
+    "MetricsSettings",
     "ScheduleSettings",
     "Settings",
     "WatchSettings",
@@ -258,6 +259,49 @@ class MetadataSettings(_Strict):
         "do not, and know its documents by the state DB alone."))
 
 
+class MetricsSettings(_Strict):
+    """The service's own HTTP endpoint (`run` only): Prometheus metrics, /healthz and a
+    read-only status page. Off unless ``listen`` names an address."""
+
+    listen: str = Field("", description=(
+        "HOST:PORT for `difysync run` to serve /metrics (Prometheus text), /healthz and a "
+        "read-only status page at /, e.g. \"127.0.0.1:9464\"; empty: off. A port that is taken "
+        "stops the service at start with exit 78."))
+
+    @field_validator("listen")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        value = value.strip()
+        if value:
+            _parse_listen(value)
+        return value
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) to bind, the host without IPv6 brackets; None when off."""
+        return _parse_listen(self.listen) if self.listen else None
+
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
+LISTEN_FORM = "must be HOST:PORT with a port from 1 to 65535, such as 127.0.0.1:9464 or [::1]:9464"
+
+
+def _parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); ValueError (the one message) for anything else."""
+    try:
+        parts = urlsplit(f"//{value}")
+        port, host = parts.port, parts.hostname or ""
+        if ":" in host:
+            ipaddress.IPv6Address(host)
+        elif not _HOST_NAME.match(host):
+            raise ValueError(host)
+    except ValueError:
+        port = None
+    if port is None or not 0 < port < 65536 or parts.path or parts.username is not None:
+        raise ValueError(LISTEN_FORM)
+    return host, port
+
+
 class ScheduleSettings(_Strict):
     """Timers that run regardless of events."""
 
@@ -440,6 +484,7 @@ class Settings(BaseSettings):
     watch: WatchSettings = Field(default_factory=WatchSettings, description=WatchSettings.__doc__)
     schedule: ScheduleSettings = Field(default_factory=ScheduleSettings, description=ScheduleSettings.__doc__)
     metadata: MetadataSettings = Field(default_factory=MetadataSettings, description=MetadataSettings.__doc__)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings, description=MetricsSettings.__doc__)
     folders: list[FolderSettings] = Field(min_length=1, description=(
         "One [[folders]] table per local folder, each mirrored into its own dataset; at least one."))
 

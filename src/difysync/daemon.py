@@ -27,17 +27,20 @@ from pathlib import Path
 from types import FrameType
 
 from .backoff import Backoff, outage_wait, poll_wait
-from .config import FolderSettings, Settings, load_api_key, load_settings
+from .config import FolderSettings, MetricsSettings, Settings, load_api_key, load_settings
 from .dify import DifyClient
 from .errors import EX_CONFIG, EX_TEMPFAIL, ConfigError, DifyError, LeaseBusy, StateError, verdict
+from .events import NOBODY, Fanout, Observer, Phase
 from .lease import FolderLocks, Holder
 from .logs import add_secret, log_fields
+from .metrics import Board, LiveFolder, Metrics, ServiceFacts, WatcherState
 from .notify import Notifier
 from .reconcile import Env, Hooks, PassOptions, reconcile_folder
 from .remote import SETTLED, IndexingPoller, poll_folder
 from .report import FolderReport
 from .state import StateBackend, StateStore
 from .watch import DirtyTracker, Watcher
+from .web import StatusServer
 
 log = logging.getLogger("difysync")
 
@@ -74,12 +77,15 @@ class FolderWorker(threading.Thread):
                  open_store: Callable[[], StateBackend], poller: IndexingPoller,
                  clock: Callable[[], float] = time.monotonic,
                  on_update: Callable[[], None] = lambda: None,
-                 on_fatal: Callable[[BaseException], None] = lambda e: None) -> None:
+                 on_fatal: Callable[[BaseException], None] = lambda e: None,
+                 observer: Observer = NOBODY,
+                 on_problem: Callable[[str, str], None] = lambda key, why: None) -> None:
         super().__init__(name=f"difysync-folder-{Path(folder.path).name}", daemon=True)
         self.folder, self.settings, self.client, self.poller = folder, settings, client, poller
         self.key = folder.key
         self._open_store, self._clock = open_store, clock
         self._on_update, self._on_fatal = on_update, on_fatal
+        self.observer, self._on_problem = observer, on_problem  # metrics and the status page
         self._store: StateBackend | None = None
         self._cond = threading.Condition()
         self._full = False
@@ -206,7 +212,8 @@ class FolderWorker(threading.Thread):
         env = Env(self.settings, self.client, self.store, who=WHO)
         options = PassOptions(paths=tuple(paths) if paths is not None else None, lock_timeout=None)
         hooks = Hooks(on_plan=(lambda _plan: self.first_pass_done.set()) if paths is None else None,
-                      should_stop=lambda: self._halt, on_lease_wait=self._waiting_for_lease)
+                      should_stop=lambda: self._halt, on_lease_wait=self._waiting_for_lease,
+                      observer=self.observer)
         report = reconcile_folder(env, self.folder, options, hooks)
         if paths is None:
             self.first_pass_done.set()
@@ -242,22 +249,28 @@ class FolderWorker(threading.Thread):
             self._enter_backoff(described)
             self.request_full()  # catch up once the backoff is over
             return
-        if self._outage is not None:
-            log.info("%s: Dify answers again; caught up", self.folder.label,
-                     extra=log_fields(folder=self.folder.label))
-        self._outage = None
-        self._outages.reset()
-        self.status.backoff_until = 0.0
+        if fatal is not None:
+            self._on_problem(self.key, described)
+        self._outage_over("Dify answers again; caught up")
         if any(o.action.mutating and o.document_id for o in report.outcomes):
             self._polls.reset()
             with self._cond:
                 self._next_poll = self._clock() + self._polls.next_delay()
         self._on_update()
 
+    def _outage_over(self, news: str) -> None:
+        if self._outage is not None:
+            log.info("%s: %s", self.folder.label, news, extra=log_fields(folder=self.folder.label))
+        self._outage = None
+        self._outages.reset()
+        self.status.backoff_until = 0.0
+
     def _enter_backoff(self, why: str) -> None:
         pause = self._outages.next_delay()
         self.status.backoff_until = self._clock() + pause
         self.status.last_error = why
+        self.observer.phase(self.key, Phase.BACKING_OFF)
+        self._on_problem(self.key, why)
         if self._outage is None:
             log.warning("%s: %s; backing off (retry in %.0f s, then less and less often), still watching",
                         self.folder.label, why, pause, extra=log_fields(folder=self.folder.label))
@@ -281,6 +294,9 @@ class FolderWorker(threading.Thread):
                 self._enter_backoff(exc.describe())
             self._poll_again()
             return
+        if self._outage is not None:  # the poll's own outage (a failed pass is retried by a full pass first)
+            self._outage_over("Dify answers again")
+            self.observer.phase(self.key, Phase.IDLE)
         if any(status not in SETTLED and status != "gone" for status, _ in found.values()):
             self._poll_again()
         self._on_update()
@@ -297,8 +313,14 @@ class Daemon:
         self.config_path = config_path
         self.settings = settings
         self.notifier = notifier or Notifier()
+        self.metrics = Metrics()
+        self.observer = Fanout([self.metrics])  # a failing observer never fails a pass
         self.client: DifyClient = client_for(settings)
+        self.client.observer = self.observer
         self.poller = IndexingPoller(self.client)
+        self.started_at = time.time()
+        self.board = Board(self.metrics, self.facts)
+        self.web: StatusServer | None = None
         self.workers: dict[str, FolderWorker] = {}
         self.trackers: dict[str, DirtyTracker] = {}
         self.holds: dict[str, FolderLocks] = {}
@@ -315,9 +337,12 @@ class Daemon:
     # --- life cycle -----------------------------------------------------------------
 
     def start(self, *, reloading: bool = False) -> None:
-        """Hold every folder (LeaseBusy when another service has one), then start a
-        worker per folder and the watcher."""
+        """Open the metrics endpoint (ConfigError when its port is taken), hold every
+        folder (LeaseBusy when another service has one), then start a worker per folder
+        and the watcher."""
         s = self.settings
+        if not reloading:
+            self.web = _open_web(self.board, s.metrics)
         self._take_holds(s.folders, strict=not reloading)
         for folder in s.folders:
             if folder.key not in self.holds:
@@ -325,10 +350,12 @@ class Daemon:
             self.trackers[folder.key] = DirtyTracker(s.watch.debounce_seconds, s.watch.delete_delay_seconds,
                                                      s.watch.max_delay_seconds)
             worker = FolderWorker(folder, s, self.client, open_store=lambda: StateStore(s.state_db),
-                                  poller=self.poller, on_update=self.refresh_status, on_fatal=self.fatal)
+                                  poller=self.poller, on_update=self.refresh_status, on_fatal=self.fatal,
+                                  observer=self.observer, on_problem=self.metrics.folder_error)
             self.workers[folder.key] = worker
             worker.request_full()
             worker.start()
+        self.metrics.track(list(self.workers))
         self._start_watcher()
         log.info("difysync %s running: %d folder(s), full pass every %s, config %s",
                  _version(), len(self.workers), _duration(s.schedule.full_reconcile_minutes * 60),
@@ -381,6 +408,7 @@ class Daemon:
                 log.info("%s: %s not watched (periodic full passes only)", folder.label, folder.key,
                          extra=log_fields(folder=folder.label))
         self.watcher = watcher
+        self.metrics.watcher_state(WatcherState.RUNNING)
 
     def _health_check(self) -> None:
         """watchdog's emitter threads can die quietly (and inotify overflows are dropped):
@@ -395,10 +423,11 @@ class Daemon:
         self._install_signals()
         try:
             self.start()
-        except LeaseBusy as exc:
+        except (LeaseBusy, ConfigError) as exc:
             log.error("%s", exc)
+            self._close_web()
             self.client.close()
-            return EX_TEMPFAIL
+            return EX_CONFIG if isinstance(exc, ConfigError) else EX_TEMPFAIL
         clock = _MainClock(self.notifier.watchdog_interval())
         while True:
             code = self._between_waits(clock)
@@ -463,6 +492,7 @@ class Daemon:
         self._wake.set()
 
     def _on_watch_error(self, key: str, error: BaseException) -> None:
+        self.metrics.watch_error(key, error)
         worker = self.workers.get(key)
         label = worker.folder.label if worker is not None else key
         log.warning("%s: watcher reported %s; a full pass follows", label, error, extra=log_fields(folder=label))
@@ -471,6 +501,7 @@ class Daemon:
 
     def _restart_watcher(self) -> None:
         log.warning("the file watcher stopped; restarting it, and a full pass follows")
+        self.metrics.watcher_state(WatcherState.RESTARTING)
         if self.watcher is not None:
             try:
                 self.watcher.stop(timeout=2)
@@ -538,16 +569,21 @@ class Daemon:
         log.info("reloading the configuration from %s", self.config_path)
         self._stop_parts(self.settings.shutdown_timeout_seconds)
         self.client.close()
+        listen_before = self.settings.metrics.listen
         self.settings, self.client = settings, client
+        client.observer = self.observer
         self.poller = IndexingPoller(client)
         self.workers, self.trackers = {}, {}
         self.start(reloading=True)
         self._ready_sent = False
+        if settings.metrics.listen != listen_before:
+            self._reopen_web(listen_before)
 
     def _stop_parts(self, timeout: float) -> bool:
         if self.watcher is not None:
             self.watcher.stop(timeout=2)
             self.watcher = None
+            self.metrics.watcher_state(WatcherState.STOPPED)
         for worker in self.workers.values():
             worker.stop()
         deadline = time.monotonic() + timeout
@@ -564,7 +600,43 @@ class Daemon:
             log.warning("stopped with requests still in flight; the journal resolves them at next start")
         self._release_holds()
         self.client.close()
+        self._close_web()
         log.info("stopped")
+
+    # --- metrics, /healthz and the status page ------------------------------------------
+
+    def facts(self) -> ServiceFacts:
+        """What only the service knows, for the board (called from the web server's threads)."""
+        now = time.monotonic()
+        folders = []
+        for key, w in list(self.workers.items()):
+            with self._tracker_lock:
+                tracker = self.trackers.get(key)
+                dirty = w.status.pending_paths + (tracker.pending() if tracker is not None else 0)
+            in_outage = w.status.backoff_until > 0  # reset when a pass or poll gets through
+            folders.append(LiveFolder(key, w.folder.dataset_name or w.folder.dataset_id,
+                                      outage=w.status.last_error if in_outage else None,
+                                      retry_in=max(0.0, w.status.backoff_until - now), dirty=dirty))
+        return ServiceFacts(tuple(folders), Path(self.settings.state_db),
+                            self.settings.schedule.full_reconcile_minutes * 60, self.started_at)
+
+    def _reopen_web(self, listen_before: str) -> None:
+        """metrics.listen changed on a reload: serve on the new address, or, when it cannot
+        be had, say so and keep (or take back) the old one."""
+        self._close_web()
+        try:
+            self.web = _open_web(self.board, self.settings.metrics)
+        except ConfigError as exc:
+            log.error("%s; keeping %s", exc, listen_before or "the endpoint off")
+            try:
+                self.web = _open_web(self.board, MetricsSettings(listen=listen_before))
+            except ConfigError as again:
+                log.error("%s", again)
+
+    def _close_web(self) -> None:
+        if self.web is not None:
+            self.web.stop()
+            self.web = None
 
 
 class _MainClock:
@@ -590,6 +662,11 @@ class _MainClock:
 
     def seconds_to_next(self) -> float:
         return max(0.05, min(self._next_ping, self._next_health) - self._clock())
+
+
+def _open_web(board: Board, metrics: MetricsSettings) -> StatusServer | None:
+    address = metrics.address
+    return StatusServer(board, *address).start() if address is not None else None
 
 
 def _duration(seconds: float) -> str:
