@@ -11,7 +11,8 @@ import logging
 import signal
 import sys
 import threading
-from typing import TYPE_CHECKING, Callable
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from .statefile import StateFileError
 
@@ -30,7 +31,7 @@ def say(message: str) -> None:
     print(f"{_PROG}: {message}", file=sys.stderr, flush=True)
 
 
-def run(make_server: Callable[[], "EmulatorServer"], key_note: str) -> int:
+def run(make_server: Callable[[], EmulatorServer], key_note: str) -> int:
     """Build the server (reading its state file), serve it until a stop signal, and
     return the exit code. ``key_note`` tells in the banner which key to use, without
     printing a key that was chosen by the operator."""
@@ -57,7 +58,7 @@ def run(make_server: Callable[[], "EmulatorServer"], key_note: str) -> int:
     return _stop(emu, died)
 
 
-def _serve_until_signal(emu: "EmulatorServer") -> bool:
+def _serve_until_signal(emu: EmulatorServer) -> bool:
     """Wait for SIGINT or SIGTERM on the main thread (uvicorn runs in its own, so its
     signal handling stays out of the way). True when the server died on its own."""
     stop = threading.Event()
@@ -72,7 +73,7 @@ def _serve_until_signal(emu: "EmulatorServer") -> bool:
             signal.signal(sig, handler)
 
 
-def _stop(emu: "EmulatorServer", died: bool) -> int:
+def _stop(emu: EmulatorServer, died: bool) -> int:
     """Stop serving and write the state; a save that fails is one line and exit 1."""
     ignored = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:

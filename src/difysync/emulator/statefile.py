@@ -13,7 +13,8 @@ import os
 import tempfile
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 FORMAT = "difysync-emulator-state"
 VERSION = 1
@@ -119,6 +120,12 @@ class Autosaver:
                                                 daemon=True)
                 self._thread.start()
 
+    def saved(self) -> None:
+        """The state was just taken for writing (by anyone): nothing is waiting any more,
+        so a timer still running does not write an older state over a newer one."""
+        with self._lock:
+            self._pending = False
+
     def _run(self) -> None:
         while True:
             time.sleep(self._delay)
@@ -135,5 +142,12 @@ class Autosaver:
                     self._pending = True
 
 
-__all__ = ["Autosaver", "FORMAT", "StateFileError", "VERSION", "envelope", "read_state",
-           "write_atomically"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "Autosaver",
+    "StateFileError",
+    "envelope",
+    "read_state",
+    "write_atomically",
+]

@@ -1046,6 +1046,8 @@ class Store:
         with self._write_lock:
             with self.lock:  # a consistent snapshot; the disk write happens outside it
                 text = json.dumps(envelope(self._state()))
+                if self._autosaver is not None:
+                    self._autosaver.saved()
             write_atomically(self.state_path, text)
 
     def _state(self) -> dict[str, Any]:
