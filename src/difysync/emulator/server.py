@@ -228,9 +228,10 @@ def main(argv: list[str] | None = None) -> None:
                                      description="Run a Dify Knowledge API emulator.",
                                      epilog=EXIT_CODES_HELP)
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=5001, help="0: any free port (the banner "
-                        "tells which)")
-    parser.add_argument("--api-key", default=_DEFAULT_KEY)
+    parser.add_argument("--port", type=int, default=5001,
+                        help="0: any free port (the banner tells which)")
+    parser.add_argument("--api-key", default=os.environ.get("DIFYSYNC_EMULATOR_API_KEY", _DEFAULT_KEY),
+                        help=f"the key it accepts (default $DIFYSYNC_EMULATOR_API_KEY, else {_DEFAULT_KEY})")
     parser.add_argument("--legacy", action="store_true",
                         help="behave like an old (0.x) Dify: underscore paths only, duplicates, "
                              "no status filter, update batches unknown to indexing-status")
@@ -247,9 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     setup_logging("debug" if args.verbose else "info")
     note = f"API key {_DEFAULT_KEY}" if args.api_key == _DEFAULT_KEY else "API key as given"
     sys.exit(serve(host=args.host, port=args.port, api_key=args.api_key, key_note=note,
-                   legacy=args.legacy,
-                   indexing_delay=args.indexing_delay, state_path=args.state_file,
-                   log_requests=args.verbose))
+                   legacy=args.legacy, indexing_delay=args.indexing_delay,
+                   state_path=args.state_file, log_requests=args.verbose))
 
 
 __all__ = ["EmulatorServer", "ListenError", "bind_listener", "main", "serve"]
