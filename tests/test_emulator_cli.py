@@ -180,6 +180,12 @@ def test_a_state_file_of_another_version_or_shape_is_refused_with_its_name(tmp_p
         Store(state_path=state)
 
 
+def test_a_state_file_in_a_folder_that_does_not_exist_is_refused_at_start(tmp_path):
+    state = tmp_path / "missing" / "emulator.json"
+    with pytest.raises(StateFileError, match="does not exist"):
+        Store(state_path=state)
+
+
 def test_v_logs_one_line_per_request_with_method_path_status_and_never_the_key():
     emu = Emulator("--port", "0", "-v").start()
     with emu.http() as http:

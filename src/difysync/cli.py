@@ -539,7 +539,7 @@ def run_service(config: str | None) -> None:
     sys.exit(daemon.run_forever())
 
 
-_EMULATOR_KEY = "emulator-key"  # a test value: the banner prints it; a key the operator chose it does not
+_EMULATOR_KEY = "emulator-key"  # a test value, so the banner prints it (a key the operator chose is not printed)
 
 
 @main.command(epilog="Exit codes: 0 stopped by SIGINT/SIGTERM (state saved), 1 the state could not be "

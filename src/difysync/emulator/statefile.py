@@ -36,6 +36,9 @@ def read_state(path: str) -> dict[str, Any] | None:
         with open(path, encoding="utf-8") as fh:
             state = json.load(fh)
     except FileNotFoundError:
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise StateFileError(f"the folder of the state file {path} does not exist; "
+                                 "create it or give another --state-file") from None
         return None
     except (OSError, UnicodeDecodeError) as exc:
         raise StateFileError(f"cannot read the state file {path}: {_reason(exc)}") from None
