@@ -632,22 +632,35 @@ def run_service(config: str | None) -> None:
     sys.exit(daemon.run_forever())
 
 
-@main.command()
+_EMULATOR_KEY = "emulator-key"  # a test value, so the banner prints it (a key the operator chose is not printed)
+
+
+@main.command(epilog="Exit codes: 0 stopped by SIGINT/SIGTERM (state saved), 1 the state could not be "
+              "saved, 75 the port is taken (EX_TEMPFAIL), 78 an unusable --state-file or address (EX_CONFIG).")
 @click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=5001, show_default=True, type=int)
-@click.option("--api-key", default="emulator-key", show_default=True,
-              help="The key the emulator accepts (a test value, not a secret).")
+@click.option("--port", default=5001, show_default=True, type=click.IntRange(0, 65535),
+              help="0: any free port (the banner tells which). A taken port: exit 75.")
+@click.option("--api-key", default=_EMULATOR_KEY, show_default=True, envvar="DIFYSYNC_EMULATOR_API_KEY",
+              help="The key the emulator accepts (a test value; also $DIFYSYNC_EMULATOR_API_KEY).")
 @click.option("--legacy", is_flag=True, help="Behave like an old (0.x) Dify server.")
 @click.option("--indexing-delay", type=float, default=1.0, show_default=True,
               help="Seconds a document takes to go from queued to completed.")
-def emulator(host: str, port: int, api_key: str, legacy: bool, indexing_delay: float) -> None:
-    """Run the bundled Dify Knowledge API emulator (needs the `emulator` extra)."""
+@click.option("--state-file", type=click.Path(dir_okay=False), default=None, metavar="PATH",
+              help="Keep datasets and documents in this JSON file: read at start, written within "
+                   "a second of each change and on SIGINT/SIGTERM.")
+def emulator(host: str, port: int, api_key: str, legacy: bool, indexing_delay: float,
+             state_file: str | None) -> None:
+    """Run the bundled Dify Knowledge API emulator (needs the `emulator` extra). With -v,
+    one line per request on stderr (method, path, status, duration, bytes in)."""
     try:
         from .emulator import serve
     except ImportError:
         _die("the emulator needs its extra: pip install 'difysync[emulator]'", EX_FAILED)
-    click.echo(f"Dify emulator on http://{host}:{port}/v1 (API key: {api_key})", err=True)
-    serve(host=host, port=port, api_key=api_key, legacy=legacy, indexing_delay=indexing_delay)
+    add_secret(api_key)
+    note = f"API key {api_key}" if api_key == _EMULATOR_KEY else "API key as given"
+    sys.exit(serve(host=host, port=port, api_key=api_key, key_note=note, legacy=legacy,
+                   indexing_delay=indexing_delay, state_path=state_file,
+                   log_requests=logging.getLogger().isEnabledFor(logging.DEBUG)))
 
 
 @main.command()

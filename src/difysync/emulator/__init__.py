@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from .app import DEFAULT_EXTENSIONS, EmulatorApp, Options, RequestRecord, create_app
 from .faults import FaultRule, Faults
-from .server import EmulatorServer, serve
+from .server import EmulatorServer, ListenError, serve
+from .statefile import StateFileError
 from .store import ApiError, DocRecord, Store
 
 __all__ = ["ApiError", "DEFAULT_EXTENSIONS", "DocRecord", "EmulatorApp", "EmulatorServer",
-           "FaultRule", "Faults", "Options", "RequestRecord", "Store", "create_app", "serve"]
+           "FaultRule", "Faults", "ListenError", "Options", "RequestRecord", "StateFileError",
+           "Store", "create_app", "serve"]

@@ -727,7 +727,7 @@ class _Admin:
                 raise ApiError(400, "invalid_param", "patterns must be a list of strings")
             with self.store.lock:
                 self.store.fail_patterns = list(patterns)
-                self.store.save()
+                self.store.changed()
         return JSONResponse({"patterns": list(self.store.fail_patterns)})
 
     def routes(self) -> list[Route]:
@@ -746,9 +746,10 @@ class EmulatorApp:
     """ASGI entry point: admin routes as is; /v1 routes through logging and faults."""
 
     def __init__(self, store: Store, faults: Faults, options: Options,
-                 log: RequestLog | None = None) -> None:
+                 log: RequestLog | None = None, *, log_requests: bool = False) -> None:
         self.store, self.faults, self.options = store, faults, options
         self.log = log if log is not None else RequestLog()
+        self.log_requests = log_requests
         handlers: dict[Any, Any] = {ApiError: _api_error, HTTPException: _http_error,
                                     Exception: _crash}
         self.api = Starlette(routes=_Api(store, faults, options).routes(),
@@ -761,17 +762,22 @@ class EmulatorApp:
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
-        path: str = scope["path"]
-        if path.startswith("/_admin/"):
-            await self.admin(scope, receive, send)
-            return
-        method: str = scope["method"].upper()
-        mutating = method in MUTATING_METHODS
-        length = dict(scope.get("headers") or []).get(b"content-length", b"0")
-        record = RequestRecord(method=method, path=path, status=0, mutating=mutating,
-                               at=time.time(), query=scope.get("query_string", b"").decode("latin-1"),
-                               bytes_in=int(length) if length.isdigit() else 0)
-        self.log.add(record)
+        record = _record_of(scope)
+        started = time.perf_counter()
+        try:
+            if record.path.startswith("/_admin/"):
+                await self.admin(scope, receive, _status_into(record, send))
+            else:
+                self.log.add(record)
+                await self._v1(scope, receive, send, record)
+        finally:
+            if self.log_requests:
+                _log_request(record, time.perf_counter() - started)
+
+    async def _v1(self, scope: dict, receive: Callable[[], Awaitable[dict]],
+                  send: Callable[[dict], Awaitable[None]], record: RequestRecord) -> None:
+        """A /v1 request: recorded, then faulted or answered by the routes."""
+        method, path, mutating = record.method, record.path, record.mutating
         decision = self.faults.decide(method, path, mutating)
         if decision.delay > 0:
             await asyncio.sleep(decision.delay)
@@ -811,6 +817,39 @@ class EmulatorApp:
                     "headers": [(b"content-type", b"application/json"),
                                 (b"content-length", b"1024")]})
         raise _DropConnection("connection dropped by fault injection")
+
+
+_requests_log = logging.getLogger("difysync.emulator.requests")
+
+
+def _record_of(scope: dict) -> RequestRecord:
+    """What the request says of itself: method, path, query, body length (never its
+    headers beyond Content-Length: the Authorization header stays out of every record)."""
+    method: str = scope["method"].upper()
+    length = dict(scope.get("headers") or []).get(b"content-length", b"0")
+    return RequestRecord(method=method, path=scope["path"], status=0,
+                         mutating=method in MUTATING_METHODS, at=time.time(),
+                         query=scope.get("query_string", b"").decode("latin-1"),
+                         bytes_in=int(length) if length.isdigit() else 0)
+
+
+def _status_into(record: RequestRecord,
+                 send: Callable[[dict], Awaitable[None]]) -> Callable[[dict], Awaitable[None]]:
+    """``send``, noting the answer's status in ``record`` on the way."""
+    async def noting_send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            record.status = int(message["status"])
+        await send(message)
+    return noting_send
+
+
+def _log_request(record: RequestRecord, seconds: float) -> None:
+    """The request log line (`-v`): method, path, status (or "dropped"), duration, bytes
+    received. A request that broke off before any answer shows status 0."""
+    target = record.path + (f"?{record.query}" if record.query else "")
+    status = "dropped" if record.dropped else str(record.status)
+    _requests_log.info("%s %s %s %.1f ms %d B in", record.method, target, status,
+                       seconds * 1000, record.bytes_in)
 
 
 def create_app(store: Store | None = None, faults: Faults | None = None,

@@ -745,7 +745,7 @@ class SegmentBook:
             added = [self._add(doc, rows, item, position + i, technique)
                      for i, item in enumerate(items)]
             self.indexed += len(added)
-            self.store.save()
+            self.store.changed()
             return {"data": [self.render(s, stage) for s in added], "doc_form": doc.doc_form}
 
     def _add(self, doc: DocRecord, rows: dict[str, SegmentRec], item: dict[str, Any],
@@ -796,7 +796,7 @@ class SegmentBook:
                 raise ApiError(400, "invalid_param", "Can't update disabled segment")
             else:
                 self._apply_update(doc, seg, args, now)
-            self.store.save()
+            self.store.changed()
             return {"data": self.render(seg, stage), "doc_form": doc.doc_form}
 
     def _apply_update(self, doc: DocRecord, seg: SegmentRec, args: SegmentUpdateArgs,
@@ -839,7 +839,7 @@ class SegmentBook:
             del rows[seg_id]
             self.owner.pop(seg_id, None)
             self.docs.setdefault(doc.id, DocSegments(doc.dataset_id)).word_count -= seg.word_count
-            self.store.save()
+            self.store.changed()
 
 
 # ------------------------------------------------------------------- request bodies

@@ -14,12 +14,13 @@ import json
 import mimetypes
 import os
 import random
-import tempfile
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Any, Callable
+
+from .statefile import Autosaver, StateFileError, envelope, read_state, write_atomically
 
 if TYPE_CHECKING:  # segments.py imports this module; Store imports it at construction
     from .segments import SegmentBook
@@ -168,12 +169,18 @@ class Store:
     a document's indexing time (on top of ``indexing_delay``), and is how long disabling
     one segment keeps it "indexing"; segment adds and updates answer at once, as Dify's
     synchronous ones do.
+
+    With ``state_path`` the state is read from that file at construction (StateFileError
+    when it cannot be used) and written back ``save_delay`` seconds after a change and by
+    ``save()``. Indexing goes on by the wall clock: a document that was still indexing when
+    saved completes when its delay, counted from its start, has run out, which after any
+    restart longer than the delay means at once. The API key is not part of the state.
     """
 
     def __init__(self, *, legacy: bool = False, indexing_delay: float = 0.0,
                  state_path: str | os.PathLike[str] | None = None,
                  clock: Callable[[], float] = time.time, segment_api: bool = True,
-                 indexing_delay_per_segment: float = 0.0) -> None:
+                 indexing_delay_per_segment: float = 0.0, save_delay: float = 1.0) -> None:
         from .segments import SegmentBook  # here, as segments.py imports this module
 
         self.lock = threading.RLock()
@@ -193,7 +200,7 @@ class Store:
         self._names: dict[str, dict[str, list[str]]] = {}
         # (dataset id, display status or None) -> (version, valid until, newest-first
         # records): what an indexed query would give a real server. Every mutation ends
-        # in _save, which bumps the version.
+        # in changed(), which bumps the version.
         self._views: dict[tuple[str, str | None], tuple[int, float, list[DocRecord]]] = {}
         self._version = 0
         self._seq = 0
@@ -203,7 +210,9 @@ class Store:
         # (Dify's DatasetMetadataBinding rows; a binding may name a field that does not
         # exist or no longer does: it is then invisible, as in Dify)
         self.metadata_bindings: dict[str, list[str]] = {}
-        if self.state_path and os.path.exists(self.state_path):
+        self._write_lock = threading.Lock()
+        self._autosaver = Autosaver(self.save, save_delay) if self.state_path else None
+        if self.state_path:
             self._load()
 
     @property
@@ -256,7 +265,7 @@ class Store:
             self.metadata_bindings.clear()
             self.segments.clear()
             self.fail_patterns = []
-            self._save()
+            self.changed()
 
     def _fail_error_for(self, name: str) -> str | None:
         for pattern in self.fail_patterns:
@@ -290,7 +299,7 @@ class Store:
                             updated_at=now, process_rule_id=str(uuid.uuid4()))
             self.datasets[ds.id] = ds
             self.docs[ds.id] = {}
-            self._save()
+            self.changed()
             return ds.id
 
     def update_dataset(self, dataset_id: str, **changes: Any) -> None:
@@ -308,7 +317,7 @@ class Store:
                 if changes.get(key) is not None:
                     setattr(ds, key, changes[key])
             ds.updated_at = self.clock()
-            self._save()
+            self.changed()
 
     def delete_dataset(self, dataset_id: str) -> None:
         with self.lock:
@@ -322,7 +331,7 @@ class Store:
             for batch, (ds_id, _) in list(self.batches.items()):
                 if ds_id == dataset_id:
                     del self.batches[batch]
-            self._save()
+            self.changed()
 
     def list_datasets(self, page: int, limit: int, keyword: str | None) -> dict[str, Any]:
         with self.lock:
@@ -430,7 +439,7 @@ class Store:
             rule_id = self.segments.rule_for_create(ds, process_rule)
             if match is not None:
                 batch = self._reupload(match, content, extension, mime_type, rule_id, doc_form, doc_language)
-                self._save()
+                self.changed()
                 return match, batch
             doc = DocRecord(
                 id=str(uuid.uuid4()), dataset_id=dataset_id, position=ds.next_position,
@@ -446,7 +455,7 @@ class Store:
             docs[doc.id] = doc
             self._names_of(dataset_id).setdefault(name, []).append(doc.id)
             doc.batch = self._new_batch(dataset_id, [doc.id])
-            self._save()
+            self.changed()
             return doc, doc.batch
 
     def _reupload(self, match: DocRecord, content: bytes, extension: str, mime_type: str | None,
@@ -523,7 +532,7 @@ class Store:
             self._restart_indexing(doc, now)
             self._resplit(doc, old)
             batch = self._batch_id() if self.legacy else doc.batch
-            self._save()
+            self.changed()
             return doc, batch
 
     def api_delete_document(self, dataset_id: str, doc_id: str, *,
@@ -553,7 +562,7 @@ class Store:
                     ids.remove(doc_id)
                     if not ids:
                         del self.batches[batch]
-            self._save()
+            self.changed()
 
     def set_document(self, dataset_id: str, doc_id: str, **fields_: Any) -> None:
         """Force fields of a document (test helper): enabled, archived, name, content,
@@ -590,7 +599,7 @@ class Store:
                 if fields_["error"] is not None and "indexing_status" not in fields_:
                     doc.status_override = "error"
             doc.updated_at = now
-            self._save()
+            self.changed()
 
     def set_status(self, dataset_id: str, action: str, doc_ids: list[str]) -> None:
         """PATCH documents/status/{action}: enable, disable, archive, un_archive."""
@@ -620,7 +629,7 @@ class Store:
                     doc.archived, doc.archived_at = False, None
                 doc.updated_at = now
                 self.segments.on_status(doc, action, was_enabled, now)
-            self._save()
+            self.changed()
 
     def list_documents(self, dataset_id: str, page: int, limit: int, keyword: str | None,
                        status: str | None = None) -> dict[str, Any]:
@@ -732,7 +741,7 @@ class Store:
             field = MetadataField(id=str(uuid.uuid4()), dataset_id=dataset_id, name=name,
                                   type=type_, created_at=self.clock())
             self._fields_of(dataset_id)[field.id] = field
-            self._save()
+            self.changed()
             return {"id": field.id, "type": field.type, "name": field.name}
 
     def _working(self, doc: DocRecord) -> bool:
@@ -769,7 +778,7 @@ class Store:
                 values = dict(doc.doc_metadata or {})
                 values[name] = values.pop(old, None)
                 self._store_values(doc, values, now)
-            self._save()
+            self.changed()
             return {"id": field.id, "type": field.type, "name": field.name}
 
     def delete_metadata(self, dataset_id: str, field_id: str) -> None:
@@ -786,7 +795,7 @@ class Store:
                 values.pop(field.name, None)
                 self._store_values(doc, values, now)
             del fields_[field_id]
-            self._save()
+            self.changed()
 
     def _built_in_values(self, doc: DocRecord) -> dict[str, Any]:
         """What Dify writes into doc_metadata for the built-in keys (floats for the dates)."""
@@ -814,7 +823,7 @@ class Store:
                         values.pop(key, None)
                 self._store_values(doc, values, now)
             ds.built_in_field_enabled = enabled
-            self._save()
+            self.changed()
 
     def update_documents_metadata(
             self, dataset_id: str,
@@ -853,7 +862,7 @@ class Store:
                     else:
                         self.metadata_bindings.pop(doc.id, None)
             finally:
-                self._save()
+                self.changed()
 
     def doc_metadata_details(self, doc: DocRecord, *, typed: bool) -> list[dict[str, Any]] | None:
         """A document's ``doc_metadata`` as Dify renders it (Document.doc_metadata_details):
@@ -1021,47 +1030,57 @@ class Store:
             }
 
     # -------------------------------------------------------------- persistence
-    def _save(self) -> None:
+    def changed(self) -> None:
+        """Every mutation ends here: cached listings go stale, and with a state file a
+        save is due within ``save_delay`` seconds."""
         self._version += 1
-        if not self.state_path:
-            return
-        with self.lock:
-            state = {
-                "seq": self._seq,
-                "fail_patterns": self.fail_patterns,
-                "datasets": [asdict(d) for d in self.datasets.values()],
-                "documents": [
-                    {**{f.name: getattr(doc, f.name) for f in fields(DocRecord)
-                        if f.name != "content"},
-                     "content_b64": base64.b64encode(doc.content).decode("ascii")}
-                    for docs in self.docs.values() for doc in docs.values()],
-                "batches": {b: [ds, ids] for b, (ds, ids) in self.batches.items()},
-                "metadata_fields": [asdict(f) for fs in self.metadata_fields.values()
-                                    for f in fs.values()],
-                "metadata_bindings": self.metadata_bindings,
-                "segments": self.segments.to_state(),
-            }
-            directory = os.path.dirname(os.path.abspath(self.state_path))
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".emulator-", suffix=".tmp")
-            try:
-                with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                    json.dump(state, fh)
-                os.replace(tmp, self.state_path)
-            except BaseException:
-                try:
-                    os.unlink(tmp)
-                except OSError:
-                    pass
-                raise
+        if self._autosaver is not None:
+            self._autosaver.notify()
 
     def save(self) -> None:
-        """Write the state file now (no-op without state_path)."""
-        self._save()
+        """Write the state file now (no-op without state_path): at shutdown, or for a
+        test that reads the file. Saves are serialized, so the newest state is the one
+        left on disk."""
+        if not self.state_path:
+            return
+        with self._write_lock:
+            with self.lock:  # a consistent snapshot; the disk write happens outside it
+                text = json.dumps(envelope(self._state()))
+                if self._autosaver is not None:
+                    self._autosaver.saved()
+            write_atomically(self.state_path, text)
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "seq": self._seq,
+            "fail_patterns": self.fail_patterns,
+            "datasets": [asdict(d) for d in self.datasets.values()],
+            "documents": [
+                {**{f.name: getattr(doc, f.name) for f in fields(DocRecord)
+                    if f.name != "content"},
+                 "content_b64": base64.b64encode(doc.content).decode("ascii")}
+                for docs in self.docs.values() for doc in docs.values()],
+            "batches": {b: [ds, ids] for b, (ds, ids) in self.batches.items()},
+            "metadata_fields": [asdict(f) for fs in self.metadata_fields.values()
+                                for f in fs.values()],
+            "metadata_bindings": self.metadata_bindings,
+            "segments": self.segments.to_state(),
+        }
 
     def _load(self) -> None:
+        """Read the state file if there is one (StateFileError when it cannot be used)."""
         assert self.state_path
-        with open(self.state_path, encoding="utf-8") as fh:
-            state = json.load(fh)
+        state = read_state(self.state_path)
+        if state is None:
+            return
+        try:
+            self._restore(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StateFileError(
+                f"the state file {self.state_path} is damaged ({type(exc).__name__}: {exc}); "
+                "move it away to start empty") from None
+
+    def _restore(self, state: dict[str, Any]) -> None:
         self._seq = int(state.get("seq", 0))
         self.fail_patterns = list(state.get("fail_patterns", []))
         for raw in state.get("datasets", []):
@@ -1104,5 +1123,5 @@ def _mime(name: str) -> str:
 
 
 __all__ = ["ApiError", "BUILT_IN_FIELDS", "BUILT_IN_ID", "DISPLAY_STATUSES", "DatasetRec",
-           "DocRecord", "METADATA_TYPES", "MetadataField", "Stage", "Store", "USER_ID", "USER_NAME",
+           "DocRecord", "StateFileError", "METADATA_TYPES", "MetadataField", "Stage", "Store", "USER_ID", "USER_NAME",
            "IN_PROGRESS", "dataset_not_found", "document_not_found", "normalize_display_status"]
