@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from pathlib import Path, PurePosixPath
 from typing import Any, NoReturn
 
@@ -31,9 +31,10 @@ from .config import FolderSettings, Settings, find_config_path, load_api_key, lo
 from .dify import DifyClient
 from .errors import (EX_CONFIG, EX_FAILED, EX_TEMPFAIL, ConfigError, DifyError, FatalError, LeaseBusy,
                      StateError, exit_code)
+from .events import NOBODY, Observer
 from .logs import add_secret, setup_logging
 from .plan import MaxDelete
-from .report import print_status, printable, run_errors, run_json, summary_line
+from .report import print_status, printable, run_errors, run_json, summary_line, summary_tables
 from .state import StateStore
 
 EX_OK, EX_USAGE, EX_INTERRUPTED = 0, 2, 130  # 130: 128 + SIGINT, as shells report Ctrl-C
@@ -162,17 +163,23 @@ lock_timeout_option = click.option(
 def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: float, as_json: bool,
               max_delete: str | None, full_listing: bool, recreate_dataset: bool, lock_timeout: float) -> None:
     """Make the datasets mirror the folders, once (cron, CI, first import)."""
+    from .progress import folder_labels, for_terminal, watched
     from .reconcile import Env, Hooks, PassOptions
     from .reconcile import reconcile as run_pass
 
     options = PassOptions(dry_run=dry_run, max_delete=_max_delete(max_delete), full_listing=full_listing,
                           lock_timeout=lock_timeout, recreate_dataset=recreate_dataset)
     settings = load_config(config)
-    with make_client(settings) as client, open_store(settings) as store, _interruptible() as stop:
+    level = click.get_current_context().find_root().meta.get(_LOGGING, {}).get("level", "info")
+    display = for_terminal(settings.folders, as_json=as_json, level=level)  # None: nobody watches
+    observer = display or NOBODY
+    with make_client(settings) as client, open_store(settings) as store, _interruptible() as stop, \
+            display or nullcontext():
+        client.observer = observer
         report = run_pass(Env(settings, client, store), options,
-                          Hooks(on_lease_wait=_say_waiting, should_stop=stop.is_set))
+                          Hooks(on_lease_wait=_say_waiting, should_stop=stop.is_set, observer=observer))
         report.interrupted = stop.is_set()
-        waited = _wait(client, store, report, wait_timeout) \
+        waited = _wait(client, store, report, wait_timeout, observer) \
             if wait_ and not dry_run and report.fatal is None and not stop.is_set() else None
     code = exit_code(report.fatal)
     unfinished = waited is not None and not waited["finished"]
@@ -181,15 +188,26 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
     if as_json:
         echo_json(run_json(report, waited))
     else:
-        if dry_run:
-            for f in report.folders:
-                for a in f.plan.actions if f.plan else ():
-                    click.echo(printable(f"{f.folder}: {a.describe()}"))
-        errors = run_errors(report)
-        for e in errors:
-            click.echo(f"difysync: error: {e}", err=True)
-        click.echo(summary_line(report) + _why_not_ok(code, report, errors, unfinished))
+        _print_summary(report, code, unfinished,
+                       folder_labels(settings.folders) if watched(as_json, level, sys.stdout) else None)
     sys.exit(EX_INTERRUPTED if report.interrupted else code)
+
+
+def _print_summary(report: Any, code: int, unfinished: bool, labels: dict[str, str] | None) -> None:
+    """A dry run's plan, the errors, the table of each folder (``labels`` given: on a
+    terminal), and the summary line with the reason for a failing exit code."""
+    if report.dry_run:
+        for f in report.folders:
+            for a in f.plan.actions if f.plan else ():
+                click.echo(printable(f"{f.folder}: {a.describe()}"))
+    errors = run_errors(report)
+    for e in errors:
+        click.echo(f"difysync: error: {e}", err=True)
+    if labels is not None:
+        from rich.console import Console
+
+        Console().print(summary_tables(report, labels))
+    click.echo(summary_line(report) + _why_not_ok(code, report, errors, unfinished))
 
 
 def _why_not_ok(code: int, report: Any, errors: list[str], unfinished: bool) -> str:
@@ -214,6 +232,8 @@ def _interruptible() -> Iterator[threading.Event]:
 
     def on_signal(signum: int, frame: Any) -> None:
         if stop.is_set():
+            if os.isatty(2):  # the progress display hides the cursor; os._exit leaves no one to show it
+                os.write(2, b"\x1b[?25h\n")
             os.write(2, b"difysync: second signal, exiting at once\n")
             os._exit(EX_INTERRUPTED)
         stop.set()
@@ -235,19 +255,28 @@ def _say_waiting(holder: Any) -> None:
     log.info("waiting for the folder's write lease, held by %s", who)
 
 
-def _wait(client: DifyClient, store: StateStore, report: Any, timeout: float) -> dict[str, Any]:
-    """`--wait`: poll what this pass uploaded until it is indexed (remote.py's poller)."""
+def _wait(client: DifyClient, store: StateStore, report: Any, timeout: float,
+          observer: Observer = NOBODY) -> dict[str, Any]:
+    """`--wait`: poll what this pass uploaded until it is indexed (remote.py's poller). The
+    ``observer`` sees the counts after each poll; the time waited goes into the report
+    (the summary's elapsed time includes it)."""
     from .backoff import Backoff, poll_wait
+    from .events import Fanout
+    from .progress import WaitClock
     from .remote import IndexingPoller, wait_for_indexing
 
     pauses = Backoff(poll_wait(1.0, 10.0))
+    clock, started = WaitClock(), time.monotonic()
     try:
         finished, tally = wait_for_indexing(IndexingPoller(client), store, report.touched_documents(),
                                             timeout=timeout, pauses=pauses.next_delay, sleep=time.sleep,
-                                            clock=time.monotonic)
+                                            clock=time.monotonic, observer=Fanout([observer, clock]))
     except DifyError as exc:
         finished, tally = False, {}
         log.error("waiting for indexing failed: %s", exc)
+    report.seconds += time.monotonic() - started
+    for f in report.folders:
+        f.waited = clock.seconds.get(f.folder, 0.0)
     if not finished:
         log.error("indexing did not finish within %.0f s: %s", timeout,
                   ", ".join(f"{v} {k}" for k, v in sorted(tally.items())))

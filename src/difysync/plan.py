@@ -139,6 +139,7 @@ class Plan:
     unchanged: int = 0
     errors: tuple[str, ...] = ()     # guard refusals: the pass must report failure
     warnings: tuple[str, ...] = ()
+    held_back: int = 0  # deletes a mass-delete guard refused (they are not in ``actions``)
 
     def count(self, kind: Kind) -> int:
         return sum(1 for a in self.actions if a.kind is kind)
@@ -213,6 +214,7 @@ class _Planner:
         self.actions: list[Action] = []
         self.errors: list[str] = []  # guard refusals
         self.warnings: list[str] = []
+        self.held_back = 0  # deletes the guards refused
         self.unchanged = policy.settled_elsewhere
 
     def live_doc(self, row: FileState | None) -> RemoteDocument | None:
@@ -374,17 +376,19 @@ class _Planner:
         if folder_empty and tracked and not policy.allow_empty:
             self.errors.append(f"the folder is empty but {tracked} documents are tracked "
                                f"(unmounted share?): refusing to delete them")
+            self.held_back = len(deletes)
             return []
         limit = policy.max_delete.limit(tracked)
         if len(deletes) > limit:
             self.errors.append(f"this pass would delete {len(deletes)} of {tracked} tracked documents, "
                                f"more than the limit of {limit}: nothing deleted (use --max-delete to allow it)")
+            self.held_back = len(deletes)
             return []
         return deletes
 
     def finish(self, deletes: list[Action], leftovers: list[Action]) -> Plan:
         return Plan(actions=tuple(self.actions + deletes + leftovers), unchanged=self.unchanged,
-                    errors=tuple(self.errors), warnings=tuple(self.warnings))
+                    errors=tuple(self.errors), warnings=tuple(self.warnings), held_back=self.held_back)
 
 
 def is_settled(f: LocalFile | None, row: FileState, doc: RemoteDocument, policy: Policy) -> bool:

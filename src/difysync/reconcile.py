@@ -106,7 +106,7 @@ def reconcile_folder(env: Env, folder: FolderSettings, options: PassOptions = Pa
 
     A whole pass whose scan equals the last clean pass's, on a dataset a probe shows
     unchanged, ends right after the walk (see marks.py), unless ``full_listing``."""
-    started = time.time()
+    started, clock = time.time(), time.monotonic()
     report = FolderReport(folder=folder.key, dataset_id=folder.dataset_id or None)
     try:
         with _lease(env, folder, options, hooks):
@@ -120,6 +120,8 @@ def reconcile_folder(env: Env, folder: FolderSettings, options: PassOptions = Pa
     except DifySyncError as exc:  # the lease (busy, or given up): no pass ran, none is recorded
         report.fatal = exc
         report.errors.append(exc.describe())
+    # The name as configured (a folder given by id costs no request to name: it shows the id).
+    report.dataset_name, report.seconds = folder.dataset_name or None, time.monotonic() - clock
     hooks.observer.phase(folder.key, Phase.IDLE if report.fatal is None else Phase.ERROR)
     return report
 
@@ -543,7 +545,7 @@ def _guard_targeted(plan: Plan, root: Path, tracked: int, policy: Policy) -> Pla
     if reason is None:
         return plan
     kept = tuple(a for a in plan.actions if not (a.kind is Kind.DELETE and a in deletes))
-    return replace(plan, actions=kept, errors=plan.errors + (reason,))
+    return replace(plan, actions=kept, errors=plan.errors + (reason,), held_back=plan.held_back + len(deletes))
 
 
 def _has_entries(root: Path) -> bool:

@@ -18,6 +18,7 @@ from .config import FolderSettings
 from .dify import PAGE_LIMIT, DifyClient
 from . import tags
 from .errors import DatasetMissing, NotFoundError, RefusedError
+from .events import NOBODY, Observer
 from .logs import log_fields
 from .marks import FLAGGED_STATUSES, ListingRecorder, RemoteFingerprint, fingerprint
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument
@@ -339,10 +340,12 @@ def poll_folder(poller: IndexingPoller, store: StateBackend, folder: str, datase
 def wait_for_indexing(poller: IndexingPoller, store: StateBackend,
                       touched: Mapping[tuple[str, str], set[str]], *, timeout: float,
                       pauses: Callable[[], float], sleep: Callable[[float], None],
-                      clock: Callable[[], float]) -> tuple[bool, dict[str, int]]:
+                      clock: Callable[[], float], observer: Observer = NOBODY) -> tuple[bool, dict[str, int]]:
     """Poll until every touched document is completed, paused, in error or gone, or
-    ``timeout`` passes. Returns (finished, counts by status)."""
-    deadline = clock() + timeout
+    ``timeout`` passes. Returns (finished, counts by status). After each poll of a folder
+    the ``observer`` hears its counts and the time waited so far."""
+    started = clock()
+    deadline = started + timeout
     statuses: dict[str, str] = {}
     while True:
         for (folder, dataset_id), ids in touched.items():
@@ -350,6 +353,7 @@ def wait_for_indexing(poller: IndexingPoller, store: StateBackend,
                 statuses[doc_id] = status
             for doc_id in ids:
                 statuses.setdefault(doc_id, "completed")  # settled before the first poll
+            observer.indexing(folder, _tally({i: statuses[i] for i in ids}), clock() - started)
         if all(s in SETTLED or s == "gone" for s in statuses.values()):
             return True, _tally(statuses)
         if clock() >= deadline:

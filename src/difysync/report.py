@@ -48,6 +48,18 @@ class FolderReport:
     hashed: int = 0
     fatal: DifySyncError | None = None
     remote_check: RemoteCheck = RemoteCheck.NONE
+    dataset_name: str | None = None  # as configured; None for a folder given by dataset_id
+    seconds: float = 0.0  # the pass
+    waited: float = 0.0   # --wait, until this folder's documents settled (or the wait gave up)
+
+    @property
+    def held_back(self) -> int:
+        """Deletes a mass-delete guard refused in this pass."""
+        return self.plan.held_back if self.plan else 0
+
+    @property
+    def elapsed(self) -> float:
+        return self.seconds + self.waited
 
     @property
     def counts(self) -> dict[str, int]:
@@ -172,6 +184,41 @@ def summary_line(report: RunReport) -> str:
         summary += " (interrupted: what was not attempted is sent by the next pass)"
     prefix = "plan (dry run): " if report.dry_run else ""
     return f"{prefix}{summary} in {report.seconds:.1f} s"
+
+
+# --- the summary table -----------------------------------------------------------------
+
+SUMMARY_COLUMNS = ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed")
+
+
+def summary_tables(report: RunReport, labels: Mapping[str, str] | None = None) -> Any:
+    """The end of a pass on a terminal: a small table per folder, titled with the folder
+    (its label), its dataset's name (the id when it was configured by id) and its time,
+    the --wait included; its counts and the deletes a guard held back below. A folder
+    that did not end well is red, so the tables say what the exit code says; the summary
+    line printed below them gives the reason. Fits 80 columns."""
+    from rich import box
+    from rich.console import Group
+    from rich.markup import escape
+    from rich.table import Table
+
+    tables = []
+    for f in report.folders:
+        style = None if f.ok else "red"
+        label = escape(str(printable((labels or {}).get(f.folder, f.folder))))
+        title = f"[bold]{label}[/bold] → dataset {escape(f.dataset_name or f.dataset_id or '-')} · {f.elapsed:.1f} s"
+        if report.dry_run:
+            title += " (dry run: what would be done)"
+        table = Table(title=title, title_justify="left", title_style=style, box=box.SIMPLE_HEAD,
+                      show_edge=False, collapse_padding=True,
+                      caption="held back: deletes a mass-delete guard refused (see the error above)"
+                      if f.held_back else None, caption_justify="left")
+        for name in (*SUMMARY_COLUMNS, "held back"):
+            table.add_column(name, justify="right")
+        counts = f.counts
+        table.add_row(*(str(counts[name]) for name in SUMMARY_COLUMNS), str(f.held_back), style=style)
+        tables.append(table)
+    return Group(*tables)
 
 
 # --- the status table ------------------------------------------------------------------
@@ -345,4 +392,5 @@ def printable(value: Any) -> Any:
 
 
 __all__ = ["COUNT_KEYS", "FolderReport", "RemoteCheck", "RunReport", "actions_json", "count_outcomes",
-           "files_table", "planned_counts", "print_status", "printable", "run_json", "summary_line", "wrap_path"]
+           "files_table", "planned_counts", "print_status", "printable", "run_json", "summary_line",
+           "summary_tables", "wrap_path"]
