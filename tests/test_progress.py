@@ -35,6 +35,7 @@ from difysync.events import Phase
 from difysync.logs import setup_logging
 from difysync.outcomes import Outcome, Result
 from difysync.plan import Action, Kind, Plan
+from difysync.config import FolderSettings
 from difysync.progress import ProgressDisplay, WaitClock, folder_labels, indexing_counts, retry_notice
 from difysync.report import FolderReport, RunReport, summary_tables
 
@@ -146,7 +147,7 @@ def test_the_rows_go_and_a_table_per_folder_and_the_summary_line_stay(first_impo
     lines = [line.rstrip() for line in first_import.lines if line.strip()]
     assert lines[-1].startswith("3 created, 0 failed in ")
     title, header, _rule, row = lines[-5:-1]
-    assert re.fullmatch(r"docs → dataset Team docs · \d+\.\d s", title)
+    assert re.fullmatch(r"Team docs · \d+\.\d s", title)  # labelled by its dataset: named once
     assert header.split() == ["created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed",
                               "held", "back"]
     assert row.split() == ["3", "0", "0", "0", "0", "0", "0", "0"]
@@ -169,7 +170,7 @@ def test_wait_shows_the_indexing_counts_and_the_summary_time_includes_the_wait(s
 
     screen = in_terminal(box, "--wait", watch=finish_once_shown)
     text = screen.text
-    assert screen.code == 0 and "docs waiting" in text
+    assert screen.code == 0 and "Waited waiting" in text
     seen = [(int(q), int(i)) for q, i in re.findall(r"indexing: (\d) queued, (\d) indexing, \d completed, 0 error",
                                                     text)]
     assert any(q + i for q, i in seen) and re.search(r"waited \d+ s", text)  # documents in flight were shown ...
@@ -197,7 +198,7 @@ def test_a_guard_that_holds_back_deletes_is_counted_in_the_table_and_matches_the
     assert "would delete 3 of 4 tracked documents" in lines[-1]
     caption = next(i for i, line in enumerate(lines) if line.startswith("held back: deletes a mass-delete guard"))
     assert lines[caption - 1].split() == ["0", "0", "0", "0", "1", "0", "0", "3"]
-    assert "\x1b[31m" in screen.raw.split("docs → dataset")[-1]  # the folder's table is red
+    assert "\x1b[31m" in screen.raw.split("Team docs ·")[-1]  # the folder's table is red
 
 
 # --- nobody watching ----------------------------------------------------------------------
@@ -338,13 +339,14 @@ def test_log_lines_go_through_the_display_while_it_is_live_and_back_to_stderr_af
     assert "INFO    created [a].md" in ANSI.sub("", display.console.file.getvalue())
 
 
-def test_folders_are_labelled_by_their_directory_unless_two_share_a_name():
-    class Folder:
-        def __init__(self, key: str) -> None:
-            self.key = key
+def test_folders_are_labelled_as_log_lines_label_them_unless_two_share_a_label():
+    def folder(path: str, **keys: str) -> FolderSettings:
+        return FolderSettings(path=path, dataset_name=keys.pop("dataset_name", "x"), **keys)
 
-    assert folder_labels([Folder("/srv/docs"), Folder("/srv/wiki")]) == {"/srv/docs": "docs", "/srv/wiki": "wiki"}
-    assert folder_labels([Folder("/a/docs"), Folder("/b/docs")]) == {"/a/docs": "/a/docs", "/b/docs": "/b/docs"}
+    assert folder_labels([folder("/srv/docs", name="handbook"), folder("/srv/wiki", dataset_name="Wiki")]) \
+        == {"/srv/docs": "handbook", "/srv/wiki": "Wiki"}
+    assert folder_labels([folder("/a/docs", dataset_name="Docs"), folder("/b/docs", dataset_name="Docs")]) \
+        == {"/a/docs": "/a/docs", "/b/docs": "/b/docs"}
 
 
 def test_the_table_names_the_dataset_or_its_id_and_times_the_folder_with_its_wait():

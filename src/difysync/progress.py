@@ -369,11 +369,11 @@ def for_terminal(folders: Iterable[FolderSettings], *, as_json: bool, level: str
 
 
 def folder_labels(folders: Iterable[FolderSettings]) -> dict[str, str]:
-    """A short label per folder key: the folder's directory name, or its whole path when
-    two folders share that name."""
-    keys = [f.key for f in folders]
-    names = [Path(k).name or k for k in keys]
-    return {k: n if names.count(n) == 1 else k for k, n in zip(keys, names)}
+    """A short label per folder key: the folder's ``label`` (its name, dataset name or
+    directory name, as log lines name it), or its whole path when two folders share one."""
+    folders = list(folders)
+    labels = [f.label for f in folders]
+    return {f.key: label if labels.count(label) == 1 else f.key for f, label in zip(folders, labels)}
 
 
 __all__ = ["FolderProgress", "ProgressDisplay", "WaitClock", "folder_labels", "for_terminal", "indexing_counts",

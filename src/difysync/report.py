@@ -206,7 +206,9 @@ def summary_tables(report: RunReport, labels: Mapping[str, str] | None = None) -
     for f in report.folders:
         style = None if f.ok else "red"
         label = escape(str(printable((labels or {}).get(f.folder, f.folder))))
-        title = f"[bold]{label}[/bold] → dataset {escape(f.dataset_name or f.dataset_id or '-')} · {f.elapsed:.1f} s"
+        dataset = escape(f.dataset_name or f.dataset_id or "-")
+        # A folder labelled by its dataset's name (no `name` of its own) is not named twice.
+        title = f"[bold]{label}[/bold]" + ("" if dataset == label else f" → dataset {dataset}") + f" · {f.elapsed:.1f} s"
         if report.dry_run:
             title += " (dry run: what would be done)"
         table = Table(title=title, title_justify="left", title_style=style, box=box.SIMPLE_HEAD,
