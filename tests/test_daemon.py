@@ -175,9 +175,10 @@ def test_server_down_for_30_seconds_then_back_catches_up_without_duplicates(tmp_
             emu.start()
             wait_until(lambda: box.contents() == {"before.md": b"changed while down", "during-1.md": b"d1",
                                                   "during-2.md": b"d2"}, 90, interval=0.5, what="catch-up")
+            # The pass that caught up says so once it has ended, a moment after its last upload.
+            wait_until(lambda: "Dify answers again" in daemon.log, 10, what="the all-clear line")
             backoff_lines = [line for line in daemon.log.splitlines() if "backing off" in line]
             assert len(backoff_lines) == 1, backoff_lines  # one line per state change, not per retry
-            assert "Dify answers again" in daemon.log
             assert daemon.stop() == 0
         finally:
             daemon.kill()
