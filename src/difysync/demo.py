@@ -27,6 +27,7 @@ def run_demo() -> int:
     from .remote import IndexingPoller, wait_for_indexing
     from .report import print_status
     from .state import StateStore
+    from .statusview import dataset_names
 
     sample = Path(__file__).with_name("sample")
     with tempfile.TemporaryDirectory(prefix="difysync-demo-") as tmp, \
@@ -51,7 +52,9 @@ def run_demo() -> int:
             click.echo("second pass (nothing changed): "
                        + ", ".join(f"{v} {k}" for k, v in again.counts.items() if v)
                        + f"; {again.hashed} files hashed")
-            print_status(store.summaries(), store.problems())
+            summaries = store.summaries()
+            print_status(summaries, store.problems(),
+                         names=dataset_names(settings, summaries, store.dataset_names()))
             click.echo(f"documents in the emulator's dataset: "
                        f"{', '.join(sorted(d.name for d in client.list_documents(report.folders[0].dataset_id or '')))}")
         os.environ.pop("DIFYSYNC_API_KEY", None)
