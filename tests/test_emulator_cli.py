@@ -220,3 +220,13 @@ def test_a_taken_port_is_one_line_naming_it_before_any_banner_and_exit_75(module
     assert stderr.splitlines() == [stderr]
     assert f"port {port}" in stderr and "--port 0" in stderr
     assert "listening" not in stderr and "Traceback" not in stderr
+
+
+def test_the_emulators_listening_socket_sends_answers_without_delay(emulator):
+    # Nagle's algorithm would hold each answer for the client's delayed ACK (40 ms a
+    # request): the socket the emulator listens on, whose options its connections inherit,
+    # has it off.
+    import socket
+
+    listener = emulator._server.servers[0].sockets[0]
+    assert listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
