@@ -133,6 +133,25 @@ def test_lost_state_db_adopts_instead_of_duplicating(box, tmp_path):
     assert len(box.docs()) == 5
 
 
+def test_adopting_a_synced_tree_logs_one_line_and_records_every_file_in_the_state(box, tmp_path):
+    # given a synced tree whose state DB was lost
+    for i in range(12):
+        box.write(f"d/{i}.md", f"content {i}")
+    box.reconcile()
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"state.db{suffix}").unlink(missing_ok=True)
+    # when a pass adopts the documents (text output, so the log lines are seen)
+    adopting = box.cli("reconcile", "-c", str(box.config))
+    # then the log says how many were taken as synced in one line, not a line per file
+    lines = [line for line in adopting.stderr.splitlines() if "taken as synced" in line]
+    assert len(lines) == 1 and "12 document(s) already in Dify" in lines[0], adopting.stderr
+    assert "adopted d/" not in adopting.stderr
+    # and every file is recorded: the next pass hashes nothing and sends nothing
+    box.emu.reset_requests()
+    again = box.reconcile()
+    assert again.json["unchanged"] == 12 and again.json["hashed"] == 0 and box.mutations() == 0
+
+
 def test_document_deleted_in_dify_is_created_again(box):
     box.write("a.md", "a")
     box.reconcile()

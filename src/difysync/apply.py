@@ -33,9 +33,12 @@ from .scanner import FileTooLarge, read_for_upload
 from .chunking import chunk_digest
 from .segments import SegmentOp, pending_records
 from .segsync import LocalChunking, Prepared, SegmentsSent, prepare_edit, send_segments, upload_whole
-from .state import Skip, StateBackend
+from .state import Settled, Skip, StateBackend
 
 log = logging.getLogger("difysync")
+
+
+ADOPT_BATCH = 5000  # adoptions recorded per transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,16 +162,31 @@ def _bookkeeping(actions: Sequence[Action], ctx: FolderContext, store: StateBack
         if a.kind is Kind.FORGET:
             store.settle_removal(None, ctx.key, a.rel_path)
             done(Outcome(a, Result.OK, a.reason))
-        elif a.kind is Kind.ADOPT:
-            f = local.get(a.rel_path)
-            records = _adopted_records(a, ctx)
-            store.settle_upload(None, ctx.key, ctx.dataset_id, a.rel_path, document_id=a.document_id or "",
-                                document_name=a.document_name or "", batch=None, sha256=a.sha256,
-                                size=f.size if f and a.sha256 else None,
-                                mtime_ns=f.mtime_ns if f and a.sha256 else None,
-                                inode=f.inode if f and a.sha256 else None, indexing_status=None,
-                                chunking="local" if records else None, segments=records)
+    _adopt([a for a in actions if a.kind is Kind.ADOPT], ctx, store, local, done)
+
+
+def _adopt(adoptions: Sequence[Action], ctx: FolderContext, store: StateBackend,
+           local: Mapping[str, LocalFile], done: Callable[[Outcome], None]) -> None:
+    """Documents the server already holds, recorded as synced: in one transaction per
+    ADOPT_BATCH (a first pass over a big synced tree adopts every file), each line at debug
+    level and one line saying how many (an adoption changes nothing in Dify)."""
+    for start in range(0, len(adoptions), ADOPT_BATCH):
+        batch = adoptions[start:start + ADOPT_BATCH]
+        store.settle_uploads(None, ctx.key, ctx.dataset_id, [_adopted(a, ctx, local.get(a.rel_path)) for a in batch])
+        for a in batch:
             done(Outcome(a, Result.OK, a.reason, a.document_id))
+    if adoptions:
+        log.info("%s: %d document(s) already in Dify taken as synced (same name and content)", ctx.label,
+                 len(adoptions), extra=log_fields(folder=ctx.label, action=Kind.ADOPT))
+
+
+def _adopted(a: Action, ctx: FolderContext, f: LocalFile | None) -> Settled:
+    records = _adopted_records(a, ctx)
+    known = f is not None and a.sha256 is not None
+    return Settled(a.rel_path, document_id=a.document_id or "", document_name=a.document_name or "", batch=None,
+                   sha256=a.sha256, size=f.size if known and f else None,
+                   mtime_ns=f.mtime_ns if known and f else None, inode=f.inode if known and f else None,
+                   indexing_status=None, chunking="local" if records else None, segments=records)
 
 
 def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient, store: StateBackend,
@@ -469,7 +487,7 @@ def _outcome_line(outcome: Outcome) -> tuple[int, str]:
     if outcome.result is Result.OK:
         where = f"{a.old_rel_path} -> {a.rel_path}" if a.kind is Kind.RENAME and \
             a.old_rel_path != a.rel_path else a.rel_path
-        level = logging.DEBUG if a.kind is Kind.FORGET else logging.INFO
+        level = logging.DEBUG if a.kind in (Kind.FORGET, Kind.ADOPT) else logging.INFO
         return level, f"{_DONE_VERBS.get(a.kind, str(a.kind))} {where}" + (f" (document {doc})" if doc else "")
     if outcome.result is Result.SKIPPED:
         return logging.DEBUG if outcome.repeat else logging.INFO, f"skipped {a.rel_path}: {outcome.message}"

@@ -137,6 +137,24 @@ class PendingDocument(NamedTuple):
     item: InFlight
 
 
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What one upload the server accepted (or a document adopted) leaves in a file row."""
+
+    rel_path: str
+    document_id: str
+    document_name: str
+    batch: str | None
+    sha256: str | None
+    size: int | None
+    mtime_ns: int | None
+    inode: int | None
+    indexing_status: str | None
+    attempts: int = 0
+    chunking: str | None = None             # "local": sent as the file's own chunks
+    segments: Sequence[SegmentRecord] | None = None  # None: leave the recorded ones
+
+
 class Skip(NamedTuple):
     """A file refused before sending: recorded so that ``status`` can say why."""
 
@@ -179,6 +197,8 @@ class StateBackend(Protocol):
                       size: int | None, mtime_ns: int | None, inode: int | None,
                       indexing_status: str | None, attempts: int = 0, chunking: str | None = None,
                       segments: Sequence[SegmentRecord] | None = None) -> None: ...
+    def settle_uploads(self, journal_id: int | None, folder: str, dataset_id: str,
+                       uploads: Sequence[Settled]) -> None: ...
     def segments(self, document_id: str) -> tuple[SegmentRecord, ...]:
         """The records of a locally chunked document's segments, in chunk order."""
     def settle_segments(self, journal_ids: Sequence[int], folder: str, document_id: str,
@@ -512,28 +532,20 @@ class StateStore:
         """The server accepted an upload (create, update, rename, adopt): record what it holds.
         ``chunking`` is "local" when it went as the file's own chunks; ``segments`` (None:
         leave them) are then the records of its segments, replacing any before."""
+        self.settle_uploads(journal_id, folder, dataset_id, [Settled(
+            rel_path, document_id=document_id, document_name=document_name, batch=batch, sha256=sha256,
+            size=size, mtime_ns=mtime_ns, inode=inode, indexing_status=indexing_status, attempts=attempts,
+            chunking=chunking, segments=segments)])
+
+    def settle_uploads(self, journal_id: int | None, folder: str, dataset_id: str,
+                       uploads: Sequence[Settled]) -> None:
+        """``settle_upload`` for many files in one transaction (the adoptions of a first
+        pass over a synced tree: one commit per file made them a third of its time)."""
         now = time.time()
         with self.transaction() as conn:
             _unmark(conn, folder)
-            if segments is not None or chunking != "local":
-                _drop_segments(conn, folder, rel_path, document_id)
-            if segments:
-                _insert_segments(conn, document_id, segments)
-            conn.execute(
-                "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, sha256, "
-                "document_id, document_name, batch, indexing_status, last_error, skip_reason, "
-                "refused_sha256, attempts, updated_at, synced_at, skip_code, error_kind, chunking) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, NULL, NULL, ?) "
-                "ON CONFLICT (folder, rel_path) DO UPDATE SET dataset_id = excluded.dataset_id, "
-                "size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode, "
-                "sha256 = excluded.sha256, document_id = excluded.document_id, "
-                "document_name = excluded.document_name, batch = excluded.batch, "
-                "indexing_status = excluded.indexing_status, last_error = NULL, skip_reason = NULL, "
-                "refused_sha256 = NULL, attempts = excluded.attempts, updated_at = excluded.updated_at, "
-                "synced_at = excluded.synced_at, skip_code = NULL, error_kind = NULL, "
-                "chunking = excluded.chunking",
-                [folder, encode_path(rel_path), dataset_id, size, mtime_ns, inode, sha256, document_id,
-                 document_name, batch, indexing_status, attempts, now, now, chunking])
+            for u in uploads:
+                _record_upload(conn, folder, dataset_id, u, now)
             if journal_id is not None:
                 conn.execute("DELETE FROM journal WHERE id = ?", [journal_id])
 
@@ -854,6 +866,29 @@ class StateStore:
             args.extend([key, key + "/", key + "0"])
         return [PendingDocument(r[4], InFlight(r[0], decode_path(r[1]), r[2], r[3]))
                 for r in self.db.execute(sql, args)]
+
+
+def _record_upload(conn: sqlite3.Connection, folder: str, dataset_id: str, u: Settled, now: float) -> None:
+    """One accepted upload's file row (and its segment records) in an open transaction."""
+    if u.segments is not None or u.chunking != "local":
+        _drop_segments(conn, folder, u.rel_path, u.document_id)
+    if u.segments:
+        _insert_segments(conn, u.document_id, u.segments)
+    conn.execute(
+        "INSERT INTO files (folder, rel_path, dataset_id, size, mtime_ns, inode, sha256, "
+        "document_id, document_name, batch, indexing_status, last_error, skip_reason, "
+        "refused_sha256, attempts, updated_at, synced_at, skip_code, error_kind, chunking) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?, NULL, NULL, ?) "
+        "ON CONFLICT (folder, rel_path) DO UPDATE SET dataset_id = excluded.dataset_id, "
+        "size = excluded.size, mtime_ns = excluded.mtime_ns, inode = excluded.inode, "
+        "sha256 = excluded.sha256, document_id = excluded.document_id, "
+        "document_name = excluded.document_name, batch = excluded.batch, "
+        "indexing_status = excluded.indexing_status, last_error = NULL, skip_reason = NULL, "
+        "refused_sha256 = NULL, attempts = excluded.attempts, updated_at = excluded.updated_at, "
+        "synced_at = excluded.synced_at, skip_code = NULL, error_kind = NULL, "
+        "chunking = excluded.chunking",
+        [folder, encode_path(u.rel_path), dataset_id, u.size, u.mtime_ns, u.inode, u.sha256, u.document_id,
+         u.document_name, u.batch, u.indexing_status, u.attempts, now, now, u.chunking])
 
 
 def _unmark(conn: sqlite3.Connection, folder: str | None) -> None:
