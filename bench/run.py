@@ -33,6 +33,7 @@ BENCHMARKS = {  # name -> module (order of the table)
     "watch": "watch",
     "polling": "polling",
     "segments": "segments",
+    "scale": "scale",
 }
 
 
