@@ -95,6 +95,20 @@ def test_plain_http_to_a_remote_host_is_refused_unless_allowed(tmp_path, secret_
     assert box.cli("reconcile", "-c", str(box.config), "--dry-run").code != 78
 
 
+def test_a_plain_http_base_url_gets_a_verifying_tls_context_and_https_the_trusted_cas():
+    """An http:// Dify is never spoken to over TLS (no redirects are followed), so its
+    client skips reading the CA bundle; the context it holds still verifies (fails closed)."""
+    import ssl
+
+    from difysync.dify import _tls_for
+
+    plain = _tls_for("http://127.0.0.1:5001/v1")
+    assert isinstance(plain, ssl.SSLContext)
+    assert plain.verify_mode is ssl.CERT_REQUIRED and plain.check_hostname
+    assert plain.cert_store_stats()["x509_ca"] == 0  # trusts nobody
+    assert _tls_for("https://dify.example/v1") is True  # httpx's default: certifi's CAs, verified
+
+
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is needed to make a test certificate")
 def test_tls_certificates_are_verified(tmp_path, secret_emulator):
     """A server with a certificate nobody trusts is refused at once, not retried."""

@@ -127,7 +127,7 @@ class DifyClient:
         self._http = httpx.Client(
             base_url=self.base_url, timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)),
             headers={"Authorization": f"Bearer {api_key}", "User-Agent": f"difysync/{__version__}"},
-            transport=transport, follow_redirects=False, verify=True)
+            transport=transport, follow_redirects=False, verify=_tls_for(self.base_url))
 
     @classmethod
     def from_settings(cls, dify: DifySettings, api_key: str) -> DifyClient:
@@ -548,6 +548,20 @@ class DifyClient:
             raise FatalError(f"{about}: the server's answer holds no document")
         batch = body.get("batch")
         return Upload(remote_document(doc), str(batch) if batch else None)
+
+
+def _tls_for(base_url: str) -> ssl.SSLContext | bool:
+    """What the client verifies TLS with: httpx's default (certifi's CAs) for https.
+
+    A plain http:// base URL (a loopback or internal Dify) never makes a TLS connection:
+    redirects are not followed, and every request goes to that URL. It gets a context
+    that still verifies (hostname check, certificate required) but loads no CA file, so
+    the one-shot pass does not pay for reading the CA bundle (about 20 ms of its start-up),
+    and a TLS connection, if one were ever made, would fail closed."""
+    if httpx.URL(base_url).scheme != "http":
+        return True
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED by default
+    return context
 
 
 _ID = re.compile(r"/[^/]*[0-9][^/]*")  # a path segment with a digit: an id (no route word has one)

@@ -1,0 +1,39 @@
+"""What a one-shot pass pays before it decides anything: the modules it imports.
+
+A quiet pass over a big tree is a walk and a few requests, so start-up is a large share
+of it (issue 13). A plain `reconcile` imports only what it uses: not the emulator, not the
+service's metrics, status page or web server, not the other commands' modules."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.sandbox import Sandbox
+
+NOT_FOR_A_PASS = ("difysync.emulator", "starlette", "uvicorn", "prometheus_client", "difysync.metrics",
+                  "difysync.web", "difysync.daemon", "difysync.watch", "watchdog", "difysync.statusview",
+                  "difysync.compare", "difysync.listing", "difysync.configdoc", "difysync.demo", "apscheduler")
+
+_RUN = """
+import json, sys
+from difysync.cli import main
+try:
+    main(["reconcile", "-c", sys.argv[1], "--json"])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def test_a_plain_reconcile_imports_nothing_it_does_not_use(tmp_path, emulator):
+    box = Sandbox(tmp_path, emulator)
+    box.write("a.md", "a")
+    proc = subprocess.run([sys.executable, "-c", _RUN, str(box.config)], capture_output=True, text=True,
+                          env={**os.environ, **box.env}, cwd=tmp_path, timeout=60)
+    seen = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert seen["code"] == 0, proc.stderr
+    loaded = {m for m in seen["modules"] if any(m == n or m.startswith(n + ".") for n in NOT_FOR_A_PASS)}
+    assert loaded == set()
