@@ -131,6 +131,8 @@ def test_lost_state_db_adopts_instead_of_duplicating(box, tmp_path):
     assert result.json["created"] == 0 and result.json["unchanged"] == 5
     assert box.mutations() == 0
     assert len(box.docs()) == 5
+    # adoptions count as unchanged; --json does not list them one by one
+    assert [a for a in result.json["actions"] if a["action"] == "adopt"] == []
 
 
 def test_adopting_a_synced_tree_logs_one_line_and_records_every_file_in_the_state(box, tmp_path):

@@ -327,23 +327,29 @@ class DifyClient:
                 gc.freeze()
 
         try:
-            batch, more, total = fetch(1)
-            absorb(batch)
-            page = 2
-            if more and total is not None and self.list_workers > 1 and -(-total // PAGE_LIMIT) >= page:
-                last = -(-total // PAGE_LIMIT)
-                with ThreadPoolExecutor(max_workers=self.list_workers, thread_name_prefix="difysync-list") as pool:
-                    for batch, more, _ in pool.map(fetch, range(page, last + 1)):
-                        absorb(batch)
-                page = last + 1
-            while more:
-                batch, more, _ = fetch(page)
-                absorb(batch)
-                page += 1
+            self._every_page(fetch, absorb)
         finally:
             if pages >= GC_EVERY_PAGES:
                 gc.unfreeze()  # back to the oldest generation, collected as usual from now on
         return list(docs.values())
+
+    def _every_page(self, fetch: Callable[[int], tuple[list[RemoteDocument], bool, int | None]],
+                    absorb: Callable[[list[RemoteDocument]], None]) -> None:
+        """Page 1, then the pages its ``total`` announces ``list_workers`` at a time, then
+        any further pages one by one (documents added meanwhile)."""
+        batch, more, total = fetch(1)
+        absorb(batch)
+        page = 2
+        if more and total is not None and self.list_workers > 1 and -(-total // PAGE_LIMIT) >= page:
+            last = -(-total // PAGE_LIMIT)
+            with ThreadPoolExecutor(max_workers=self.list_workers, thread_name_prefix="difysync-list") as pool:
+                for batch, more, _ in pool.map(fetch, range(page, last + 1)):
+                    absorb(batch)
+            page = last + 1
+        while more:
+            batch, more, _ = fetch(page)
+            absorb(batch)
+            page += 1
 
     def document_page(self, dataset_id: str, page: int = 1, *,
                       status: str | None = None) -> tuple[list[RemoteDocument], int | None]:

@@ -162,17 +162,23 @@ def run_errors(report: RunReport) -> list[str]:
     return [f"{f.folder}: {e}" for f in report.folders for e in f.errors]
 
 
+_BOOKKEEPING = frozenset({Kind.FORGET, Kind.ADOPT})  # decisions that send nothing and change nothing in Dify
+
+
 def actions_json(report: RunReport) -> list[dict[str, Any]]:
-    """Every action but the bookkeeping ones: outcomes once applied, the plan otherwise."""
+    """Every action but the bookkeeping ones (forgetting a row, adopting a document the
+    server already holds, counted as unchanged): outcomes once applied, the plan otherwise.
+    A first pass over a synced million-file tree adopts every file; listing each here made
+    its output a gigabyte in memory."""
     out = []
     for f in report.folders:
         if f.outcomes:
-            out.extend({"folder": f.folder, **o.as_dict()} for o in f.outcomes if o.action.kind is not Kind.FORGET)
+            out.extend({"folder": f.folder, **o.as_dict()} for o in f.outcomes if o.action.kind not in _BOOKKEEPING)
         elif f.plan:
             out.extend({"folder": f.folder, "action": str(a.kind), "path": a.rel_path,
                         "old_path": a.old_rel_path, "document_id": a.document_id, "result": "planned",
                         "message": a.segments or a.reason, "reason_code": a.code.value if a.code else None}
-                       for a in f.plan.actions if a.kind is not Kind.FORGET)
+                       for a in f.plan.actions if a.kind not in _BOOKKEEPING)
     return out
 
 
