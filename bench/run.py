@@ -34,6 +34,7 @@ BENCHMARKS = {  # name -> module (order of the table)
     "polling": "polling",
     "segments": "segments",
     "scale": "scale",
+    "rest": "rest",
 }
 
 
