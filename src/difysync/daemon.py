@@ -330,6 +330,7 @@ class Daemon:
         self._stop_requested = False
         self._reload_requested = False
         self._ready_sent = False
+        self._db_counts: tuple[int, int] | None = None  # (in flight, errors) at the last refresh from the DB
         self._fatal: BaseException | None = None
         self._watch_failed = False
         self._status_text = ""
@@ -416,7 +417,7 @@ class Daemon:
         if self.watcher is not None and not self.watcher.is_alive() and not self._stop_requested:
             self._watch_failed = True
             self._wake.set()
-        self.refresh_status()
+        self.refresh_status(from_db=False)
 
     def run_forever(self) -> int:
         """Main-thread loop: signals, debounced paths, readiness, health, watchdog pings."""
@@ -513,17 +514,23 @@ class Daemon:
 
     # --- status -----------------------------------------------------------------------
 
-    def refresh_status(self) -> None:
+    def refresh_status(self, *, from_db: bool = True) -> None:
+        """The STATUS line systemd shows. ``from_db`` False (the 5 s health tick) re-counts
+        only what lives in memory (dirty paths, backoff) and keeps the state DB's counts
+        from the last pass or poll: counting them scans every file row, which at rest made
+        a 100k-file service use 7 % of a core."""
         pending = sum(w.status.pending_paths for w in self.workers.values())
         with self._tracker_lock:
             pending += sum(t.pending() for t in self.trackers.values())
-        try:
-            with StateStore(self.settings.state_db, readonly=True) as store:
-                summaries = store.summaries()
-                in_flight = sum(s.pending + s.indexing for s in summaries)
-                errors = sum(s.error for s in summaries)
-        except StateError:
-            in_flight, errors = 0, 0
+        if from_db or self._db_counts is None:
+            try:
+                with StateStore(self.settings.state_db, readonly=True) as store:
+                    summaries = store.summaries()
+                    self._db_counts = (sum(s.pending + s.indexing for s in summaries),
+                                       sum(s.error for s in summaries))
+            except StateError:
+                self._db_counts = (0, 0)
+        in_flight, errors = self._db_counts
         backing_off = [w for w in self.workers.values() if w.status.backoff_until > time.monotonic()]
         text = (f"watching {len(self.workers)} folder{'s' if len(self.workers) != 1 else ''}, "
                 f"{pending + in_flight} pending, {errors} errors")
