@@ -73,9 +73,6 @@ class Fanout(Observer):
     def __init__(self, observers: Iterable[Observer] = ()) -> None:
         self.observers = [o for o in observers if o is not None]
 
-    def add(self, observer: Observer) -> None:
-        self.observers.append(observer)
-
     def _each(self, name: str, *args: object) -> None:
         for o in self.observers:
             try:

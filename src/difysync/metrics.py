@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +30,7 @@ from .events import Observer, Phase
 from .models import SkipCode
 from .outcomes import Result
 from .state import StateStore
+from .statusview import iso  # the one time format of difysync's JSON: UTC, ISO 8601
 
 if TYPE_CHECKING:  # pragma: no cover
     from .errors import DifyError
@@ -416,11 +416,6 @@ class _StateCollector(Collector):
             if view.stored.last_success is not None:
                 last.add_metric([view.live.key], view.stored.last_success)
         yield last
-
-
-def iso(at: float | None) -> str | None:
-    """ISO-8601 in local time with its offset (what `status --json` prints)."""
-    return datetime.fromtimestamp(at).astimezone().isoformat(timespec="seconds") if at else None
 
 
 def _ago(seconds: float) -> str:

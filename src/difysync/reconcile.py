@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -448,25 +449,38 @@ def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root:
     unchanged, else a fresh streamed hash. Returns (files, restat, problems, hashed) where
     ``restat`` are synced files whose row needs its stat or skip note refreshed: the hash
     matched the store but the stat moved, or a skip recorded earlier no longer holds.
-    ``progress(done, total, bytes)`` hears of each file hashed."""
+    ``progress(done, total, bytes)`` hears of each file hashed: the files to read are
+    sorted out first, so their number is known without a second look at every file."""
     # Entries are replaced in place, so a big tree never holds two copies of its records.
     out = files if isinstance(files, list) else list(files)
     restat: list[LocalFile] = []
-    problems: list[ScanProblem] = []
-    hashed = nbytes = 0
-    unreadable: list[int] = []
-    todo = _to_hash(out, rows, policy) if progress is not None else 0
+    todo = array("q")  # indices of the files to read
     for i, f in enumerate(out):
         if refusal(f.rel_path, f.size, policy):
             continue
         row = rows.get(f.rel_path)
-        if _unchanged_stat(f, row):
-            assert row is not None
+        if row is not None and row.sha256 and row.size == f.size and row.mtime_ns == f.mtime_ns \
+                and row.inode == f.inode:
             # Built from the row's own objects (equal values), so the scan's copies go.
             out[i] = LocalFile(row.rel_path, row.size, row.mtime_ns, row.inode, row.sha256)
             if row.skip_code is not None and row.skip_code.about_the_file and row.document_id:
                 restat.append(out[i])  # readable (and unchanged) again: the old skip note goes
             continue
+        todo.append(i)
+    problems, hashed = _hash_files(out, todo, rows, root, restat, progress)
+    return out, restat, problems, hashed
+
+
+def _hash_files(out: list[LocalFile], todo: Sequence[int], rows: Mapping[str, FileState], root: Path,
+                restat: list[LocalFile], progress: Callable[[int, int, int], None] | None,
+                ) -> tuple[list[ScanProblem], int]:
+    """Hash ``out[i]`` for each i in ``todo`` in place; an unreadable file leaves ``out``
+    and becomes a problem. Returns (problems, files hashed)."""
+    problems: list[ScanProblem] = []
+    unreadable: list[int] = []
+    hashed = nbytes = 0
+    for i in todo:
+        f = out[i]
         try:
             digest, _ = sha256_file(root / f.rel_path)
         except OSError as exc:
@@ -476,25 +490,15 @@ def with_hashes(files: Sequence[LocalFile], rows: Mapping[str, FileState], root:
         hashed += 1
         nbytes += f.size
         if progress is not None:
-            progress(hashed, todo, nbytes)
+            progress(hashed, len(todo), nbytes)
         fresh = LocalFile(f.rel_path, f.size, f.mtime_ns, f.inode, digest)
         out[i] = fresh
+        row = rows.get(f.rel_path)
         if row is not None and row.sha256 == digest and row.document_id:
             restat.append(fresh)
     for i in reversed(unreadable):
         del out[i]
-    return out, restat, problems, hashed
-
-
-def _unchanged_stat(f: LocalFile, row: FileState | None) -> bool:
-    return row is not None and bool(row.sha256) and row.size == f.size and row.mtime_ns == f.mtime_ns \
-        and row.inode == f.inode
-
-
-def _to_hash(files: Sequence[LocalFile], rows: Mapping[str, FileState], policy: Policy) -> int:
-    """How many of ``files`` with_hashes will read (for a progress total)."""
-    return sum(1 for f in files
-               if not refusal(f.rel_path, f.size, policy) and not _unchanged_stat(f, rows.get(f.rel_path)))
+    return problems, hashed
 
 
 def upload_bytes(plan: Plan, files: Sequence[LocalFile]) -> int:
