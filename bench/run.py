@@ -35,6 +35,8 @@ BENCHMARKS = {  # name -> module (order of the table)
     "segments": "segments",
     "scale": "scale",
     "rest": "rest",
+    "import100k": "import_scale",
+    "storm": "storm",
 }
 
 

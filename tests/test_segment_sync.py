@@ -283,7 +283,11 @@ def test_sigkill_during_segment_sync_then_a_pass_converges_without_duplicates(tm
             proc = subprocess.Popen([sys.executable, "-m", "difysync", "reconcile", "-c", str(sb.config)],
                                     cwd=tmp_path, env={**__import__("os").environ, **sb.env},
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.4, 1.2))  # start-up is about 0.4 s: kill during the pass
+            # Kill during the pass: once its first change reached the server, a little later.
+            sent, deadline = len(emu.mutating_requests()), time.monotonic() + 20
+            while proc.poll() is None and len(emu.mutating_requests()) == sent and time.monotonic() < deadline:
+                time.sleep(0.005)
+            time.sleep(rng.uniform(0.0, 0.15))
             if proc.poll() is None:
                 proc.send_signal(signal.SIGKILL)
                 kills += 1

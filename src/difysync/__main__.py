@@ -1,6 +1,6 @@
 """`python -m difysync` runs the same CLI as the `difysync` script."""
 
-from .cli import main
+from .cli import entry
 
 if __name__ == "__main__":
-    main(prog_name="difysync")
+    entry()

@@ -13,6 +13,7 @@ import json
 import logging
 import re
 import ssl
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +21,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import httpx
+# httpx imports its own command-line client, and with it rich and pygments, whenever they
+# are installed (about 50 ms of every start-up here). difysync never runs that client; a
+# None entry makes the import fail, which httpx answers with a stub ``httpx.main``.
+sys.modules.setdefault("httpx._main", None)  # type: ignore[arg-type]
+import httpx  # noqa: E402
 from tenacity import RetryCallState, Retrying, retry_if_exception, retry_never, stop_after_attempt
 from tenacity.wait import wait_base
 

@@ -28,12 +28,15 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import __version__
 from .dify import PAGE_LIMIT
-from .models import LocalFile, RemoteDocument, ScanProblem, SkipCode
+from .models import RemoteDocument, ScanProblem, SkipCode
 from .plan import Action, Kind, Policy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .scanner import FileColumns
 
 # Every display status but "available"; Dify gives each document exactly one.
 FLAGGED_STATUSES = ("queuing", "indexing", "paused", "error", "disabled", "archived")
@@ -106,11 +109,17 @@ class ListingRecorder:
             return fingerprint(self._total, self._head, self._flagged)
 
 
-def scan_digest(files: Iterable[LocalFile], problems: Iterable[ScanProblem]) -> str:
-    """One value for a scan: equal digests, equal paths, sizes, mtimes, inodes and refusals."""
+def scan_digest(found: FileColumns, problems: Iterable[ScanProblem]) -> str:
+    """One value for a scan: equal digests, equal paths, sizes, mtimes, inodes and refusals.
+
+    Taken over the walk's columns in the order the walk met the files, which the same
+    directories give again; a directory listed in another order (its entries churned)
+    only costs one full listing, after which the new digest is the mark's."""
     h = hashlib.blake2b(digest_size=20)
-    h.update("\n".join([f"{f.rel_path}\0{f.size}\0{f.mtime_ns}\0{f.inode}" for f in files])
-             .encode("utf-8", "surrogateescape"))
+    h.update("\0".join(found.paths).encode("utf-8", "surrogateescape"))
+    for column in (found.sizes, found.mtimes, found.inodes):
+        h.update(b"\n\x01\n")
+        h.update(column.tobytes())
     h.update(b"\n\x01\n")
     h.update("\n".join([f"{p.rel_path}\0{p.reason}" for p in problems]).encode("utf-8", "surrogateescape"))
     return h.hexdigest()

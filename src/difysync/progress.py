@@ -10,7 +10,6 @@ lines are printed above the rows instead of through them.
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from .events import Observer, Phase
 from .outcomes import Result
 from .plan import UPLOADS
 from .remote import SETTLED
+from .terminal import folder_labels, watched
 
 if TYPE_CHECKING:  # pragma: no cover
     from .config import FolderSettings
@@ -37,7 +37,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from .outcomes import Outcome
     from .plan import Plan
 
-QUIET_LEVELS = frozenset({"warning", "error"})  # -q / --log-level warning: no progress, no table
 # How --wait's statuses are shown: Dify's stages of indexing, grouped as a person reads them.
 _QUEUED = frozenset({"waiting", "queuing"})
 _INDEXING = frozenset({"parsing", "cleaning", "splitting", "indexing"})
@@ -348,31 +347,11 @@ class WaitClock(Observer):
             self._settled.add(folder)
 
 
-def watched(as_json: bool, level: str, stream: object) -> bool:
-    """Someone is watching ``stream`` (a terminal, not a dumb one) and wants more than
-    warnings, and the output is not for a program (--json)."""
-    if as_json or level in QUIET_LEVELS:
-        return False
-    try:
-        fd = stream.fileno()  # type: ignore[attr-defined]
-    except (AttributeError, OSError, ValueError):
-        return False
-    return os.isatty(fd) and os.environ.get("TERM", "").lower() not in ("dumb", "unknown")
-
-
 def for_terminal(folders: Iterable[FolderSettings], *, as_json: bool, level: str) -> ProgressDisplay | None:
     """The display on stderr, or None when nobody watches there."""
     if not watched(as_json, level, sys.stderr):
         return None
     return ProgressDisplay(Console(stderr=True), folder_labels(folders))
-
-
-def folder_labels(folders: Iterable[FolderSettings]) -> dict[str, str]:
-    """A short label per folder key: the folder's ``label`` (its name, dataset name or
-    directory name, as log lines name it), or its whole path when two folders share one."""
-    folders = list(folders)
-    labels = [f.label for f in folders]
-    return {f.key: label if labels.count(label) == 1 else f.key for f, label in zip(folders, labels)}
 
 
 __all__ = ["FolderProgress", "ProgressDisplay", "WaitClock", "folder_labels", "for_terminal", "indexing_counts",

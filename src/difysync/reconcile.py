@@ -35,7 +35,7 @@ from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProb
 from .plan import UPLOADS, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
-from .scanner import scan_tree, sha256_file, stat_paths
+from .scanner import ScanResult, scan_tree, sha256_file, stat_paths
 from .segsync import LocalChunking, edit_note
 from .state import Skip, StateBackend
 
@@ -283,22 +283,26 @@ class _Pass:
             probing = pool.submit(self.view.probe) if candidate is not None and self.view is not None else None
             self.hooks.observer.phase(self.key, Phase.SCANNING)
             scan = scan_tree(self.root, self.folder.include, self.folder.exclude)
-            self.hooks.observer.scanned(self.key, len(scan.files))
-            inputs = _Inputs(scan.files, {}, list(scan.problems), root_error=scan.root_error, mark_key=mark_key)
-            del scan  # _hash makes the list that lives on; keep one copy in memory
-            if dataset_id and not inputs.root_error:
-                inputs.digest = marks.scan_digest(inputs.files, inputs.problems)
+            self.hooks.observer.scanned(self.key, len(scan.found))
+            digest = marks.scan_digest(scan.found, scan.problems) if dataset_id and not scan.root_error else None
             if candidate is None or probing is None:
-                return inputs
-            if inputs.digest != candidate.scan_digest:
+                return self._inputs(scan, mark_key, digest)
+            if digest != candidate.scan_digest:
                 probing.cancel()
-                return inputs
+                return self._inputs(scan, mark_key, digest)
             if probing.result() != candidate.remote:
                 log.debug("%s: the dataset changed since the last clean pass (or cannot be probed): listing it",
                           self.folder.label, extra=log_fields(folder=self.folder.label))
-                return inputs
+                return self._inputs(scan, mark_key, digest)
         self._report_quiet(candidate)
         return None
+
+    @staticmethod
+    def _inputs(scan: ScanResult, mark_key: str | None, digest: str | None) -> _Inputs:
+        """What a pass that plans starts from; the walk's files become LocalFiles only here,
+        so a quiet pass never makes them."""
+        return _Inputs(scan.files, {}, list(scan.problems), root_error=scan.root_error, mark_key=mark_key,
+                       digest=digest)
 
     def _usable_mark(self, mark_key: str | None) -> marks.Mark | None:
         """The folder's mark, if it is recent, made under this configuration, and for a

@@ -25,13 +25,15 @@ import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
-
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from .errors import StateError, StateWriteError
 from .models import ErrorKind, FileState, JournalEntry, LocalFile, SegmentRecord, SkipCode
+
+if TYPE_CHECKING:  # pragma: no cover
+    import sqlite_utils
 
 SCHEMA_VERSION = 6
 
@@ -246,16 +248,28 @@ class StateStore:
                 self._create_private(self.path)
                 conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
             conn.execute("PRAGMA busy_timeout = 5000")
-            self.db = sqlite_utils.Database(conn)
+            self.conn = conn
             if not readonly:
-                self.db.execute("PRAGMA journal_mode = WAL")
-                self.db.execute("PRAGMA synchronous = NORMAL")
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = NORMAL")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             raise StateError(f"state DB {self.path} is unusable ({exc}): move it aside and run "
                              f"`difysync rebuild-state`") from None
         except OSError as exc:
             raise StateError(f"state DB {self.path} cannot be opened: {exc.strerror or exc}") from None
+
+    @cached_property
+    def db(self) -> sqlite_utils.Database:
+        """sqlite-utils over the same connection, for creating tables and upserting rows.
+        Imported on first use: a quiet pass reads with plain SQL, and sqlite-utils (with
+        its plugins and dateutil) is 40 ms of start-up."""
+        import sqlite_utils
+
+        return sqlite_utils.Database(self.conn)
+
+    def _tables(self) -> set[str]:
+        return {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
 
     @staticmethod
     def _create_private(path: Path) -> None:
@@ -270,7 +284,7 @@ class StateStore:
                 os.chmod(side, 0o600)
 
     def close(self) -> None:
-        self.db.conn.close()
+        self.conn.close()
 
     def __enter__(self) -> StateStore:
         return self
@@ -283,7 +297,7 @@ class StateStore:
         """One short write transaction. SQLite's own failures (disk full, I/O error, a
         lock held too long) become StateWriteError: the caller backs off, nothing is
         half-written."""
-        conn = self.db.conn
+        conn = self.conn
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
@@ -331,9 +345,9 @@ class StateStore:
         self._files_source = "files"
 
     def _schema_version(self) -> int:
-        if "meta" not in self.db.table_names():
+        if "meta" not in self._tables():
             return 0
-        row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        row = self.conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
         return int(row[0]) if row else 0
 
     def _migration_1_initial(self) -> None:
@@ -350,13 +364,13 @@ class StateStore:
                 "folder": str, "kind": str, "started_at": float, "finished_at": float,
                 "ok": int, "summary": str,
             }, pk=("folder", "kind"), if_not_exists=True)
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1')")
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '1')")
 
     def _migration_2_marks(self) -> None:
         with self.transaction():
             self.db["marks"].create({"folder": str, "dataset_id": str, "taken_at": float, "body": str},
                                     pk="folder", if_not_exists=True)
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2')")
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '2')")
 
     def _migration_3_codes_and_datasets(self) -> None:
         """Reasons and error states as codes beside their texts; the datasets found by name."""
@@ -367,24 +381,24 @@ class StateStore:
                     files.add_column(column, str)
             # Rows written before the codes existed are classified from their texts,
             # once, here; nothing else ever reads the texts.
-            self.db.execute("UPDATE files SET error_kind = CASE "
+            self.conn.execute("UPDATE files SET error_kind = CASE "
                             "WHEN last_error LIKE 'waiting%' THEN 'waiting' "
                             "WHEN last_error LIKE 'indexing failed%' THEN 'indexing_failed' "
                             "ELSE 'request_failed' END WHERE last_error IS NOT NULL AND error_kind IS NULL")
-            self.db.execute("UPDATE files SET skip_code = CASE "
+            self.conn.execute("UPDATE files SET skip_code = CASE "
                             "WHEN refused_sha256 IS NOT NULL THEN 'refused_by_server' "
                             "WHEN skip_reason LIKE 'quarantined%' THEN 'quarantined' "
                             "ELSE 'unreadable' END WHERE skip_reason IS NOT NULL AND skip_code IS NULL")
             self.db["datasets"].create({"folder": str, "dataset_name": str, "dataset_id": str,
                                         "resolved_at": float}, pk="folder", if_not_exists=True)
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3')")
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '3')")
 
     def _migration_4_metadata_fields(self) -> None:
         """Per dataset: whether it has a metadata API, and the ids of difysync's fields."""
         with self.transaction():
             self.db["metadata"].create({"dataset_id": str, "supported": int, "fields": str, "checked_at": float,
                                         "merges": int}, pk="dataset_id", if_not_exists=True)
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '4')")
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '4')")
 
     def _migration_5_segments(self) -> None:
         """Locally chunked documents: how each file's content was split when it was sent
@@ -396,7 +410,7 @@ class StateStore:
             self.db["segments"].create({"document_id": str, "idx": int, "chunk_sha256": str, "key_sha256": str,
                                         "segment_id": str, "server_sha256": str},
                                        pk=("document_id", "idx"), if_not_exists=True)
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '5')")
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '5')")
 
     def _migration_6_dataset_names(self) -> None:
         """The name each dataset had when difysync last saw it, so that ``status`` shows
@@ -404,7 +418,7 @@ class StateStore:
         with self.transaction():
             self.db["dataset_names"].create({"dataset_id": str, "name": str, "seen_at": float},
                                             pk="dataset_id", if_not_exists=True)
-            self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '6')")
+            self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', '6')")
 
     # --- reads ------------------------------------------------------------------------
 
@@ -416,7 +430,7 @@ class StateStore:
         each instead of two."""
         # The name and batch are left out: a pass derives names from paths and never needs
         # the batch, and on a 100k folder the two would cost ~20 MB of strings.
-        cursor = self.db.execute(
+        cursor = self.conn.execute(
             "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, NULL, NULL, "
             "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, error_kind, "
             "chunking FROM files WHERE folder = ?", [folder])
@@ -444,7 +458,7 @@ class StateStore:
         for rel in rel_paths:
             key = encode_path(rel)
             # Children sort between "dir/" and "dir0" ("0" follows "/" in code points).
-            cursor = self.db.execute(columns + "WHERE folder = ? AND (rel_path = ? OR "
+            cursor = self.conn.execute(columns + "WHERE folder = ? AND (rel_path = ? OR "
                                      "(rel_path >= ? AND rel_path < ?))",
                                      [folder, key, key + "/", key + "0"])
             for r in cursor:
@@ -454,22 +468,22 @@ class StateStore:
 
     def document_paths(self, folder: str) -> dict[str, str]:
         """document id -> the relative path of the file the folder's row says it holds."""
-        return {r[0]: decode_path(r[1]) for r in self.db.execute(
+        return {r[0]: decode_path(r[1]) for r in self.conn.execute(
             "SELECT document_id, rel_path FROM files WHERE folder = ? AND document_id IS NOT NULL", [folder])}
 
     def has_path(self, folder: str, rel_path: str) -> bool:
         """The folder has a row for this path, or for files below it."""
         key = encode_path(rel_path)
-        return self.db.execute("SELECT 1 FROM files WHERE folder = ? AND (rel_path = ? OR (rel_path >= ? AND "
+        return self.conn.execute("SELECT 1 FROM files WHERE folder = ? AND (rel_path = ? OR (rel_path >= ? AND "
                                "rel_path < ?)) LIMIT 1", [folder, key, key + "/", key + "0"]).fetchone() is not None
 
     def count_tracked(self, folder: str) -> int:
-        return self.db.execute("SELECT count(*) FROM files WHERE folder = ? AND document_id IS NOT NULL",
+        return self.conn.execute("SELECT count(*) FROM files WHERE folder = ? AND document_id IS NOT NULL",
                                [folder]).fetchone()[0]
 
     def pending_journal(self, folder: str) -> list[JournalEntry]:
         """The folder's unsettled intents, oldest first (a pass plans with them)."""
-        rows = self.db.execute(
+        rows = self.conn.execute(
             "SELECT id, rel_path, op, document_name, document_id, sha256 FROM journal "
             "WHERE folder = ? ORDER BY id", [folder]).fetchall()
         return [JournalEntry(id=r[0], rel_path=decode_path(r[1]), op=r[2], document_name=r[3],
@@ -483,7 +497,7 @@ class StateStore:
         if folder is not None:
             sql += " AND folder = ?"
             args.append(folder)
-        return [InFlight(r[0], decode_path(r[1]), r[2], r[3]) for r in self.db.execute(sql, args)]
+        return [InFlight(r[0], decode_path(r[1]), r[2], r[3]) for r in self.conn.execute(sql, args)]
 
     # --- journal ----------------------------------------------------------------------
 
@@ -551,7 +565,7 @@ class StateStore:
 
     def segments(self, document_id: str) -> tuple[SegmentRecord, ...]:
         """The records of a locally chunked document's segments, in chunk order."""
-        rows = self.db.execute("SELECT chunk_sha256, key_sha256, segment_id, server_sha256 FROM segments "
+        rows = self.conn.execute("SELECT chunk_sha256, key_sha256, segment_id, server_sha256 FROM segments "
                                "WHERE document_id = ? ORDER BY idx", [document_id]).fetchall()
         return tuple(SegmentRecord(*r) for r in rows)
 
@@ -691,16 +705,18 @@ class StateStore:
 
     def record_run(self, folder: str, kind: str, started_at: float, ok: bool,
                    summary: Mapping[str, Any]) -> None:
-        with self.transaction():
-            self.db["runs"].upsert({"folder": folder, "kind": kind, "started_at": started_at,
-                                    "finished_at": time.time(), "ok": int(ok), "summary": json.dumps(dict(summary))},
-                                   pk=("folder", "kind"))
+        # Every column of the row is given, so a replace is the upsert; plain SQL keeps
+        # sqlite-utils out of a quiet pass, which writes only this.
+        with self.transaction() as conn:
+            conn.execute("INSERT OR REPLACE INTO runs (folder, kind, started_at, finished_at, ok, summary) "
+                         "VALUES (?, ?, ?, ?, ?, ?)",
+                         [folder, kind, started_at, time.time(), int(ok), json.dumps(dict(summary))])
 
     # --- the datasets found by name -----------------------------------------------------
 
     def known_dataset(self, folder: str, dataset_name: str) -> str | None:
         """The id this folder's dataset name was resolved to before, if it still has that name."""
-        row = self.db.execute("SELECT dataset_id FROM datasets WHERE folder = ? AND dataset_name = ?",
+        row = self.conn.execute("SELECT dataset_id FROM datasets WHERE folder = ? AND dataset_name = ?",
                               [folder, dataset_name]).fetchone()
         return row[0] if row else None
 
@@ -722,9 +738,9 @@ class StateStore:
 
     def dataset_names(self) -> dict[str, str]:
         """dataset id -> the name it had when difysync last saw it (empty before schema 6)."""
-        if "dataset_names" not in self.db.table_names():
+        if "dataset_names" not in self._tables():
             return {}
-        return dict(self.db.execute("SELECT dataset_id, name FROM dataset_names").fetchall())
+        return dict(self.conn.execute("SELECT dataset_id, name FROM dataset_names").fetchall())
 
     def forget_dataset(self, folder: str) -> None:
         """The remembered id answered "dataset not found": resolve the name again."""
@@ -734,13 +750,13 @@ class StateStore:
     def dataset_of(self, folder: str) -> str | None:
         """The dataset the folder's rows were synced into (for a service that has not
         resolved its dataset yet in this run)."""
-        row = self.db.execute("SELECT max(dataset_id) FROM files WHERE folder = ?", [folder]).fetchone()
+        row = self.conn.execute("SELECT max(dataset_id) FROM files WHERE folder = ?", [folder]).fetchone()
         return row[0] if row else None
 
     # --- each dataset's metadata fields --------------------------------------------------
 
     def known_metadata(self, dataset_id: str) -> KnownMetadata | None:
-        row = self.db.execute("SELECT supported, fields, checked_at, merges FROM metadata WHERE dataset_id = ?",
+        row = self.conn.execute("SELECT supported, fields, checked_at, merges FROM metadata WHERE dataset_id = ?",
                               [dataset_id]).fetchone()
         if row is None:
             return None
@@ -761,7 +777,7 @@ class StateStore:
     # --- clean-pass marks (see marks.py) ----------------------------------------------
 
     def load_mark(self, folder: str, dataset_id: str) -> str | None:
-        row = self.db.execute("SELECT body FROM marks WHERE folder = ? AND dataset_id = ?",
+        row = self.conn.execute("SELECT body FROM marks WHERE folder = ? AND dataset_id = ?",
                               [folder, dataset_id]).fetchone()
         return row[0] if row else None
 
@@ -777,11 +793,11 @@ class StateStore:
     def summaries(self) -> list[FolderSummary]:
         out = []
         files = self._files_source
-        folders = [r[0] for r in self.db.execute(
+        folders = [r[0] for r in self.conn.execute(
             "SELECT folder FROM files UNION SELECT folder FROM runs UNION SELECT folder FROM journal "
             "ORDER BY 1")]
         for folder in folders:
-            counts = self.db.execute(
+            counts = self.conn.execute(
                 "SELECT "
                 "sum(document_id IS NOT NULL AND indexing_status = 'completed' AND skip_reason IS NULL), "
                 "sum(document_id IS NOT NULL AND (indexing_status = 'waiting')), "
@@ -791,13 +807,13 @@ class StateStore:
                 f"    (indexing_status IS NULL OR indexing_status NOT IN {_IN_FLIGHT_SQL})), "
                 f"sum(skip_reason IS NOT NULL), max(dataset_id) FROM {files} WHERE folder = ?",
                 [folder]).fetchone()
-            run = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'full' AND ok",
+            run = self.conn.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'full' AND ok",
                                   [folder]).fetchone()
-            attempt = self.db.execute("SELECT finished_at, ok, summary FROM runs WHERE folder = ? AND "
+            attempt = self.conn.execute("SELECT finished_at, ok, summary FROM runs WHERE folder = ? AND "
                                       "kind = 'attempt'", [folder]).fetchone()
-            listed = self.db.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'listing' AND ok",
+            listed = self.conn.execute("SELECT finished_at FROM runs WHERE folder = ? AND kind = 'listing' AND ok",
                                      [folder]).fetchone()
-            journal = self.db.execute("SELECT count(*) FROM journal WHERE folder = ?", [folder]).fetchone()[0]
+            journal = self.conn.execute("SELECT count(*) FROM journal WHERE folder = ?", [folder]).fetchone()[0]
             out.append(FolderSummary(folder=folder, dataset_id=counts[5], synced=counts[0] or 0,
                                      pending=counts[1] or 0, indexing=counts[2] or 0,
                                      error=counts[3] or 0, skipped=counts[4] or 0,
@@ -807,7 +823,7 @@ class StateStore:
         return out
 
     def problems(self) -> list[ProblemFile]:
-        rows = self.db.execute(
+        rows = self.conn.execute(
             "SELECT folder, rel_path, skip_reason, last_error, skip_code, error_kind "
             f"FROM {self._files_source} WHERE skip_reason IS NOT NULL OR "
             "(last_error IS NOT NULL AND error_kind IS NOT 'waiting') ORDER BY folder, rel_path").fetchall()
@@ -821,7 +837,7 @@ class StateStore:
 
     def file_detail(self, folder: str, rel_path: str) -> FileDetail | None:
         """The folder's row for this path, whole, or None."""
-        cursor = self.db.execute(
+        cursor = self.conn.execute(
             "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, document_name, batch, "
             "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, error_kind, "
             f"chunking, dataset_id, updated_at, synced_at FROM {self._files_source} "
@@ -830,21 +846,21 @@ class StateStore:
         if r is None:
             return None
         segments = 0
-        if r[5] and "segments" in self.db.table_names():
-            segments = self.db.execute("SELECT count(*) FROM segments WHERE document_id = ?", [r[5]]).fetchone()[0]
+        if r[5] and "segments" in self._tables():
+            segments = self.conn.execute("SELECT count(*) FROM segments WHERE document_id = ?", [r[5]]).fetchone()[0]
         return FileDetail(folder=folder, dataset_id=r[16], row=_file_state(r[:16]), updated_at=r[17],
                           synced_at=r[18], segments=segments)
 
     def paths_under(self, folder: str, rel_path: str) -> list[str]:
         """The folder's recorded paths below this directory, sorted."""
         key = encode_path(rel_path).rstrip("/")
-        return [decode_path(r[0]) for r in self.db.execute(
+        return [decode_path(r[0]) for r in self.conn.execute(
             "SELECT rel_path FROM files WHERE folder = ? AND rel_path >= ? AND rel_path < ? ORDER BY rel_path",
             [folder, key + "/", key + "0"])]
 
     def last_journal(self, folder: str, rel_path: str) -> JournalNote | None:
         """The newest unsettled journal row about this path, if any."""
-        row = self.db.execute("SELECT op, started_at, document_id, document_name FROM journal "
+        row = self.conn.execute("SELECT op, started_at, document_id, document_name FROM journal "
                               "WHERE folder = ? AND rel_path = ? ORDER BY id DESC LIMIT 1",
                               [folder, encode_path(rel_path)]).fetchone()
         return JournalNote(*row) if row else None
@@ -865,7 +881,7 @@ class StateStore:
             sql += " AND (rel_path = ? OR (rel_path >= ? AND rel_path < ?))"
             args.extend([key, key + "/", key + "0"])
         return [PendingDocument(r[4], InFlight(r[0], decode_path(r[1]), r[2], r[3]))
-                for r in self.db.execute(sql, args)]
+                for r in self.conn.execute(sql, args)]
 
 
 def _record_upload(conn: sqlite3.Connection, folder: str, dataset_id: str, u: Settled, now: float) -> None:

@@ -246,13 +246,18 @@ class Store:
         """Give a document a new batch. Dify keeps one ``batch`` column per document and
         the status endpoint selects documents by it, so the old batch no longer finds this
         document (404 once no document is left in it)."""
-        old = self.batches.get(doc.batch)
-        if old is not None and doc.id in old[1]:
-            old[1].remove(doc.id)
-            if not old[1]:
-                del self.batches[doc.batch]
+        self._leave_batch(doc)
         doc.batch = self._new_batch(doc.dataset_id, [doc.id])
         return doc.batch
+
+    def _leave_batch(self, doc: DocRecord) -> None:
+        """Take a document out of its batch's record (a document is in one batch only),
+        dropping the record once it is empty: a look-up, not a scan of every batch."""
+        entry = self.batches.get(doc.batch)
+        if entry is not None and doc.id in entry[1]:
+            entry[1].remove(doc.id)
+            if not entry[1]:
+                del self.batches[doc.batch]
 
     def reset(self) -> None:
         """Forget every dataset, document and batch (and the fail patterns)."""
@@ -557,11 +562,7 @@ class Store:
             self.segments.drop(doc)
             self._names.pop(dataset_id, None)
             self.metadata_bindings.pop(doc_id, None)
-            for batch, (ds_id, ids) in list(self.batches.items()):
-                if doc_id in ids:
-                    ids.remove(doc_id)
-                    if not ids:
-                        del self.batches[batch]
+            self._leave_batch(doc)
             self.changed()
 
     def set_document(self, dataset_id: str, doc_id: str, **fields_: Any) -> None:
