@@ -8,6 +8,7 @@ document's tags mean for ownership plan.py's.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -57,7 +58,11 @@ def parse(doc_metadata: Any) -> tuple[Tags, tuple[tuple[str, str, str | None], .
             others.append((str(item.get("id") or ""), name, text))
     if not ours:
         return NO_TAGS, tuple(others)
-    return Tags(ours.get(PATH), ours.get(SHA256), ours.get(OWNER), ours.get(MTIME)), tuple(others)
+    owner = ours.get(OWNER)
+    # A dataset's documents have one owner, or a few: one string object for all of them,
+    # not one per document of a million-document listing.
+    return Tags(ours.get(PATH), ours.get(SHA256), sys.intern(owner) if owner else owner,
+                ours.get(MTIME)), tuple(others)
 
 
 def others_now(doc_metadata: Any) -> tuple[tuple[str, str, Any], ...]:
