@@ -162,3 +162,27 @@ class Sandbox:
     def uploads(self) -> int:
         """Mutating requests on documents themselves (creates, updates, deletes), not their metadata."""
         return sum(1 for r in self.emu.mutating_requests() if "/metadata" not in r.path)
+
+
+_MODULES_OF_A_PASS = """
+import json, sys
+from difysync.cli import main
+try:
+    main(["reconcile", "-c", sys.argv[1], "--json"])
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+def modules_of_a_pass(box: "Sandbox") -> tuple[int, list[str], str]:
+    """(exit code, every module loaded, stdout) of a `reconcile --json` in a fresh interpreter."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _MODULES_OF_A_PASS, str(box.config)], capture_output=True,
+                          text=True, env={**os.environ, **box.env}, cwd=box.tmp, timeout=60, check=False)
+    seen = json.loads(proc.stderr.strip().splitlines()[-1])
+    return seen["code"], seen["modules"], proc.stdout

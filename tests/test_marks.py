@@ -4,6 +4,7 @@ to the full listing whenever anything (local, remote, state, configuration) move
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from urllib.parse import parse_qs
@@ -19,7 +20,7 @@ from difysync.remote import RemoteView
 from difysync.naming import document_name
 from difysync.state import StateStore
 
-from .sandbox import Sandbox
+from .sandbox import Sandbox, modules_of_a_pass
 from .test_daemon import Daemon, daemon_box, wait_until
 
 # Enough documents that a probe (7 requests) is cheaper than a listing (8 pages).
@@ -80,31 +81,14 @@ def test_quiet_pass_probes_with_seven_small_requests_instead_of_listing(box):
     assert all(q.get("page") == ["1"] for q in queries)
 
 
-_IMPORTS = """
-import json, sys
-from difysync.cli import main
-try:
-    main(["reconcile", "-c", sys.argv[1], "--json"])
-except SystemExit as exit:
-    code = exit.code
-print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
-"""
-
-
 def test_a_quiet_pass_loads_neither_sqlite_utils_nor_rich(box):
     """It reads the state with plain SQL and nobody watches it: start-up is a large share
     of a quiet pass (issue 13), and these two are 40 ms and 60 ms of it."""
-    import json
-    import subprocess
-    import sys
-
-    proc = subprocess.run([sys.executable, "-c", _IMPORTS, str(box.config)], capture_output=True, text=True,
-                          env={**os.environ, **box.env}, cwd=box.tmp, timeout=60)
-    seen = json.loads(proc.stderr.strip().splitlines()[-1])
-    assert seen["code"] == 0, proc.stderr
-    assert json.loads(proc.stdout)["remote_checks"][str(box.root)] == "probe"
+    code, modules, out = modules_of_a_pass(box)
+    assert code == 0
+    assert json.loads(out)["remote_checks"][str(box.root)] == "probe"
     heavy = ("sqlite_utils", "rich", "pygments", "dateutil")
-    assert [m for m in seen["modules"] if m.split(".")[0] in heavy] == []
+    assert [m for m in modules if m.split(".")[0] in heavy] == []
 
 
 def test_quiet_passes_go_on_until_something_changes(box):

@@ -6,12 +6,8 @@ service's metrics, status page or web server, not the other commands' modules.""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 
-from tests.sandbox import Sandbox
+from tests.sandbox import Sandbox, modules_of_a_pass
 
 NOT_FOR_A_PASS = ("difysync.emulator", "starlette", "uvicorn", "prometheus_client", "difysync.metrics",
                   "difysync.web", "difysync.daemon", "difysync.watch", "watchdog", "difysync.statusview",
@@ -20,23 +16,10 @@ NOT_FOR_A_PASS = ("difysync.emulator", "starlette", "uvicorn", "prometheus_clien
                   # own command-line client (which would load both) is never imported
                   "difysync.progress", "rich", "pygments")
 
-_RUN = """
-import json, sys
-from difysync.cli import main
-try:
-    main(["reconcile", "-c", sys.argv[1], "--json"])
-except SystemExit as exit:
-    code = exit.code
-print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
-"""
-
-
 def test_a_plain_reconcile_imports_nothing_it_does_not_use(tmp_path, emulator):
     box = Sandbox(tmp_path, emulator)
     box.write("a.md", "a")
-    proc = subprocess.run([sys.executable, "-c", _RUN, str(box.config)], capture_output=True, text=True,
-                          env={**os.environ, **box.env}, cwd=tmp_path, timeout=60)
-    seen = json.loads(proc.stderr.strip().splitlines()[-1])
-    assert seen["code"] == 0, proc.stderr
-    loaded = {m for m in seen["modules"] if any(m == n or m.startswith(n + ".") for n in NOT_FOR_A_PASS)}
+    code, modules, _out = modules_of_a_pass(box)
+    assert code == 0
+    loaded = {m for m in modules if any(m == n or m.startswith(n + ".") for n in NOT_FOR_A_PASS)}
     assert loaded == set()

@@ -325,6 +325,21 @@ def _classify_file(rules: _Rules, path: str, rel_path: str,
     return LocalFile(rel_path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
+def _list_dir(dir_path: str, dir_rel: str, problems: set[ScanProblem]) -> list[os.DirEntry[str]]:
+    """A directory's entries, listed and closed at once; [] (and a problem, unless it
+    vanished since it was listed) when it cannot be read."""
+    try:
+        with os.scandir(dir_path) as it:
+            return list(it)
+    except FileNotFoundError:
+        return []  # vanished since it was listed: nothing there any more
+    except PermissionError:
+        problems.add(ScanProblem(dir_rel, PERMISSION_DENIED))
+    except OSError as exc:
+        problems.add(ScanProblem(dir_rel, f"cannot read directory: {exc.strerror or exc}"))
+    return []
+
+
 def _walk(rules: _Rules, start: str, start_rel: str, start_included: bool,
           found: FileColumns, problems: set[ScanProblem]) -> None:
     """Depth-first walk below directory ``start`` with an explicit stack (deep trees are fine).
@@ -346,17 +361,7 @@ def _walk(rules: _Rules, start: str, start_rel: str, start_included: bool,
     stack = [(start, start_rel, start_included)]
     while stack:
         dir_path, dir_rel, dir_included = stack.pop()
-        try:
-            with os.scandir(dir_path) as it:
-                entries = list(it)
-        except FileNotFoundError:
-            continue  # vanished since it was listed: nothing there any more
-        except PermissionError:
-            problems.add(ScanProblem(dir_rel, PERMISSION_DENIED))
-            continue
-        except OSError as exc:
-            problems.add(ScanProblem(dir_rel, f"cannot read directory: {exc.strerror or exc}"))
-            continue
+        entries = _list_dir(dir_path, dir_rel, problems)
         prefix = dir_rel + "/" if dir_rel else ""
         for entry in entries:
             name = entry.name
