@@ -421,6 +421,8 @@ def measure_storm(ctx: Context, config: Path, emu: Any, dataset_id: str, root: P
         if sampler is not None:
             sampler.stop()
         _stop(proc)
+        if os.environ.get("DIFYSYNC_BENCH_LOGS"):  # keep the service's log for a post-mortem
+            shutil.copy(log, Path(os.environ["DIFYSYNC_BENCH_LOGS"]) / log.name)
     return Storm(checkout, converged, matched, resting, sampler.peak_kb / 1024, hwm, sampler.samples,
                  emu.mutating_requests(), _log_entries(log, t0), full_after, t0, problem)
 
@@ -466,6 +468,27 @@ def _path_notes(by_path: dict[str, Counter], changes: Branches) -> list[str]:
     return notes
 
 
+def _odd_paths(by_path: dict[str, Counter], changes: Branches) -> set[str]:
+    """The paths that got an action other than the one their change called for."""
+    odd: set[str] = set()
+    for action, want in (("create", changes.added), ("update", changes.edited), ("delete", changes.deleted)):
+        odd |= set(by_path.get(action, Counter())) ^ want
+    return odd
+
+
+def _traces(storm: Storm, paths: set[str], limit: int = 3) -> list[str]:
+    """The service's log lines about the first few odd paths, so that a row that is not met
+    says what happened to them."""
+    out = []
+    for path in sorted(paths)[:limit]:
+        lines = [e for e in storm.log_lines if path in (e.get("path"), e.get("old_path"))
+                 or path in e.get("message", "")]
+        told = "; ".join(f"{e.get('ts', 0) - storm.t0:.1f} s {e.get('level')} {e.get('message', '')[:160]!r}"
+                         for e in lines[:12])
+        out.append(f"log of {path}: {told or 'no line names it'}")
+    return out
+
+
 def _timeline(storm: Storm) -> str:
     """When each kind of request came (seconds after the checkout began), and the service's
     warnings and errors meanwhile."""
@@ -498,6 +521,7 @@ def storm_rows(storm: Storm, changes: Branches, n_files: int) -> list[Row]:
                      f"answered >= 400 or dropped: {dict(failed) or 'none'}")
     req.notes.append(f"duplicates: {len(dupes)}" + (f" ({'; '.join(dupes[:5])})" if dupes else ""))
     req.notes.extend(_path_notes(by_path, changes))
+    req.notes.extend(_traces(storm, _odd_paths(by_path, changes)))
     if storm.mismatch:
         req.notes.append(f"NOT CONVERGED: {storm.mismatch}")
     conv = Row(name=f"storm: convergence after git checkout, {changes.changed:,} changed files",

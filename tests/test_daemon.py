@@ -198,6 +198,26 @@ def test_without_events_the_periodic_full_pass_still_converges(tmp_path, emulato
         daemon.kill()
 
 
+def test_watch_mode_poll_mirrors_changes_and_a_rename_keeps_its_document(tmp_path, emulator):
+    box = daemon_box(tmp_path, emulator, watch='mode = "poll"\npoll_interval_seconds = 0.5')
+    daemon = Daemon(box)
+    try:
+        daemon.wait_ready()
+        assert "(poll)" in daemon.log
+        box.write("keep.md", "keeps the folder from being emptied (that is refused)")
+        box.write("a.md", "one")
+        wait_until(lambda: box.contents().get("a.md") == b"one", DEBOUNCE + 3, what="create")
+        doc_id = box.docs()["a.md"].id
+        box.move("a.md", "sub/b.md")
+        wait_until(lambda: set(box.docs()) == {"sub∕b.md", "keep.md"}, DEBOUNCE + 3, what="rename")
+        assert box.docs()["sub∕b.md"].id == doc_id
+        box.remove("sub/b.md")
+        wait_until(lambda: set(box.docs()) == {"keep.md"}, DELETE_DELAY + 3, what="delete")
+        assert daemon.stop() == 0
+    finally:
+        daemon.kill()
+
+
 @contextmanager
 def uploading(tmp_path: Path, *, files: int, latency: float, in_flight: int):
     """A daemon importing ``files`` files through a slow server, caught with

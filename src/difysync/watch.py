@@ -6,8 +6,9 @@ hint silently: when events may have been lost it says so (``on_error``, ``is_ali
 the daemon runs a full pass.
 
 Two parts: ``DirtyTracker`` (pure, clock passed in) turns a stream of path events into
-due work; ``Watcher`` (watchdog glue) turns inotify or polling events into those path
-events, relative to each folder root, with ignored and excluded paths left out.
+due work; ``Watcher`` (watchdog glue) turns inotify events, or the differences between
+two walks of a polled folder (scanpoll.py), into those path events, relative to each
+folder root, with ignored and excluded paths left out.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from watchdog.observers.api import BaseObserver
 
 from difysync.logs import log_fields
 from difysync.scanner import DEFAULT_IGNORES, PatternMatcher, compile_patterns
+from difysync.scanpoll import PolledFolder, ScanPoller
 
 __all__ = [
     "DirtyTracker",
@@ -428,6 +430,8 @@ class _Folder:
     identity: tuple[int, int] | None = None
     failed: bool = False
     label: str = ""  # how log lines name the folder
+    include_patterns: tuple[str, ...] = ("**/*",)   # as configured, for the poller's walk
+    exclude_patterns: tuple[str, ...] = ()
 
 
 class _Handler(FileSystemEventHandler):
@@ -541,6 +545,7 @@ class Watcher:
         self._on_event = on_event
         self._on_error = on_error
         self._ignores = compile_patterns(ignores)
+        self._ignore_names = tuple(ignores)
         self._ignore_paths = {
             os.path.abspath(os.fspath(p)) + suffix
             for p in ignore_paths for suffix in ("", "-wal", "-shm", "-journal")
@@ -549,7 +554,7 @@ class Watcher:
         self._folders: dict[str, _Folder] = {}
         self._lock = threading.RLock()
         self._inotify: BaseObserver | None = None
-        self._polling: dict[float, BaseObserver] = {}
+        self._polling: dict[float, ScanPoller] = {}
         self._started = False
         self._listener = _OverflowListener(self)
 
@@ -562,7 +567,8 @@ class Watcher:
         lines name it ``label`` (default: its key)."""
         folder = _Folder(folder_key, os.path.abspath(os.fspath(root)), mode, poll_interval,
                          compile_patterns(include), compile_patterns(exclude), self._ignores,
-                         label=label or folder_key)
+                         label=label or folder_key, include_patterns=tuple(include),
+                         exclude_patterns=tuple(exclude))
         if mode == "poll":
             folder.mode = "poll"
         elif mode == "auto":
@@ -596,7 +602,8 @@ class Watcher:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop all observers and wait up to ``timeout`` seconds for their threads."""
         with self._lock:
-            observers = [o for o in [self._inotify, *self._polling.values()] if o is not None]
+            observers: list[BaseObserver | ScanPoller] = [o for o in [self._inotify, *self._polling.values()]
+                                                         if o is not None]
             self._inotify, self._polling, self._started = None, {}, False
             logging.getLogger("watchdog.observers.inotify_c").removeHandler(self._listener)
         deadline = time.monotonic() + timeout
@@ -612,20 +619,12 @@ class Watcher:
         with self._lock:
             if not self._started:
                 return False
-            for obs in [self._inotify, *self._polling.values()]:
-                if obs is None:
-                    continue
-                if not obs.is_alive():
-                    return False
-                if not all(e.is_alive() for e in list(obs.emitters)):
-                    return False
-                reader = getattr(obs, "_inotify_fd", None)
-                if isinstance(reader, threading.Thread) and not reader.is_alive():
-                    return False
-            for folder in self._folders.values():
-                if folder.failed or folder.identity != _identity(folder.root):
-                    return False
-            return True
+            if not all(p.is_alive() for p in self._polling.values()):
+                return False
+            if self._inotify is not None and not _observer_alive(self._inotify):
+                return False
+            return not any(folder.failed or folder.identity != _identity(folder.root)
+                           for folder in self._folders.values())
 
     # -- internals --
 
@@ -666,14 +665,20 @@ class Watcher:
                                         f"(e.g. {missing[0]})")
 
     def _schedule_poll(self, folder: _Folder) -> None:
-        from watchdog.observers.polling import PollingObserver
+        """Poll ``folder`` with the scanner's walk (scanpoll.py); its first walk is taken
+        here. OSError (FileNotFoundError) if the root cannot be walked."""
+        poller = self._polling.get(folder.poll_interval)
+        if poller is None:
+            poller = ScanPoller(folder.poll_interval, self._on_event, self._poll_gone, self._report_error)
+            self._polling[folder.poll_interval] = poller
+            poller.start()
+        prefix = folder.root.rstrip(os.sep) + os.sep
+        skip = frozenset(p[len(prefix):].replace(os.sep, "/") for p in self._ignore_paths if p.startswith(prefix))
+        poller.add(PolledFolder(folder.key, folder.root, folder.include_patterns, folder.exclude_patterns,
+                                self._ignore_names, skip))
 
-        obs = self._polling.get(folder.poll_interval)
-        if obs is None:
-            obs = PollingObserver(timeout=folder.poll_interval)
-            obs.start()
-            self._polling[folder.poll_interval] = obs
-        obs.schedule(_Handler(self, folder), folder.root, recursive=True)
+    def _poll_gone(self, folder_key: str, why: str) -> None:
+        self._root_gone(self._folders[folder_key], why)
 
     def _fail(self, folder: _Folder, exc: BaseException) -> None:
         folder.mode, folder.failed = "off", True
@@ -697,6 +702,14 @@ class Watcher:
             known = self._folders.get(folder_key)
             label = known.label if known is not None else folder_key
             log.exception("watch error callback failed for folder %s", label, extra=log_fields(folder=label))
+
+
+def _observer_alive(obs: BaseObserver) -> bool:
+    """The observer, its emitters and its inotify reader thread are all running."""
+    if not obs.is_alive() or not all(e.is_alive() for e in list(obs.emitters)):
+        return False
+    reader = getattr(obs, "_inotify_fd", None)
+    return not (isinstance(reader, threading.Thread) and not reader.is_alive())
 
 
 def _identity(root: str) -> tuple[int, int] | None:
