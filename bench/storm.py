@@ -196,12 +196,14 @@ class RssSampler(threading.Thread):
     def __init__(self, pid: int, every: float = SAMPLE_S) -> None:
         super().__init__(name="storm-rss", daemon=True)
         self.pid, self.every = pid, every
-        self.peak_kb, self.samples = 0, 0
+        self.peak_kb, self.samples, self.peak_at = 0, 0, 0.0
         self._halt = threading.Event()
 
     def run(self) -> None:
         while not self._halt.is_set():
-            self.peak_kb = max(self.peak_kb, _status_kb(self.pid, "VmRSS"))
+            rss = _status_kb(self.pid, "VmRSS")
+            if rss > self.peak_kb:
+                self.peak_kb, self.peak_at = rss, time.time()
             self.samples += 1
             self._halt.wait(self.every)
 
@@ -424,7 +426,8 @@ def measure_storm(ctx: Context, config: Path, emu: Any, dataset_id: str, root: P
         if os.environ.get("DIFYSYNC_BENCH_LOGS"):  # keep the service's log for a post-mortem
             shutil.copy(log, Path(os.environ["DIFYSYNC_BENCH_LOGS"]) / log.name)
     return Storm(checkout, converged, matched, resting, sampler.peak_kb / 1024, hwm, sampler.samples,
-                 emu.mutating_requests(), _log_entries(log, t0), full_after, t0, problem)
+                 emu.mutating_requests(), _log_entries(log, t0), full_after, t0, problem,
+                 {"peak_at_s": sampler.peak_at - t0})
 
 
 def _kind(r: Any) -> str:
@@ -536,7 +539,8 @@ def storm_rows(storm: Storm, changes: Branches, n_files: int) -> list[Row]:
     rss = Row(name="storm: peak RSS during the storm", figure=storm.peak_mb, unit="MB", floor=storm.resting_mb,
               floor_desc="resting RSS", ratio=ratio, goal=f"< {RSS_GOAL:g}x", met=ratio is not None and ratio < RSS_GOAL)
     rss.notes.append(f"VmRSS sampled every {SAMPLE_S} s ({storm.samples} samples) from the checkout on; "
-                     f"resting = median of 5 samples {SETTLE_S:.0f} s after ready; VmHWM at the end "
+                     f"resting = median of 5 samples {SETTLE_S:.0f} s after ready; the peak came "
+                     f"{storm.extra.get('peak_at_s', 0):.1f} s after the checkout began; VmHWM at the end "
                      f"{storm.hwm_mb:.0f} MB (includes the start-up pass)")
     return [req, conv, rss]
 

@@ -387,6 +387,19 @@ def test_non_utf8_name_is_kept_surrogate_escaped(watched) -> None:
     rec.wait_for(("changed", "caf\udce9.md"))
 
 
+def test_reading_and_walking_the_folder_is_no_event(watched) -> None:
+    root, rec, _, settle = watched
+    (root / "sub").mkdir()
+    (root / "sub" / "a.md").write_text("x")
+    rec.wait_for(("changed", "sub/a.md"), ("dir", "sub"))
+    settle()
+    rec.reset()
+    for _ in range(3):  # what a pass does to a file it does not change: list, stat, read
+        assert [e.name for e in os.scandir(root / "sub")] == ["a.md"]
+        assert (root / "sub" / "a.md").read_text() == "x"
+    assert settle() == []
+
+
 def test_fifo_is_never_opened(watched) -> None:
     root, rec, _, settle = watched
     os.mkfifo(root / "pipe")

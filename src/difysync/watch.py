@@ -32,6 +32,15 @@ from watchdog.events import (
     EVENT_TYPE_DELETED,
     EVENT_TYPE_MODIFIED,
     EVENT_TYPE_MOVED,
+    DirCreatedEvent,
+    DirDeletedEvent,
+    DirMovedEvent,
+    FileAttribEvent,
+    FileClosedEvent,
+    FileCreatedEvent,
+    FileDeletedEvent,
+    FileModifiedEvent,
+    FileMovedEvent,
     FileSystemEvent,
     FileSystemEventHandler,
 )
@@ -416,6 +425,14 @@ OnError = Callable[[str, BaseException], None]
 
 _WATCH_LIMIT_ERRNOS = (errno.ENOSPC, errno.EMFILE, errno.ENFILE, errno.ENOMEM)
 
+# What the handler uses. watchdog sets the inotify mask from this list, so the kernel never
+# queues an open or a close-without-write: a pass's own walk (every directory opened) and
+# reads (every file uploaded) would otherwise come back as events by the thousand, each
+# handled in Python on watchdog's thread while the pass runs, and count against the
+# inotify queue. A directory's own modified/attrib events only echo its children's.
+_EVENT_FILTER = [FileCreatedEvent, FileModifiedEvent, FileAttribEvent, FileClosedEvent, FileDeletedEvent,
+                 FileMovedEvent, DirCreatedEvent, DirDeletedEvent, DirMovedEvent]
+
 
 @dataclass
 class _Folder:
@@ -657,7 +674,7 @@ class Watcher:
             obs.start()
             self._inotify = obs
         obs = self._inotify
-        watch = obs.schedule(_Handler(self, folder), folder.root, recursive=True)
+        watch = obs.schedule(_Handler(self, folder), folder.root, recursive=True, event_filter=_EVENT_FILTER)
         missing = _unwatched_dirs(obs, watch, folder.root)
         if missing:
             obs.unschedule(watch)
