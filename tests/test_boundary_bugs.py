@@ -115,3 +115,27 @@ def test_a_console_url_is_a_config_error_naming_base_url(tmp_path, emulator):
     assert result.code == 78, (result.code, result.stdout, result.stderr)
     assert "dify.base_url" in result.stderr and "/v1" in result.stderr
     assert "rejected" not in result.stderr + result.stdout
+
+
+def test_a_file_back_before_its_delete_is_sent_keeps_its_document(tmp_path, emulator):
+    """A walk during a `git checkout` sees a file the checkout unlinked and has not written
+    back yet: by the time the delete would go out the file is there again, so its document
+    stays and the next pass updates it (one update, not a delete and a create)."""
+    from difysync.reconcile import Hooks
+
+    box = Sandbox(tmp_path, emulator)
+    box.write("keep.md", "keeps the folder from being emptied")
+    box.write("a.md", "before the checkout")
+    assert box.reconcile().code == 0
+    doc_id = box.docs()["a.md"].id
+    box.remove("a.md")
+    settings = load_settings(box.config)
+    with StateStore(settings.state_db) as store, DifyClient(box.emu.base_url, box.emu.api_key) as client:
+        report = reconcile_folder(Env(settings, client, store), settings.folders[0], PassOptions(),
+                                  Hooks(on_plan=lambda plan: box.write("a.md", "after the checkout")))
+    assert [(str(o.action.kind), o.result.value) for o in report.outcomes] == [("delete", "back")]
+    assert report.ok and report.counts["deleted"] == 0
+    assert box.docs()["a.md"].id == doc_id
+    again = box.reconcile()
+    assert again.json["updated"] == 1 and again.json["created"] == 0 and again.json["deleted"] == 0
+    assert box.docs()["a.md"].id == doc_id and box.contents()["a.md"] == b"after the checkout"

@@ -134,3 +134,28 @@ def test_a_stopped_worker_runs_nothing(world):
     worker.request_full()
     worker.stop()
     assert worker.due() is None
+
+
+def test_lost_events_bring_a_full_pass_once_the_folder_is_quiet_not_at_once(tmp_path, emu, monkeypatch):
+    """An inotify overflow comes in the middle of a storm: a full pass started right away
+    would walk a tree still being rewritten."""
+    from difysync.daemon import Daemon
+    from difysync.watch import DirtyTracker
+
+    box = Sandbox(tmp_path, emu)
+    for name, value in box.env.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings(box.config)
+    daemon = Daemon(box.config, settings)
+    clock = FakeClock()
+    key = settings.folders[0].key
+    tracker = daemon.trackers[key] = DirtyTracker(3.0, 10.0, 60.0, clock=clock)
+    daemon._on_watch_error(key, OSError("inotify queue overflowed: events were lost"))
+    tracker.touch("still/being/written.md")
+    clock.advance(2.0)
+    tracker.touch("still/being/written.md")
+    clock.advance(2.0)
+    assert tracker.due().full_rescan is False
+    clock.advance(1.5)
+    assert tracker.due().full_rescan is True
+    daemon.client.close()

@@ -136,10 +136,25 @@ def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyCli
             for a in deletes:
                 done(Outcome(a, Result.FAILED, "not deleted: other actions of this pass failed"))
         else:
-            fatal = _run_pool(deletes, ctx, client, store, rows, concurrency, done, should_stop)
+            fatal = _run_pool(_still_gone(deletes, ctx, done), ctx, client, store, rows, concurrency, done,
+                              should_stop)
     if fatal is not None:
         raise Stopped(fatal, outcomes)
     return outcomes
+
+
+def _still_gone(deletes: Sequence[Action], ctx: FolderContext, done: Callable[[Outcome], None]) -> list[Action]:
+    """The deletes whose file is still missing. The walk may have run while the tree was
+    being rewritten (a ``git checkout`` unlinks a file and writes it again): a file that is
+    there again keeps its document and its row, and the next pass (its event's, or the next
+    full one) sees an edit, not a delete and a create."""
+    gone = []
+    for a in deletes:
+        if os.path.isfile(ctx.root / a.rel_path):
+            done(Outcome(a, Result.BACK, "not deleted: the file is there again"))
+        else:
+            gone.append(a)
+    return gone
 
 
 def _bookkeeping(actions: Sequence[Action], ctx: FolderContext, store: StateBackend,
@@ -506,6 +521,8 @@ def _outcome_line(outcome: Outcome) -> tuple[int, str]:
         return logging.INFO, f"waiting {a.rel_path}: {outcome.message}"
     if outcome.result is Result.DEFERRED:
         return logging.DEBUG, f"deferred {a.rel_path}: {outcome.message}"
+    if outcome.result is Result.BACK:
+        return logging.INFO, f"kept    {a.rel_path}: {outcome.message}"
     if outcome.result is Result.STOPPED:
         return logging.INFO, f"stopped  {a.kind} {a.rel_path}: {outcome.message}"
     return logging.WARNING, f"failed  {a.kind} {a.rel_path}: {outcome.message}"

@@ -35,6 +35,7 @@ from .lease import FolderLocks, Holder
 from .logs import add_secret, log_fields
 from .metrics import Board, LiveFolder, Metrics, ServiceFacts, WatcherState
 from .notify import Notifier
+from .outcomes import Result
 from .reconcile import Env, Hooks, PassOptions, reconcile_folder
 from .remote import SETTLED, IndexingPoller, poll_folder
 from .report import FolderReport
@@ -252,6 +253,8 @@ class FolderWorker(threading.Thread):
         if fatal is not None:
             self._on_problem(self.key, described)
         self._outage_over("Dify answers again; caught up")
+        # a file that came back while its delete waited is looked at again, event or not
+        self.request_paths([o.action.rel_path for o in report.outcomes if o.result is Result.BACK])
         if any(o.action.mutating and o.document_id for o in report.outcomes):
             self._polls.reset()
             with self._cond:
@@ -493,12 +496,21 @@ class Daemon:
         self._wake.set()
 
     def _on_watch_error(self, key: str, error: BaseException) -> None:
+        """Events may have been lost: a full pass, once the folder has been quiet for the
+        debounce (an inotify overflow comes in the middle of a storm, and a walk of a tree
+        still being rewritten sees files a checkout has unlinked and not yet written back)."""
         self.metrics.watch_error(key, error)
         worker = self.workers.get(key)
         label = worker.folder.label if worker is not None else key
-        log.warning("%s: watcher reported %s; a full pass follows", label, error, extra=log_fields(folder=label))
-        if worker is not None:
+        log.warning("%s: watcher reported %s; a full pass follows once the folder is quiet", label, error,
+                    extra=log_fields(folder=label))
+        with self._tracker_lock:
+            tracker = self.trackers.get(key)
+            if tracker is not None:
+                tracker.request_full_rescan()
+        if tracker is None and worker is not None:
             worker.request_full()
+        self._wake.set()
 
     def _restart_watcher(self) -> None:
         log.warning("the file watcher stopped; restarting it, and a full pass follows")

@@ -21,6 +21,7 @@ class Result(str, Enum):
     GONE = "gone"  # the file vanished before it could be sent
     DEFERRED = "deferred"  # metadata not written this time; a later pass tries again (not a failure)
     STOPPED = "stopped"  # not attempted: the pass was stopped (Ctrl-C, the service stopping)
+    BACK = "back"  # a delete not sent: the file is there again (the next pass decides)
 
     def __str__(self) -> str:
         return self.value

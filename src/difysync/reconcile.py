@@ -431,9 +431,10 @@ class _Pass:
 def resolved_journal(journal: Sequence[JournalEntry], outcomes: Sequence[Outcome]) -> list[int]:
     """The journal rows a pass settled: of the rows it planned with, those whose path came
     through without a failure or a wait. A row stays while its path has an action that
-    failed, was not attempted or has to wait: it may be all that says a document is ours."""
+    failed, was not attempted, has to wait or was not deleted because its file came back: it
+    may be all that says a document is ours."""
     open_paths = {o.action.rel_path for o in outcomes
-                  if o.result in (Result.FAILED, Result.WAITING, Result.STOPPED)}
+                  if o.result in (Result.FAILED, Result.WAITING, Result.STOPPED, Result.BACK)}
     return [e.id for e in journal if e.rel_path not in open_paths]
 
 

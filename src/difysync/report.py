@@ -120,7 +120,7 @@ def count_outcomes(outcomes: Iterable[Outcome], unchanged: int = 0) -> dict[str,
             name = _DONE_COUNTS.get(o.action.kind)
             if name:
                 counts[name] += 1
-        elif o.result not in (Result.GONE, Result.DEFERRED):
+        elif o.result not in (Result.GONE, Result.DEFERRED, Result.BACK):
             counts[o.result.value] += 1
     return counts
 
