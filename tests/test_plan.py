@@ -484,3 +484,108 @@ def test_leaving_settled_files_out_changes_no_decision(world):
                        replace(policy, settled_elsewhere=len(settled)))
     assert sorted(slim.actions, key=repr) == sorted(full.actions, key=repr)
     assert (slim.unchanged, slim.errors) == (full.unchanged, full.errors)
+
+
+# --- adoptions decided while the listing streams in (adoptions.py) ----------------------
+
+
+def _stream_then_plan(files, state, docs, journal, policy):
+    """What a full pass does (remote.RemoteView.unsettled): settled files leave, certain
+    adoptions leave, then the planner gets the rest and the adoptions."""
+    from dataclasses import replace
+
+    from difysync.adoptions import AdoptionStream
+
+    local_by_path = {f.rel_path: f for f in files}
+    rows = dict(state)
+    by_doc = {row.document_id: row for row in rows.values() if row.document_id}
+    stream = AdoptionStream(rows, {e.rel_path for e in journal} | {e.document_name for e in journal}, policy)
+    kept, settled, settled_paths = [], 0, set()
+    for doc in docs:
+        row = by_doc.get(doc.id)
+        if row is None:
+            f = local_by_path.get(doc.tags.path) if doc.tags is not None and doc.tags.path else None
+            if stream.offer(doc, f):
+                del local_by_path[f.rel_path]
+            else:
+                kept.append(doc)
+        elif is_settled(local_by_path.get(row.rel_path), row, doc, policy):
+            settled += 1
+            settled_paths.add(row.rel_path)
+            rows.pop(row.rel_path)
+            local_by_path.pop(row.rel_path, None)
+        else:
+            stream.offer(doc, None)
+            kept.append(doc)
+    for doc, f in stream.given_back():
+        kept.append(doc)
+        local_by_path[f.rel_path] = f
+    rest_journal = [e for e in journal if e.rel_path not in settled_paths]
+    plan = plan_folder(list(local_by_path.values()), rows, kept, rest_journal,
+                       replace(policy, settled_elsewhere=settled), stream.adopted())
+    return plan, stream
+
+
+def _content_of(f: LocalFile) -> str:
+    return next(c for c in ("one", "two", "three") if sha(c) == f.sha256)
+
+
+@st.composite
+def adopting_worlds(draw):
+    """A first pass after the state was lost, or a host joining: documents of ours, of
+    others' and of nobody, carrying (or not) the path and hash of a local file, some names
+    held twice, a few state rows and journal rows."""
+    names = ["a.md", "b.md", "c.txt", "d/e.md", "d/f.pdf", "g.png", "i/j/k.md", ""]
+    local_files = {p: local(p, draw(contents)) for p in draw(st.sets(st.sampled_from(names[:-1]), max_size=7))}
+    state = {p: tracked(p, f"s{i}", draw(contents))
+             for i, p in enumerate(draw(st.sets(st.sampled_from(names[:-1]), max_size=2)))}
+    docs = []
+    for i in range(draw(st.integers(0, 9))):
+        p = draw(st.sampled_from(sorted(local_files) or names[:-1]))
+        holder = draw(st.sampled_from(["host-a"] * 5 + ["host-b", "untagged", "no metadata"]))
+        mine = local_files.get(p)
+        content = draw(st.sampled_from(([_content_of(mine)] * 3 if mine else []) + ["one", "two"]))
+        doc_id = draw(st.sampled_from([f"n{i}"] * 3 + [row.document_id for row in state.values()]))
+        if any(d.id == doc_id for d in docs):
+            doc_id = f"n{i}"
+        docs.append(remote(doc_id, p, status=draw(st.sampled_from(["completed"] * 4 + ["indexing", "error"])),
+                           size=len(content),
+                           enabled=draw(st.sampled_from([True] * 5 + [False])), created_at=draw(st.integers(0, 3)),
+                           archived=draw(st.sampled_from([False] * 5 + [True])),
+                           tags=_tags(holder, p, content)))
+    journal = [JournalEntry(i, p, "create", document_name(p))
+               for i, p in enumerate(draw(st.sets(st.sampled_from(names[:-1]), max_size=1)))]
+    policy = Policy(owner=draw(st.sampled_from(["host-a", "host-a", None])))
+    order = draw(st.permutations(range(len(docs))))
+    return list(local_files.values()), state, [docs[i] for i in order], journal, policy
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(adopting_worlds())
+def test_adoptions_decided_while_listing_change_no_decision(world):
+    """Streaming adoptions out of the listing (what keeps a first pass over a million
+    synced files small) plans exactly what planning with everything in would."""
+    files, state, docs, journal, policy = world
+    full = plan_folder(files, state, docs, journal, policy)
+    slim, _ = _stream_then_plan(files, state, docs, journal, policy)
+    assert list(slim.actions) == list(full.actions)
+    assert (slim.unchanged, slim.errors, slim.warnings) == (full.unchanged, full.errors, full.warnings)
+
+
+def test_a_tagged_document_of_ours_for_an_untracked_file_is_adopted_while_listing():
+    files = [local("a.md", "one"), local("b.md", "two")]
+    docs = [remote("d1", "a.md", tags=expected_tags("a.md", sha("one"), "host-a", 1)),
+            remote("d2", "b.md", tags=expected_tags("b.md", sha("other"), "host-a", 1))]
+    plan, stream = _stream_then_plan(files, {}, docs, [], ME)
+    assert [(a.kind, a.rel_path) for a in stream.adopted()] == [(Kind.ADOPT, "a.md")]
+    assert kinds(plan) == [("adopt", "a.md"), ("update", "b.md")]
+
+
+def test_a_second_document_of_the_same_name_gives_the_first_back_to_the_planner():
+    files = [local("a.md", "one")]
+    first = remote("d1", "a.md", created_at=5, tags=expected_tags("a.md", sha("one"), "host-a", 1))
+    older = remote("d0", "a.md", created_at=1, tags=expected_tags("a.md", sha("one"), "host-a", 1))
+    plan, stream = _stream_then_plan(files, {}, [first, older], [], ME)
+    assert stream.adopted() == [] and [d.id for d, _ in stream.given_back()] == ["d1"]
+    assert [(a.kind, a.document_id) for a in plan.actions] == [(Kind.ADOPT, "d0")]
+    assert plan.warnings  # two documents of that name: the planner says which it took

@@ -175,11 +175,14 @@ def refusal(rel_path: str, size: int, policy: Policy) -> Refusal | None:
 
 def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
                 remote: Sequence[RemoteDocument], journal: Sequence[JournalEntry] = (),
-                policy: Policy = Policy()) -> Plan:
+                policy: Policy = Policy(), adopted: Sequence[Action] = ()) -> Plan:
     """Decide every action for one folder.
 
     ``local`` holds every regular file the scan kept; eligible ones must carry their
     sha256 (the caller reuses the stored hash when size, mtime and inode are unchanged).
+    ``adopted`` are adoptions already certain while the listing streamed in (their files
+    and documents are in neither ``local`` nor ``remote``: see adoptions.py); they take
+    their place among the files' decisions.
     The order of the steps matters: documents of files still present are claimed first,
     then renames are paired, then each file is decided, then the files that are gone,
     then the journal's leftovers; the delete guards judge the whole plan last.
@@ -189,8 +192,14 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
     planner = _Planner(local, state, remote, policy, journal)
     planner.claim_present()
     planner.pair_renames()
+    decided = sorted(adopted, key=lambda a: a.rel_path)
+    i = 0
     for rel in sorted(planner.local):
+        while i < len(decided) and decided[i].rel_path < rel:
+            planner.actions.append(decided[i])
+            i += 1
         planner.decide_file(rel)
+    planner.actions.extend(decided[i:])
     deletes = planner.decide_gone()
     leftovers = planner.leftovers(journal)
     return planner.finish(planner.guard(deletes), leftovers)

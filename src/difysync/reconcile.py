@@ -32,7 +32,7 @@ from .events import NOBODY, Observer, Phase
 from .lease import FolderLocks, Holder
 from .logs import log_fields
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
-from .plan import UPLOADS, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
+from .plan import UPLOADS, Action, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
 from .scanner import ScanResult, scan_tree, sha256_file, stat_paths
@@ -181,6 +181,9 @@ class _Inputs:
     plan_journal: list[JournalEntry] = field(default_factory=list)  # the ones the planner needs
     restat: list[LocalFile] = field(default_factory=list)
     unreadable: int = 0
+    adopted: list[Action] = field(default_factory=list)  # certain while listing (adoptions.py)
+    adopted_files: list[LocalFile] = field(default_factory=list)
+    adopted_statuses: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     status_changes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     fingerprint: marks.RemoteFingerprint | None = None
     digest: str | None = None
@@ -250,6 +253,8 @@ class _Pass:
             self.hooks.observer.phase(self.key, Phase.LISTING)
             listing = self.view.unsettled(inputs.files, inputs.rows, inputs.journal, self.policy)
             inputs.remote, inputs.files, inputs.rows = listing.remote, listing.files, listing.rows
+            inputs.adopted, inputs.adopted_files = listing.adopted, listing.adopted_files
+            inputs.adopted_statuses = listing.adopted_statuses
             inputs.status_changes, inputs.fingerprint = listing.status_changes, listing.fingerprint
             inputs.plan_journal = [e for e in inputs.journal if e.rel_path not in listing.settled_journaled]
             self.policy = replace(self.policy, settled_elsewhere=listing.settled)
@@ -342,7 +347,7 @@ class _Pass:
         problem_paths = {p.rel_path for p in inputs.problems}
         rows = inputs.rows if not problem_paths else \
             {rel: row for rel, row in inputs.rows.items() if not _under_any(rel, problem_paths)}
-        plan = plan_folder(inputs.files, rows, inputs.remote, inputs.plan_journal, policy)
+        plan = plan_folder(inputs.files, rows, inputs.remote, inputs.plan_journal, policy, inputs.adopted)
         if self.options.paths is not None:
             plan = _guard_targeted(plan, self.root, self.store.count_tracked(self.key), policy)
         if self.options.dry_run and self.chunking is not None:
@@ -393,6 +398,7 @@ class _Pass:
                                 recheck_after=self.env.settings.schedule.full_listing_minutes * 60,
                                 label=self.folder.label))
         local = {f.rel_path: f for f in inputs.files}
+        local.update((f.rel_path, f) for f in inputs.adopted_files)
         observer, on_outcome = self.hooks.observer, self.hooks.on_outcome
 
         def done(outcome: Outcome) -> None:
@@ -419,8 +425,9 @@ class _Pass:
         self.store.clear_journal(resolved_journal(inputs.journal, outcomes))
         adopted = {o.document_id for o in outcomes if o.action.kind is Kind.ADOPT and o.result is Result.OK}
         if adopted:  # so that the next pass finds them settled
-            self.store.refresh_statuses(self.key, {d.id: (d.indexing_status, d.error)
-                                                   for d in inputs.remote if d.id in adopted})
+            statuses = {d.id: (d.indexing_status, d.error) for d in inputs.remote if d.id in adopted}
+            statuses.update((i, s) for i, s in inputs.adopted_statuses.items() if i in adopted)
+            self.store.refresh_statuses(self.key, statuses)
         if inputs.digest is not None and inputs.mark_key is not None and inputs.fingerprint is not None \
                 and not inputs.journal and not inputs.unreadable and self.report.ok and _changes_nothing(plan):
             mark = marks.Mark(inputs.mark_key, inputs.digest, inputs.fingerprint, plan.unchanged,

@@ -23,7 +23,8 @@ from .logs import log_fields
 from .marks import FLAGGED_STATUSES, ListingRecorder, RemoteFingerprint, fingerprint
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument
 from .naming import document_name
-from .plan import Policy, is_settled
+from .adoptions import AdoptionStream
+from .plan import Action, Policy, is_settled
 from .state import InFlight, StateBackend
 
 log = logging.getLogger("difysync")
@@ -134,6 +135,9 @@ class Unsettled:
     remote: list[RemoteDocument]
     files: list[LocalFile]
     rows: dict[str, FileState]
+    adopted: list[Action] = field(default_factory=list)  # certain while listing (adoptions.py)
+    adopted_files: list[LocalFile] = field(default_factory=list)
+    adopted_statuses: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     settled: int = 0
     settled_journaled: set[str] = field(default_factory=set)  # settled paths with journal rows
     status_changes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
@@ -165,10 +169,18 @@ class RemoteView:
         journaled = {e.rel_path for e in journal}
         out = Unsettled([], [], rows)
         recorder = ListingRecorder()
+        stream = AdoptionStream(rows, journaled | {e.document_name for e in journal}, policy)
 
         def keep(doc: RemoteDocument) -> bool:  # runs on the listing's threads: pops are atomic
             row = by_doc.get(doc.id)
-            if row is None or not is_settled(local.get(row.rel_path), row, doc, policy):
+            if row is None:
+                f = local.get(doc.tags.path) if doc.tags is not None and doc.tags.path else None
+                if stream.offer(doc, f):
+                    local.pop(f.rel_path, None)  # type: ignore[union-attr]
+                    return False
+                return True
+            if not is_settled(local.get(row.rel_path), row, doc, policy):
+                stream.offer(doc, None)  # its name is taken in the listing
                 return True
             if row.indexing_status != doc.indexing_status:
                 out.status_changes[doc.id] = (doc.indexing_status, doc.error)
@@ -181,6 +193,11 @@ class RemoteView:
             return False
 
         out.remote = self.client.list_documents(self.dataset_id, keep=keep, on_page=recorder.on_page)
+        for doc, f in stream.given_back():
+            out.remote.append(doc)
+            local[f.rel_path] = f
+        out.adopted, out.adopted_files = stream.adopted(), stream.adopted_files()
+        out.adopted_statuses = stream.statuses()
         out.files = list(local.values())
         out.fingerprint = recorder.fingerprint()
         return out
