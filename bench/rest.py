@@ -1,6 +1,6 @@
 """Benchmark 10: the service at rest (issue 13). `difysync run` watches the 100k-file tree
 (its synced state built as for the no-op rows), nothing changes, for a window of 10
-minutes (1 with --quick): its average CPU, its RSS at the start and the end of the window,
+minutes (1 with --quick; DIFYSYNC_BENCH_REST_WINDOW seconds if set): its average CPU, its RSS at the start and the end of the window,
 and its inotify watches against the tree's directories. Then the same with watch mode
 ``poll`` (a scan every 10 s, a 2-minute window): its CPU per poll against a one-shot quiet
 pass over the same tree minus start-up."""
@@ -75,7 +75,7 @@ def _wait_ready(proc: subprocess.Popen[bytes], log: Path, timeout: float = 600) 
 
 def run(ctx: Context) -> list[Row]:
     n = 10_000 if ctx.quick else 100_000
-    window = 60 if ctx.quick else WINDOW_S
+    window = 60 if ctx.quick else int(os.environ.get("DIFYSYNC_BENCH_REST_WINDOW", WINDOW_S))
     tree = synced_tree(ctx, n)
     log = ctx.sub("rest") / "service.log"
     proc = _start(tree.config, log)
