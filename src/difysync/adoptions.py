@@ -24,9 +24,10 @@ from typing import NamedTuple
 from .models import FileState, LocalFile, RemoteDocument, Tags
 from .plan import Action, Kind, Policy, refusal
 
-__all__ = ["AdoptionStream"]
+__all__ = ["SETTLED_STATUS", "AdoptionStream"]
 
 ADOPT_REASON = "matched by name and content hash"
+SETTLED_STATUS = "completed"  # the only indexing status a document taken here can have
 
 
 class _Taken(NamedTuple):
@@ -34,7 +35,6 @@ class _Taken(NamedTuple):
 
     action: Action
     file: LocalFile
-    status: str
     display_status: str | None
     size: int | None
     created_at: int
@@ -44,7 +44,7 @@ class _Taken(NamedTuple):
 
     def document(self, owner: str) -> RemoteDocument:
         a = self.action
-        return RemoteDocument(a.document_id or "", a.document_name or "", self.status, self.display_status,
+        return RemoteDocument(a.document_id or "", a.document_name or "", SETTLED_STATUS, self.display_status,
                               True, False, None, self.size, self.created_at, self.uploaded_at,
                               Tags(a.rel_path, a.sha256, owner, self.tag_mtime), self.other_metadata)
 
@@ -78,7 +78,7 @@ class AdoptionStream:
                 self._listed.add(doc.name)
                 return False
             tags = doc.tags
-            self._taken[doc.name] = _Taken(action, file, doc.indexing_status, doc.display_status, doc.size,
+            self._taken[doc.name] = _Taken(action, file, doc.display_status, doc.size,
                                            doc.created_at, doc.uploaded_at, tags.mtime if tags else None,
                                            doc.other_metadata)
             return True
@@ -93,10 +93,6 @@ class AdoptionStream:
         owner = self._policy.owner or ""
         return [(t.document(owner), t.file) for t in self._back]
 
-    def statuses(self) -> dict[str, tuple[str, str | None]]:
-        """document id -> (indexing status, error) of the adopted documents."""
-        return {t.action.document_id or "": (t.status, None) for t in self._taken.values()}
-
     def _certain(self, doc: RemoteDocument, f: LocalFile | None) -> Action | None:
         """The adoption plan_folder would decide for ``doc`` whatever else is listed, if any."""
         policy, tags = self._policy, doc.tags
@@ -107,7 +103,7 @@ class AdoptionStream:
             return None
         if rel in self._state or rel in self._journaled or doc.name in self._journaled:
             return None  # (a journal row changes nothing for a document tagged ours: left to the planner anyway)
-        if doc.indexing_status != "completed" or doc.failed or not doc.enabled or doc.archived or doc.error:
+        if doc.indexing_status != SETTLED_STATUS or doc.failed or not doc.enabled or doc.archived or doc.error:
             return None
         if doc.name != policy.name_of(rel) or refusal(rel, f.size, policy) is not None:
             return None

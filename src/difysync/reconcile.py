@@ -32,6 +32,7 @@ from .events import NOBODY, Observer, Phase
 from .lease import FolderLocks, Holder
 from .logs import log_fields
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
+from .adoptions import SETTLED_STATUS
 from .plan import UPLOADS, Action, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
@@ -183,7 +184,6 @@ class _Inputs:
     unreadable: int = 0
     adopted: list[Action] = field(default_factory=list)  # certain while listing (adoptions.py)
     adopted_files: list[LocalFile] = field(default_factory=list)
-    adopted_statuses: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     status_changes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     fingerprint: marks.RemoteFingerprint | None = None
     digest: str | None = None
@@ -254,7 +254,6 @@ class _Pass:
             listing = self.view.unsettled(inputs.files, inputs.rows, inputs.journal, self.policy)
             inputs.remote, inputs.files, inputs.rows = listing.remote, listing.files, listing.rows
             inputs.adopted, inputs.adopted_files = listing.adopted, listing.adopted_files
-            inputs.adopted_statuses = listing.adopted_statuses
             inputs.status_changes, inputs.fingerprint = listing.status_changes, listing.fingerprint
             inputs.plan_journal = [e for e in inputs.journal if e.rel_path not in listing.settled_journaled]
             self.policy = replace(self.policy, settled_elsewhere=listing.settled)
@@ -426,7 +425,8 @@ class _Pass:
         adopted = {o.document_id for o in outcomes if o.action.kind is Kind.ADOPT and o.result is Result.OK}
         if adopted:  # so that the next pass finds them settled
             statuses = {d.id: (d.indexing_status, d.error) for d in inputs.remote if d.id in adopted}
-            statuses.update((i, s) for i, s in inputs.adopted_statuses.items() if i in adopted)
+            statuses.update((a.document_id, (SETTLED_STATUS, None))
+                            for a in inputs.adopted if a.document_id in adopted)
             self.store.refresh_statuses(self.key, statuses)
         if inputs.digest is not None and inputs.mark_key is not None and inputs.fingerprint is not None \
                 and not inputs.journal and not inputs.unreadable and self.report.ok and _changes_nothing(plan):

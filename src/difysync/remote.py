@@ -137,7 +137,6 @@ class Unsettled:
     rows: dict[str, FileState]
     adopted: list[Action] = field(default_factory=list)  # certain while listing (adoptions.py)
     adopted_files: list[LocalFile] = field(default_factory=list)
-    adopted_statuses: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     settled: int = 0
     settled_journaled: set[str] = field(default_factory=set)  # settled paths with journal rows
     status_changes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
@@ -197,7 +196,6 @@ class RemoteView:
             out.remote.append(doc)
             local[f.rel_path] = f
         out.adopted, out.adopted_files = stream.adopted(), stream.adopted_files()
-        out.adopted_statuses = stream.statuses()
         out.files = list(local.values())
         out.fingerprint = recorder.fingerprint()
         return out

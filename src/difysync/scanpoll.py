@@ -11,17 +11,14 @@ costs, and its memory is that walk's columns.
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from difysync.scanner import FileColumns, scan_tree
 
 __all__ = ["Change", "PolledFolder", "ScanPoller", "changes_between"]
-
-log = logging.getLogger(__name__)
 
 # (kind, rel_path, dest): the kinds and meaning of ``watch.Watcher``'s events.
 Change = tuple[str, str, "str | None"]
@@ -75,7 +72,7 @@ def _dir_moves(moves: dict[str, str], exists: Callable[[str], bool]) -> list[Cha
         same = 0
         while same < min(len(s), len(d)) - 1 and s[-1 - same] == d[-1 - same]:
             same += 1
-        if same == 0 or s[-1] != d[-1]:
+        if same == 0:
             singles.append(("moved", src, dst))
         else:
             groups.setdefault(("/".join(s[:-same]), "/".join(d[:-same])), []).append((src, dst))
@@ -124,9 +121,8 @@ class PolledFolder:
     exclude: Sequence[str]
     ignores: Sequence[str]
     skip: frozenset[str] = frozenset()   # relative paths never reported (the state DB)
-    last: FileColumns | None = None
+    last: FileColumns | None = None   # the last walk (taken by ScanPoller.add)
     gone: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def walk(self) -> tuple[FileColumns | None, str | None]:
         """This folder's files now, or None and why the root cannot be walked."""
@@ -184,17 +180,16 @@ class ScanPoller(threading.Thread):
                     self._on_failure(folder.key, exc)
 
     def poll(self, folder: PolledFolder) -> None:
-        """Walk ``folder`` once and report what changed since its last walk."""
-        with folder.lock:
-            if folder.gone or folder.last is None:
-                return
-            now, why = folder.walk()
-            if now is None:
-                folder.gone = True
-                self._on_gone(folder.key, why or "folder root is gone")
-                return
-            found = changes_between(folder.last, now,
-                                    exists=lambda rel: os.path.isdir(os.path.join(folder.root, rel)))
-            folder.last = now
+        """Walk ``folder`` once and report what changed since its last walk (only the
+        poller's thread calls this once the folder is added)."""
+        if folder.gone or folder.last is None:
+            return
+        now, why = folder.walk()
+        if now is None:
+            folder.gone = True
+            self._on_gone(folder.key, why or "folder root is gone")
+            return
+        found = changes_between(folder.last, now, exists=lambda rel: os.path.isdir(os.path.join(folder.root, rel)))
+        folder.last = now
         for kind, rel, dest in found:
             self._on_change(folder.key, rel, kind, dest)
