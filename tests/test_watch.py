@@ -387,8 +387,26 @@ def test_non_utf8_name_is_kept_surrogate_escaped(watched) -> None:
     rec.wait_for(("changed", "caf\udce9.md"))
 
 
+def _inotify_masks(directory: Path) -> list[int]:
+    """The event masks this process's inotify watches on ``directory`` ask the kernel for."""
+    ino = os.stat(directory).st_ino
+    masks = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:inotify":
+                continue
+            lines = Path(f"/proc/self/fdinfo/{fd}").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            fields = dict(f.split(":", 1) for f in line.split()[1:] if ":" in f) if line.startswith("inotify") else {}
+            if fields and int(fields["ino"], 16) == ino:
+                masks.append(int(fields["mask"], 16))
+    return masks
+
+
 def test_reading_and_walking_the_folder_is_no_event(watched) -> None:
-    root, rec, _, settle = watched
+    root, rec, watcher, settle = watched
     (root / "sub").mkdir()
     (root / "sub" / "a.md").write_text("x")
     rec.wait_for(("changed", "sub/a.md"), ("dir", "sub"))
@@ -398,6 +416,10 @@ def test_reading_and_walking_the_folder_is_no_event(watched) -> None:
         assert [e.name for e in os.scandir(root / "sub")] == ["a.md"]
         assert (root / "sub" / "a.md").read_text() == "x"
     assert settle() == []
+    if watcher.mode_of("f") == "events":  # the kernel is not even asked for opens and plain closes
+        in_open, in_close_nowrite = 0x20, 0x10
+        masks = _inotify_masks(root) + _inotify_masks(root / "sub")
+        assert masks and all(m & (in_open | in_close_nowrite) == 0 for m in masks)
 
 
 def test_fifo_is_never_opened(watched) -> None:
