@@ -568,7 +568,10 @@ def test_adoptions_decided_while_listing_change_no_decision(world):
     files, state, docs, journal, policy = world
     full = plan_folder(files, state, docs, journal, policy)
     slim, _ = _stream_then_plan(files, state, docs, journal, policy)
-    assert list(slim.actions) == list(full.actions)
+    streamed = list(slim.adopted.actions())
+    taken = set(streamed)
+    assert [a for a in full.actions if a in taken] == streamed  # adoptions the planner makes, in path order
+    assert [a for a in full.actions if a not in taken] == list(slim.actions)
     assert (slim.unchanged, slim.errors, slim.warnings) == (full.unchanged, full.errors, full.warnings)
 
 
@@ -577,8 +580,9 @@ def test_a_tagged_document_of_ours_for_an_untracked_file_is_adopted_while_listin
     docs = [remote("d1", "a.md", tags=expected_tags("a.md", sha("one"), "host-a", 1)),
             remote("d2", "b.md", tags=expected_tags("b.md", sha("other"), "host-a", 1))]
     plan, stream = _stream_then_plan(files, {}, docs, [], ME)
-    assert [(a.kind, a.rel_path) for a in stream.adopted()] == [(Kind.ADOPT, "a.md")]
-    assert kinds(plan) == [("adopt", "a.md"), ("update", "b.md")]
+    assert [(a.kind, a.rel_path) for a in stream.adopted().actions()] == [(Kind.ADOPT, "a.md")]
+    assert [(a.kind, a.rel_path) for a in plan.adopted.actions()] == [(Kind.ADOPT, "a.md")]
+    assert kinds(plan) == [("update", "b.md")]
 
 
 def test_a_second_document_of_the_same_name_gives_the_first_back_to_the_planner():
@@ -586,6 +590,6 @@ def test_a_second_document_of_the_same_name_gives_the_first_back_to_the_planner(
     first = remote("d1", "a.md", created_at=5, tags=expected_tags("a.md", sha("one"), "host-a", 1))
     older = remote("d0", "a.md", created_at=1, tags=expected_tags("a.md", sha("one"), "host-a", 1))
     plan, stream = _stream_then_plan(files, {}, [first, older], [], ME)
-    assert stream.adopted() == [] and [d.id for d, _ in stream.given_back()] == ["d1"]
+    assert len(stream.adopted()) == 0 and [d.id for d, _ in stream.given_back()] == ["d1"]
     assert [(a.kind, a.document_id) for a in plan.actions] == [(Kind.ADOPT, "d0")]
     assert plan.warnings  # two documents of that name: the planner says which it took

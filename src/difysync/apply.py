@@ -28,7 +28,8 @@ from .logs import log_fields
 from .models import ErrorKind, FileState, LocalFile, SegmentRecord, SkipCode
 from .outcomes import Outcome, Result
 from .tagging import Tagger
-from .plan import UPLOADS, Action, Kind
+from .adoptions import SETTLED_STATUS
+from .plan import UPLOADS, Action, Adoptions, Kind
 from .scanner import FileTooLarge, read_for_upload
 from .chunking import chunk_digest
 from .segments import SegmentOp, pending_records
@@ -195,13 +196,30 @@ def _adopt(adoptions: Sequence[Action], ctx: FolderContext, store: StateBackend,
                  len(adoptions), extra=log_fields(folder=ctx.label, action=Kind.ADOPT))
 
 
-def _adopted(a: Action, ctx: FolderContext, f: LocalFile | None) -> Settled:
+def record_adoptions(adopted: Adoptions, ctx: FolderContext, store: StateBackend) -> int:
+    """The adoptions decided while listing (plan.Adoptions), recorded as synced, a batch
+    per transaction, with their documents' settled status; no Outcome each (a first pass
+    over a million synced files would hold a million): how many is what is reported."""
+    for start in range(0, len(adopted), ADOPT_BATCH):
+        batch = [adopted.action(i) for i in range(start, min(start + ADOPT_BATCH, len(adopted)))]
+        store.settle_uploads(None, ctx.key, ctx.dataset_id,
+                             [_adopted(a, ctx, adopted.file(start + n), SETTLED_STATUS) for n, a in enumerate(batch)])
+        if log.isEnabledFor(logging.DEBUG):
+            for a in batch:
+                _log_outcome(Outcome(a, Result.OK, a.reason, a.document_id), ctx.label or ctx.key, None)
+    if adopted:
+        log.info("%s: %d document(s) already in Dify taken as synced (same name and content)", ctx.label,
+                 len(adopted), extra=log_fields(folder=ctx.label, action=Kind.ADOPT))
+    return len(adopted)
+
+
+def _adopted(a: Action, ctx: FolderContext, f: LocalFile | None, status: str | None = None) -> Settled:
     records = _adopted_records(a, ctx)
     known = f is not None and a.sha256 is not None
     return Settled(a.rel_path, document_id=a.document_id or "", document_name=a.document_name or "", batch=None,
                    sha256=a.sha256, size=f.size if known and f else None,
                    mtime_ns=f.mtime_ns if known and f else None, inode=f.inode if known and f else None,
-                   indexing_status=None, chunking="local" if records else None, segments=records)
+                   indexing_status=status, chunking="local" if records else None, segments=records)
 
 
 def _run_pool(actions: Sequence[Action], ctx: FolderContext, client: DifyClient, store: StateBackend,

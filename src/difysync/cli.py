@@ -33,7 +33,7 @@ from .errors import (EX_CONFIG, EX_FAILED, EX_TEMPFAIL, ConfigError, DifyError, 
                      StateError, exit_code)
 from .events import NOBODY, Observer
 from .logs import add_secret, setup_logging
-from .plan import MaxDelete
+from .plan import Action, MaxDelete, Plan
 from .report import print_status, printable, run_errors, run_json, summary_line, summary_tables
 from .state import StateStore
 from .terminal import folder_labels, watched
@@ -210,7 +210,7 @@ def _print_summary(report: Any, code: int, unfinished: bool, labels: dict[str, s
     terminal), and the summary line with the reason for a failing exit code."""
     if report.dry_run:
         for f in report.folders:
-            for a in f.plan.actions if f.plan else ():
+            for a in _planned_actions(f.plan):
                 click.echo(printable(f"{f.folder}: {a.describe()}"))
     errors = run_errors(report)
     for e in errors:
@@ -220,6 +220,13 @@ def _print_summary(report: Any, code: int, unfinished: bool, labels: dict[str, s
 
         Console().print(summary_tables(report, labels))
     click.echo(summary_line(report) + _why_not_ok(code, report, errors, unfinished))
+
+
+def _planned_actions(plan: Plan | None) -> Iterator[Action]:
+    """A dry run's plan, line by line: the adoptions decided while listing, then the rest."""
+    if plan is not None:
+        yield from plan.adopted.actions()
+        yield from plan.actions
 
 
 def _why_not_ok(code: int, report: Any, errors: list[str], unfinished: bool) -> str:

@@ -57,6 +57,9 @@ class Observer:
     def outcome(self, folder: str, outcome: Outcome, nbytes: int) -> None:
         """One action ended (``nbytes``: the file content it sent, 0 for none)."""
 
+    def adopted(self, folder: str, count: int) -> None:
+        """``count`` adoptions decided while listing were recorded (they have no outcome each)."""
+
     def request(self, method: str, route: str, status: int | None, seconds: float) -> None:
         """One HTTP attempt ended (``status`` None: no answer). ``route`` has no ids in it."""
 
@@ -94,6 +97,9 @@ class Fanout(Observer):
 
     def outcome(self, folder: str, outcome: Outcome, nbytes: int) -> None:
         self._each("outcome", folder, outcome, nbytes)
+
+    def adopted(self, folder: str, count: int) -> None:
+        self._each("adopted", folder, count)
 
     def request(self, method: str, route: str, status: int | None, seconds: float) -> None:
         self._each("request", method, route, status, seconds)

@@ -29,6 +29,7 @@ from .errors import StateError
 from .events import Observer, Phase
 from .models import SkipCode
 from .outcomes import Result
+from .plan import Kind
 from .state import StateStore
 from .statusview import iso  # the one time format of difysync's JSON: UTC, ISO 8601
 
@@ -141,6 +142,10 @@ class Metrics(Observer):
             self._recent.append(entry)
             if outcome.result is Result.FAILED:
                 self._errors.append(RecentError(entry.at, folder, f"{action.rel_path}: {entry.message}"))
+
+    def adopted(self, folder: str, count: int) -> None:
+        if count:
+            self.actions.labels(folder, str(Kind.ADOPT), Result.OK.value).inc(count)
 
     def request(self, method: str, route: str, status: int | None, seconds: float) -> None:
         self.requests.labels(route, method, str(status) if status is not None else "none").observe(seconds)

@@ -9,9 +9,10 @@ recovery is ordinary planning (unsettled journal rows are one more input).
 from __future__ import annotations
 
 import math
+from array import array
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
 
 from typing import NamedTuple
@@ -133,6 +134,59 @@ class Policy:
         return document_name(self.name_prefix + rel_path)
 
 
+ADOPT_REASON = "matched by name and content hash"
+
+
+class Adoptions:
+    """Adoptions decided before planning (adoptions.py, while the listing streams in), as
+    columns: a path, a document id, a hash and three numbers each.
+
+    A first pass over a million synced files adopts every one of them. As an Action, a
+    hashed LocalFile and an Outcome each they were most of that pass's 1.35 GB; an
+    adoption sends nothing, so nothing downstream needs them one by one: apply records
+    them in batches and the report counts them. ``action(i)`` and ``file(i)`` make the
+    objects again, one at a time, for whoever wants to show or record one. Filled once,
+    in path order, then only read."""
+
+    __slots__ = ("name_of", "paths", "document_ids", "shas", "sizes", "mtimes", "inodes")
+
+    def __init__(self, name_of: Callable[[str], str] = document_name) -> None:
+        self.name_of = name_of  # the folder's path -> document name: the names are not kept
+        self.paths: list[str] = []
+        self.document_ids: list[str] = []
+        self.shas: list[str] = []
+        self.sizes, self.mtimes, self.inodes = array("q"), array("q"), array("q")
+
+    def add(self, file: LocalFile, document_id: str) -> None:
+        """``file`` must be hashed."""
+        self.paths.append(file.rel_path)
+        self.document_ids.append(document_id)
+        self.shas.append(file.sha256 or "")
+        self.sizes.append(file.size)
+        self.mtimes.append(file.mtime_ns)
+        self.inodes.append(file.inode)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Adoptions) and list(self.actions()) == list(other.actions())
+
+    def __repr__(self) -> str:
+        return f"<Adoptions of {len(self)} file(s)>"
+
+    def file(self, i: int) -> LocalFile:
+        return LocalFile(self.paths[i], self.sizes[i], self.mtimes[i], self.inodes[i], self.shas[i])
+
+    def action(self, i: int) -> Action:
+        rel = self.paths[i]
+        return Action(Kind.ADOPT, rel, self.name_of(rel), self.document_ids[i], sha256=self.shas[i],
+                      size=self.sizes[i], reason=ADOPT_REASON)
+
+    def actions(self) -> Iterator[Action]:
+        return (self.action(i) for i in range(len(self)))
+
+
 @dataclass(frozen=True, slots=True)
 class Plan:
     actions: tuple[Action, ...]
@@ -140,6 +194,9 @@ class Plan:
     errors: tuple[str, ...] = ()     # guard refusals: the pass must report failure
     warnings: tuple[str, ...] = ()
     held_back: int = 0  # deletes a mass-delete guard refused (they are not in ``actions``)
+    # Adoptions decided while listing (adoptions.py): not in ``actions``, which hold every
+    # other decision, adoptions the planner made itself included.
+    adopted: Adoptions = field(default_factory=Adoptions)
 
     def count(self, kind: Kind) -> int:
         return sum(1 for a in self.actions if a.kind is kind)
@@ -175,14 +232,14 @@ def refusal(rel_path: str, size: int, policy: Policy) -> Refusal | None:
 
 def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
                 remote: Sequence[RemoteDocument], journal: Sequence[JournalEntry] = (),
-                policy: Policy = Policy(), adopted: Sequence[Action] = ()) -> Plan:
+                policy: Policy = Policy(), adopted: Adoptions | None = None) -> Plan:
     """Decide every action for one folder.
 
     ``local`` holds every regular file the scan kept; eligible ones must carry their
     sha256 (the caller reuses the stored hash when size, mtime and inode are unchanged).
     ``adopted`` are adoptions already certain while the listing streamed in (their files
-    and documents are in neither ``local`` nor ``remote``: see adoptions.py); they take
-    their place among the files' decisions.
+    and documents are in neither ``local`` nor ``remote``: see adoptions.py); the plan
+    carries them beside its actions (``Plan.adopted``).
     The order of the steps matters: documents of files still present are claimed first,
     then renames are paired, then each file is decided, then the files that are gone,
     then the journal's leftovers; the delete guards judge the whole plan last.
@@ -192,17 +249,12 @@ def plan_folder(local: Sequence[LocalFile], state: Mapping[str, FileState],
     planner = _Planner(local, state, remote, policy, journal)
     planner.claim_present()
     planner.pair_renames()
-    decided = sorted(adopted, key=lambda a: a.rel_path)
-    i = 0
     for rel in sorted(planner.local):
-        while i < len(decided) and decided[i].rel_path < rel:
-            planner.actions.append(decided[i])
-            i += 1
         planner.decide_file(rel)
-    planner.actions.extend(decided[i:])
     deletes = planner.decide_gone()
     leftovers = planner.leftovers(journal)
-    return planner.finish(planner.guard(deletes), leftovers)
+    plan = planner.finish(planner.guard(deletes), leftovers)
+    return replace(plan, adopted=adopted) if adopted else plan
 
 
 class _Planner:
@@ -525,7 +577,7 @@ def _plan_adoption(f: LocalFile, doc: RemoteDocument, name: str) -> Action:
     tagged = doc.tags.sha256 if doc.tags is not None else None
     if tagged is not None and tagged == f.sha256:
         return Action(Kind.ADOPT, f.rel_path, name, doc.id, sha256=f.sha256, size=f.size,
-                      reason="matched by name and content hash")
+                      reason=ADOPT_REASON)
     same_size = doc.size is not None and doc.size == f.size and tagged is None
     # (in whole seconds, as the server gives the upload's time: a file written in the very
     # second of its upload is not taken for an edit made after it)

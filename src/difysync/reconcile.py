@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, ContextManager
 
 from . import marks
-from .apply import FolderContext, Stopped, apply_actions
+from .apply import FolderContext, Stopped, apply_actions, record_adoptions
 from .outcomes import Outcome, Result
 from .config import FolderSettings, Settings
 from .dify import DifyClient
@@ -32,8 +32,7 @@ from .events import NOBODY, Observer, Phase
 from .lease import FolderLocks, Holder
 from .logs import log_fields
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
-from .adoptions import SETTLED_STATUS
-from .plan import UPLOADS, Action, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
+from .plan import UPLOADS, Action, Adoptions, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
 from .scanner import ScanResult, scan_tree, sha256_file, stat_paths
@@ -182,8 +181,7 @@ class _Inputs:
     plan_journal: list[JournalEntry] = field(default_factory=list)  # the ones the planner needs
     restat: list[LocalFile] = field(default_factory=list)
     unreadable: int = 0
-    adopted: list[Action] = field(default_factory=list)  # certain while listing (adoptions.py)
-    adopted_files: list[LocalFile] = field(default_factory=list)
+    adopted: Adoptions = field(default_factory=Adoptions)  # certain while listing (adoptions.py)
     status_changes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
     fingerprint: marks.RemoteFingerprint | None = None
     digest: str | None = None
@@ -253,7 +251,7 @@ class _Pass:
             self.hooks.observer.phase(self.key, Phase.LISTING)
             listing = self.view.unsettled(inputs.files, inputs.rows, inputs.journal, self.policy)
             inputs.remote, inputs.files, inputs.rows = listing.remote, listing.files, listing.rows
-            inputs.adopted, inputs.adopted_files = listing.adopted, listing.adopted_files
+            inputs.adopted = listing.adopted
             inputs.status_changes, inputs.fingerprint = listing.status_changes, listing.fingerprint
             inputs.plan_journal = [e for e in inputs.journal if e.rel_path not in listing.settled_journaled]
             self.policy = replace(self.policy, settled_elsewhere=listing.settled)
@@ -397,7 +395,6 @@ class _Pass:
                                 recheck_after=self.env.settings.schedule.full_listing_minutes * 60,
                                 label=self.folder.label))
         local = {f.rel_path: f for f in inputs.files}
-        local.update((f.rel_path, f) for f in inputs.adopted_files)
         observer, on_outcome = self.hooks.observer, self.hooks.on_outcome
 
         def done(outcome: Outcome) -> None:
@@ -406,6 +403,8 @@ class _Pass:
             observer.outcome(self.key, outcome, sent_bytes(outcome, local))
 
         observer.phase(self.key, Phase.SYNCING)
+        self.report.adopted = record_adoptions(plan.adopted, ctx, self.store)
+        observer.adopted(self.key, self.report.adopted)
         self.report.outcomes = apply_actions(plan.actions, ctx, self.env.client, self.store, inputs.rows,
                                              concurrency=self.env.settings.dify.concurrency, local=local,
                                              on_outcome=done, should_stop=self.hooks.should_stop)
@@ -425,8 +424,6 @@ class _Pass:
         adopted = {o.document_id for o in outcomes if o.action.kind is Kind.ADOPT and o.result is Result.OK}
         if adopted:  # so that the next pass finds them settled
             statuses = {d.id: (d.indexing_status, d.error) for d in inputs.remote if d.id in adopted}
-            statuses.update((a.document_id, (SETTLED_STATUS, None))
-                            for a in inputs.adopted if a.document_id in adopted)
             self.store.refresh_statuses(self.key, statuses)
         if inputs.digest is not None and inputs.mark_key is not None and inputs.fingerprint is not None \
                 and not inputs.journal and not inputs.unreadable and self.report.ok and _changes_nothing(plan):
@@ -530,7 +527,8 @@ def sent_bytes(outcome: Outcome, local: Mapping[str, LocalFile]) -> int:
 
 def _changes_nothing(plan: Plan) -> bool:
     """Only skips: the same inputs would give the same plan, with nothing to send."""
-    return not plan.errors and not plan.warnings and all(a.kind is Kind.SKIP for a in plan.actions)
+    return not plan.errors and not plan.warnings and not plan.adopted \
+        and all(a.kind is Kind.SKIP for a in plan.actions)
 
 
 def _under_any(rel: str, roots: set[str]) -> bool:

@@ -24,7 +24,7 @@ from .marks import FLAGGED_STATUSES, ListingRecorder, RemoteFingerprint, fingerp
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument
 from .naming import document_name
 from .adoptions import AdoptionStream
-from .plan import Action, Policy, is_settled
+from .plan import Adoptions, Policy, is_settled
 from .state import InFlight, StateBackend
 
 log = logging.getLogger("difysync")
@@ -135,8 +135,7 @@ class Unsettled:
     remote: list[RemoteDocument]
     files: list[LocalFile]
     rows: dict[str, FileState]
-    adopted: list[Action] = field(default_factory=list)  # certain while listing (adoptions.py)
-    adopted_files: list[LocalFile] = field(default_factory=list)
+    adopted: Adoptions = field(default_factory=Adoptions)  # certain while listing (adoptions.py)
     settled: int = 0
     settled_journaled: set[str] = field(default_factory=set)  # settled paths with journal rows
     status_changes: dict[str, tuple[str, str | None]] = field(default_factory=dict)
@@ -195,7 +194,7 @@ class RemoteView:
         for doc, f in stream.given_back():
             out.remote.append(doc)
             local[f.rel_path] = f
-        out.adopted, out.adopted_files = stream.adopted(), stream.adopted_files()
+        out.adopted = stream.adopted()
         out.files = list(local.values())
         out.fingerprint = recorder.fingerprint()
         return out

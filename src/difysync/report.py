@@ -46,6 +46,7 @@ class FolderReport:
     errors: list[str] = field(default_factory=list)
     problems: list[ScanProblem] = field(default_factory=list)
     hashed: int = 0
+    adopted: int = 0  # adoptions decided while listing, recorded (plan.Adoptions): no outcome each
     fatal: DifySyncError | None = None
     remote_check: RemoteCheck = RemoteCheck.NONE
     dataset_name: str | None = None  # as configured; None for a folder given by dataset_id
@@ -64,8 +65,8 @@ class FolderReport:
     @property
     def counts(self) -> dict[str, int]:
         unchanged = self.plan.unchanged if self.plan else 0
-        if self.outcomes or not self.plan:
-            return count_outcomes(self.outcomes, unchanged)
+        if self.outcomes or self.adopted or not self.plan:
+            return count_outcomes(self.outcomes, unchanged + self.adopted)
         return planned_counts(self.plan)
 
     @property
@@ -127,7 +128,7 @@ def count_outcomes(outcomes: Iterable[Outcome], unchanged: int = 0) -> dict[str,
 
 def planned_counts(plan: Plan) -> dict[str, int]:
     """The counts a plan would give if every action succeeded (a dry run's summary)."""
-    counts = count_outcomes([], plan.unchanged)
+    counts = count_outcomes([], plan.unchanged + len(plan.adopted))
     for a in plan.actions:
         name = _PLANNED_COUNTS.get(a.kind)
         if name:
