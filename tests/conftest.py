@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
@@ -27,3 +29,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 def _encodable(text: str) -> str:
     return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+# Commands keep validated settings in the user's cache (settingsfile.py): the suite's go to
+# a folder of its own, never to the cache of whoever runs it.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="difysync-test-cache-")

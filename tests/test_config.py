@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, SecretStr
 
-from difysync import config
+from difysync import config, settingsfile
 from difysync.config import (
     DifySettings,
     FolderSettings,
@@ -354,7 +354,7 @@ def test_environment_variable_comes_before_the_working_directory(tmp_path: Path,
 
 
 def test_working_directory_comes_before_etc(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG_PATH", write(tmp_path, ONE_FOLDER, name="etc/sync.toml"))
+    monkeypatch.setattr(settingsfile, "SYSTEM_CONFIG_PATH", write(tmp_path, ONE_FOLDER, name="etc/sync.toml"))
     monkeypatch.chdir(tmp_path)
     local = write(tmp_path, ONE_FOLDER)
     assert find_config_path(None) == local
@@ -362,14 +362,14 @@ def test_working_directory_comes_before_etc(tmp_path: Path, monkeypatch: pytest.
 
 def test_etc_is_the_last_resort(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     system = write(tmp_path, ONE_FOLDER, name="etc/sync.toml")
-    monkeypatch.setattr(config, "SYSTEM_CONFIG_PATH", system)
+    monkeypatch.setattr(settingsfile, "SYSTEM_CONFIG_PATH", system)
     (tmp_path / "empty").mkdir()
     monkeypatch.chdir(tmp_path / "empty")
     assert find_config_path(None) == system
 
 
 def test_no_file_anywhere_lists_what_was_tried(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(config, "SYSTEM_CONFIG_PATH", tmp_path / "etc" / "sync.toml")
+    monkeypatch.setattr(settingsfile, "SYSTEM_CONFIG_PATH", tmp_path / "etc" / "sync.toml")
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ConfigError, match=r"^no configuration file: tried .*sync\.toml.*etc/sync\.toml"):
         find_config_path(None)

@@ -362,4 +362,4 @@ def test_mark_round_trips_through_json(box):
         body = store.load_mark(str(box.root), box.dataset)
     mark = Mark.from_json(body)
     assert mark is not None and Mark.from_json(mark.to_json()) == mark
-    assert [a.rel_path for a in mark.skips] == ["picture.png"] and mark.unchanged == N
+    assert [s.rel_path for s in mark.skips] == ["picture.png"] and mark.unchanged == N

@@ -26,7 +26,7 @@ from .dify import DifyClient, Upload
 from .errors import DifyError, Next, NotFoundError, RefusedError, verdict
 from .logs import log_fields
 from .models import ErrorKind, FileState, LocalFile, SegmentRecord, SkipCode
-from .outcomes import Outcome, Result
+from .outcomes import Outcome, Result, Stopped
 from .tagging import Tagger
 from .adoptions import SETTLED_STATUS
 from .plan import UPLOADS, Action, Adoptions, Kind
@@ -94,15 +94,6 @@ class _Unreachable:
 
     def __init__(self, error: DifyError) -> None:
         self.error = error
-
-
-class Stopped(Exception):
-    """Raised by apply_actions after a fatal error, once in-flight work has settled."""
-
-    def __init__(self, error: DifyError, outcomes: list[Outcome]) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.outcomes = outcomes
 
 
 def apply_actions(actions: Sequence[Action], ctx: FolderContext, client: DifyClient,

@@ -27,7 +27,6 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from . import __version__
-from .config import FolderSettings, Settings, find_config_path, load_api_key, load_settings, render_problems
 from .dify import DifyClient
 from .errors import (EX_CONFIG, EX_FAILED, EX_TEMPFAIL, ConfigError, DifyError, FatalError, LeaseBusy,
                      StateError, exit_code)
@@ -35,19 +34,30 @@ from .events import NOBODY, Observer
 from .logs import add_secret, setup_logging
 from .plan import Action, MaxDelete, Plan
 from .report import print_status, printable, run_errors, run_json, summary_line, summary_tables
+from .settingsfile import find_config_path, read_api_key, read_snapshot, render_problems
 from .state import StateStore
 from .terminal import folder_labels, watched
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .config import FolderSettings, Settings
     from .progress import ProgressDisplay
 
 EX_OK, EX_USAGE, EX_INTERRUPTED = 0, 2, 130  # 130: 128 + SIGINT, as shells report Ctrl-C
+SCAN_HELPERS = 3  # a pass's walk may be shared with this many forked processes, one per spare CPU
 
 log = logging.getLogger("difysync")
 
 
 def echo_json(value: Any) -> None:
-    click.echo(json.dumps(printable(value), ensure_ascii=False))
+    """One JSON object on stdout. Nearly always every string in it is UTF-8 already, which
+    one check of the whole text shows; only otherwise is it walked string by string
+    (printable), so a quiet pass listing thousands of skips does not pay that walk."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        text = json.dumps(printable(value), ensure_ascii=False)
+    click.echo(text)
 
 
 def _die(message: str, code: int) -> NoReturn:
@@ -55,9 +65,18 @@ def _die(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-def load_config(config: str | None) -> Settings:
+def load_config(config: str | None, *, validate: bool = False) -> Settings:
+    """The settings: those the last validation of this config gave when nothing they
+    depend on changed (settingsfile.py: no pydantic to load), else validated afresh
+    (``validate``: always), and kept for the next command."""
     try:
-        return load_settings(find_config_path(config))
+        path = find_config_path(config)
+        kept = None if validate else read_snapshot(path)
+        if kept is not None:
+            return kept  # type: ignore[return-value]  # (the same attributes, as plain values)
+        from .config import load_settings
+
+        return load_settings(path, keep=True)
     except ConfigError as exc:
         click.echo(render_problems(exc), err=True)
         sys.exit(EX_CONFIG)
@@ -65,7 +84,7 @@ def load_config(config: str | None) -> Settings:
 
 def make_client(settings: Settings) -> DifyClient:
     try:
-        key = load_api_key(settings).get_secret_value()
+        key = read_api_key(settings)
     except ConfigError as exc:
         click.echo(render_problems(exc), err=True)
         sys.exit(EX_CONFIG)
@@ -171,7 +190,7 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
     from .reconcile import reconcile as run_pass
 
     options = PassOptions(dry_run=dry_run, max_delete=_max_delete(max_delete), full_listing=full_listing,
-                          lock_timeout=lock_timeout, recreate_dataset=recreate_dataset)
+                          lock_timeout=lock_timeout, recreate_dataset=recreate_dataset, scan_helpers=SCAN_HELPERS)
     settings = load_config(config)
     level = click.get_current_context().find_root().meta.get(_LOGGING, {}).get("level", "info")
     display = _progress_display(settings, as_json, level)  # None: nobody watches
@@ -400,7 +419,7 @@ def _status_files(settings: Settings, targets: list[tuple[FolderSettings, str | 
 @config_option
 def check(config: str | None) -> None:
     """Validate the config, reach the server, verify the key and each dataset."""
-    settings = load_config(config)
+    settings = load_config(config, validate=True)
     click.echo(f"config {settings.config_path}: ok ({len(settings.folders)} folders)")
     click.echo(f"owner {settings.owner!r}: " + ("written into difysync_owner on every document it makes"
                                                  if settings.metadata.enabled else "metadata off"))
@@ -435,7 +454,7 @@ def check(config: str | None) -> None:
 def _check_local(settings: Settings) -> int:
     """What ``check`` can tell without the server: the state DB can be written, and the key
     file is not readable by others (a warning). Returns the exit code so far."""
-    from .config import api_key_path
+    from .settingsfile import api_key_path
 
     db = Path(settings.state_db)
     if db.exists():

@@ -18,7 +18,7 @@ import sys
 import unicodedata
 from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -42,6 +42,10 @@ from pydantic_settings import (
 )
 
 from difysync.errors import ConfigError
+from difysync.settingsfile import (API_KEY_ENV_VAR, CONFIG_ENV_VAR, LISTEN_FORM, LOCAL_CONFIG_NAME,  # noqa: F401
+                                   MAX_ATTEMPTS_DEPRECATED, NO_API_KEY, SYSTEM_CONFIG_PATH, Resolved, api_key_path,
+                                   find_config_path, folder_label, parse_listen, read_api_key, render_problems,
+                                   resolve_path, write_snapshot)
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -64,16 +68,11 @@ __all__ = [
 
 ENV_PREFIX = "DIFYSYNC_"
 ENV_NESTED_DELIMITER = "__"
-CONFIG_ENV_VAR = "DIFYSYNC_CONFIG"
-API_KEY_ENV_VAR = "DIFYSYNC_API_KEY"
-LOCAL_CONFIG_NAME = "sync.toml"
-SYSTEM_CONFIG_PATH = Path("/etc/difysync/sync.toml")
 DATASET_NAME_MAX = 40  # Dify refuses longer dataset names
 FOLDER_NAME_MAX = 64  # a label for log lines: short enough to read at the start of one
 
 API_KEY_IN_CONFIG = ("the API key is never read from the config file; "
                      f"set {API_KEY_ENV_VAR} or dify.api_key_file")
-NO_API_KEY = f"no API key: set {API_KEY_ENV_VAR} or dify.api_key_file"
 
 WatchMode = Literal["auto", "events", "poll", "off"]
 
@@ -87,6 +86,7 @@ _LOADING: ContextVar[_Load | None] = ContextVar("difysync_config_loading", defau
 class _Load:
     config_path: Path | None
     toml_data: Mapping[str, Any]
+    resolved: list[Resolved] = field(default_factory=list)  # every path resolved, for the snapshot
 
     @property
     def config_dir(self) -> Path:
@@ -99,8 +99,11 @@ def _current_config_dir() -> Path:
 
 
 def _resolve(value: Path | str, base: Path) -> Path:
-    path = Path(value).expanduser()
-    return (path if path.is_absolute() else base / path).resolve()
+    result = resolve_path(value, base)
+    load = _LOADING.get()
+    if load is not None:
+        load.resolved.append((os.fspath(value), os.fspath(base), os.fspath(result)))
+    return result
 
 
 def _problems(detail: list[tuple[str, str]]) -> PydanticCustomError:
@@ -171,9 +174,7 @@ class DifySettings(_Strict):
     @property
     def deprecations(self) -> list[str]:
         """One line per old key still in use, naming its new name."""
-        if self.max_attempts is None:
-            return []
-        return ["dify.max_attempts is deprecated: it is now called dify.quarantine_after (same meaning)"]
+        return [] if self.max_attempts is None else [MAX_ATTEMPTS_DEPRECATED]
 
     @field_validator("base_url")
     @classmethod
@@ -273,33 +274,13 @@ class MetricsSettings(_Strict):
     def _check_listen(cls, value: str) -> str:
         value = value.strip()
         if value:
-            _parse_listen(value)
+            parse_listen(value)
         return value
 
     @property
     def address(self) -> tuple[str, int] | None:
         """(host, port) to bind, the host without IPv6 brackets; None when off."""
-        return _parse_listen(self.listen) if self.listen else None
-
-
-_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$")
-LISTEN_FORM = "must be HOST:PORT with a port from 1 to 65535, such as 127.0.0.1:9464 or [::1]:9464"
-
-
-def _parse_listen(value: str) -> tuple[str, int]:
-    """``host:port`` -> (host, port); ValueError (the one message) for anything else."""
-    try:
-        parts = urlsplit(f"//{value}")
-        port, host = parts.port, parts.hostname or ""
-        if ":" in host:
-            ipaddress.IPv6Address(host)
-        elif not _HOST_NAME.match(host):
-            raise ValueError(host)
-    except ValueError:
-        port = None
-    if port is None or not 0 < port < 65536 or parts.path or parts.username is not None:
-        raise ValueError(LISTEN_FORM)
-    return host, port
+        return parse_listen(self.listen) if self.listen else None
 
 
 class ScheduleSettings(_Strict):
@@ -440,7 +421,7 @@ class FolderSettings(_Strict):
     def label(self) -> str:
         """How log lines name the folder: its ``name``, else its dataset name, else the last
         component of its path. Only for people: the state DB knows it by ``key``."""
-        return self.name or self.dataset_name or self.path.name or str(self.path)
+        return folder_label(self.name, self.dataset_name, self.path)
 
     def effective_watch_mode(self, settings: Settings) -> WatchMode:
         """This folder's watch mode: its own ``watch_mode`` if set, else ``[watch].mode``."""
@@ -586,41 +567,21 @@ def _name_taken(folders: list[FolderSettings], i: int) -> list[tuple[str, str]]:
 # --- finding and loading -------------------------------------------------------------
 
 
-def find_config_path(explicit: str | os.PathLike[str] | None = None,
-                     environ: Mapping[str, str] = os.environ) -> Path:
-    """The config file to use: ``-c`` value, else ``$DIFYSYNC_CONFIG``, else ``./sync.toml``,
-    else ``/etc/difysync/sync.toml``.
-
-    A path the user named (``-c`` or the variable) must exist; we never fall back past it.
-    """
-    for named, origin in ((explicit, "-c"), (environ.get(CONFIG_ENV_VAR) or None, f"${CONFIG_ENV_VAR}")):
-        if named is not None:
-            path = Path(named).expanduser()
-            if not path.is_file():
-                what = "is not a file" if path.exists() else "does not exist"
-                raise ConfigError(f"config file {path} (from {origin}) {what}")
-            return path.absolute()
-    tried = [Path(LOCAL_CONFIG_NAME), SYSTEM_CONFIG_PATH]
-    for path in tried:
-        if path.is_file():
-            return path.absolute()
-    raise ConfigError(
-        f"no configuration file: tried {', '.join(str(p.absolute()) for p in tried)}; "
-        f"pass -c PATH or set {CONFIG_ENV_VAR}")
-
-
-def load_settings(path: str | os.PathLike[str], **overrides: Any) -> Settings:
+def load_settings(path: str | os.PathLike[str], *, keep: bool = False, **overrides: Any) -> Settings:
     """Read ``path`` (TOML) plus ``DIFYSYNC_*`` variables into validated Settings.
 
     ``overrides`` (e.g. from the command line) win over the environment. Raises
-    ConfigError with one line per problem.
+    ConfigError with one line per problem. ``keep``: a snapshot of the result (settingsfile.py)
+    is written, for the next command's start (not with overrides, which it does not know).
     """
     path = Path(path).expanduser().absolute()
-    data = _read_toml(path)
+    raw = _read_bytes(path)
+    data = _parse_toml(path, raw)
     problems = [f"{key}: {API_KEY_IN_CONFIG}" for key in _find_api_keys(data)]
     data = _without_api_keys(data)
 
-    token = _LOADING.set(_Load(config_path=path, toml_data=data))
+    load = _Load(config_path=path, toml_data=data)
+    token = _LOADING.set(load)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
@@ -631,17 +592,24 @@ def load_settings(path: str | os.PathLike[str], **overrides: Any) -> Settings:
         if not problems:
             for line in settings.dify.deprecations:
                 logging.getLogger("difysync").warning("%s: %s", path, line)
+            if keep and not overrides:
+                write_snapshot(path, raw, settings.model_dump(mode="json"), load.resolved)
             return settings
     finally:
         _LOADING.reset(token)
     raise ConfigError(_dedupe(problems))
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def _read_bytes(path: Path) -> bytes:
     try:
-        text = path.read_bytes().decode("utf-8")
+        return path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"config file {path}: cannot read it: {exc.strerror or exc}") from None
+
+
+def _parse_toml(path: Path, raw: bytes) -> dict[str, Any]:
+    try:
+        text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise ConfigError(f"config file {path}: not UTF-8 text") from None
     try:
@@ -802,49 +770,6 @@ def _dedupe(lines: list[str]) -> list[str]:
     return list(dict.fromkeys(lines))
 
 
-def render_problems(err: ConfigError) -> str:
-    """The problems of ``err``, one per line, ready for stderr."""
-    return "\n".join(f"difysync: config error: {problem}" for problem in err.problems)
-
-
-# --- the API key ---------------------------------------------------------------------
-
-_CREDENTIALS = re.compile(r"\$(?:\{CREDENTIALS_DIRECTORY\}|CREDENTIALS_DIRECTORY(?![A-Za-z0-9_]))")
-
-
-def api_key_path(settings: Settings, environ: Mapping[str, str] = os.environ) -> Path | None:
-    """The file ``dify.api_key_file`` names (``$CREDENTIALS_DIRECTORY`` expanded), or None."""
-    name = settings.dify.api_key_file.strip()
-    if not name:
-        return None
-    if _CREDENTIALS.search(name):
-        credentials = environ.get("CREDENTIALS_DIRECTORY")
-        if not credentials:
-            raise ConfigError(f"dify.api_key_file: {name} refers to $CREDENTIALS_DIRECTORY, which is "
-                              "not set (add LoadCredential= to the systemd unit)")
-        name = _CREDENTIALS.sub(lambda _: credentials, name)
-    return _resolve(name, settings.config_dir)
-
-
 def load_api_key(settings: Settings, environ: Mapping[str, str] = os.environ) -> SecretStr:
-    """The Dify API key: from ``dify.api_key_file`` when set, else ``$DIFYSYNC_API_KEY``.
-
-    ``$CREDENTIALS_DIRECTORY`` in the file name is expanded (systemd LoadCredential=).
-    Errors name the file, never its content.
-    """
-    path = api_key_path(settings, environ)
-    if path is not None:
-        try:
-            key = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise ConfigError(f"dify.api_key_file: cannot read {path}: {exc.strerror or type(exc).__name__}"
-                              ) from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"dify.api_key_file: {path} is not UTF-8 text") from None
-        if not key:
-            raise ConfigError(f"dify.api_key_file: {path} is empty")
-        return SecretStr(key)
-    key = (environ.get(API_KEY_ENV_VAR) or "").strip()
-    if not key:
-        raise ConfigError(NO_API_KEY)
-    return SecretStr(key)
+    """The Dify API key (settingsfile.read_api_key), as a SecretStr."""
+    return SecretStr(read_api_key(settings, environ))

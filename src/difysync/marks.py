@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from . import __version__
 from .dify import PAGE_LIMIT
@@ -133,6 +133,23 @@ def policy_key(policy: Policy, dataset_id: str, include: Sequence[str], exclude:
     return hashlib.blake2b(repr(parts).encode("utf-8", "surrogateescape"), digest_size=16).hexdigest()
 
 
+class SkipRow(NamedTuple):
+    """A skip a clean pass reported, as a quiet pass reports it again: plain values, since a
+    big tree can hold tens of thousands and a quiet pass only prints them."""
+
+    rel_path: str
+    document_name: str | None
+    document_id: str | None
+    size: int | None
+    reason: str
+    code: str | None  # a SkipCode's value
+
+    @classmethod
+    def of(cls, action: Action) -> SkipRow:
+        return cls(action.rel_path, action.document_name, action.document_id, action.size, action.reason,
+                   action.code.value if action.code else None)
+
+
 @dataclass(frozen=True, slots=True)
 class Mark:
     """A full pass that listed the dataset and found nothing to send."""
@@ -141,15 +158,14 @@ class Mark:
     scan_digest: str
     remote: RemoteFingerprint
     unchanged: int
-    skips: tuple[Action, ...]  # the pass's SKIP actions, reported again by a quiet pass
+    skips: tuple[SkipRow, ...]  # the pass's SKIP actions, reported again by a quiet pass
     taken_at: float
 
     def to_json(self) -> str:
         return json.dumps({
             "policy_key": self.policy_key, "scan_digest": self.scan_digest,
             "remote": self.remote.as_json(), "unchanged": self.unchanged, "taken_at": self.taken_at,
-            "skips": [[a.rel_path, a.document_name, a.document_id, a.size, a.reason,
-                       a.code.value if a.code else None] for a in self.skips]})
+            "skips": [list(row) for row in self.skips]})
 
     @classmethod
     def from_json(cls, text: str) -> Mark | None:
@@ -158,10 +174,7 @@ class Mark:
             raw = json.loads(text)
             return cls(str(raw["policy_key"]), str(raw["scan_digest"]),
                        RemoteFingerprint.from_json(raw["remote"]), int(raw["unchanged"]),
-                       tuple(Action(Kind.SKIP, rel, name, doc, size=size, reason=reason,
-                                    code=SkipCode(code) if code else None)
-                             for rel, name, doc, size, reason, code in raw["skips"]),
-                       float(raw["taken_at"]))
+                       tuple(map(SkipRow._make, raw["skips"])), float(raw["taken_at"]))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -175,5 +188,5 @@ class Mark:
         return self.remote.probe_requests < self.remote.pages
 
 
-__all__ = ["FLAGGED_STATUSES", "ListingRecorder", "Mark", "RemoteFingerprint", "fingerprint", "policy_key",
-           "scan_digest"]
+__all__ = ["FLAGGED_STATUSES", "ListingRecorder", "Mark", "RemoteFingerprint", "SkipRow", "fingerprint",
+           "policy_key", "scan_digest"]

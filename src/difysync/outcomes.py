@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .models import SkipCode
 from .plan import Action
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .errors import DifySyncError
 
 
 class Result(str, Enum):
@@ -43,4 +46,14 @@ class Outcome:
                 self.action.document_id, "result": self.result.value, "message": self.message
                 or self.action.reason, "reason_code": code.value if code else None}
 
-__all__ = ["Outcome", "Result"]
+class Stopped(Exception):
+    """Raised by apply.apply_actions after a fatal error, once in-flight work has settled,
+    with the outcomes so far."""
+
+    def __init__(self, error: DifySyncError, outcomes: list[Outcome]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.outcomes = outcomes
+
+
+__all__ = ["Outcome", "Result", "Stopped"]

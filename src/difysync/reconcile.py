@@ -20,12 +20,10 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, ContextManager
+from typing import TYPE_CHECKING, Any, ContextManager
 
 from . import marks
-from .apply import FolderContext, Stopped, apply_actions, record_adoptions
-from .outcomes import Outcome, Result
-from .config import FolderSettings, Settings
+from .outcomes import Outcome, Result, Stopped
 from .dify import DifyClient
 from .errors import DatasetMissing, DifySyncError, verdict
 from .events import NOBODY, Observer, Phase
@@ -35,9 +33,12 @@ from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProb
 from .plan import UPLOADS, Action, Adoptions, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
-from .scanner import ScanResult, scan_tree, sha256_file, stat_paths
-from .segsync import LocalChunking, edit_note
+from .scanner import ScanResult, begin_scan, scan_tree, sha256_file, stat_paths
 from .state import Skip, StateBackend
+
+if TYPE_CHECKING:  # pragma: no cover - (a one-shot pass may run on settingsfile's plain values)
+    from .config import FolderSettings, Settings
+    from .segsync import LocalChunking
 
 log = logging.getLogger("difysync")
 
@@ -61,6 +62,9 @@ class PassOptions:
     paths: tuple[str, ...] | None = None  # a targeted pass over these relative paths
     lock_timeout: float | None = 60.0    # seconds to wait for the write lease; None: until stopped
     recreate_dataset: bool = False       # a dataset found by name that was deleted in Dify is made again
+    # Processes that may share a whole pass's walk (scanner.begin_scan): a one-shot pass
+    # asks for some; the service, whose threads make forking unsafe, for none.
+    scan_helpers: int = 0
 
 
 @dataclass(frozen=True)
@@ -281,10 +285,13 @@ class _Pass:
         mark_key = marks.policy_key(self.policy, dataset_id, self.folder.include, self.folder.exclude) \
             if dataset_id else None
         candidate = self._usable_mark(mark_key)
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
+        self.hooks.observer.phase(self.key, Phase.SCANNING)
+        # The walk's helpers are forked before the probe's thread starts (see scanner).
+        with begin_scan(self.root, self.folder.include, self.folder.exclude,
+                        helpers=self.options.scan_helpers) as walk, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
             probing = pool.submit(self.view.probe) if candidate is not None and self.view is not None else None
-            self.hooks.observer.phase(self.key, Phase.SCANNING)
-            scan = scan_tree(self.root, self.folder.include, self.folder.exclude)
+            scan = walk.result()
             self.hooks.observer.scanned(self.key, len(scan.found))
             digest = marks.scan_digest(scan.found, scan.problems) if dataset_id and not scan.root_error else None
             if candidate is None or probing is None:
@@ -320,8 +327,8 @@ class _Pass:
 
     def _report_quiet(self, mark: marks.Mark) -> None:
         self.report.remote_check = RemoteCheck.PROBE
-        self.report.plan = Plan(mark.skips, unchanged=mark.unchanged)
-        self.report.outcomes = [Outcome(a, Result.SKIPPED, a.reason, repeat=True) for a in mark.skips]
+        self.report.plan = Plan((), unchanged=mark.unchanged)
+        self.report.repeated = mark.skips
         if self.hooks.on_plan is not None:
             self.hooks.on_plan(self.report.plan)
 
@@ -363,11 +370,15 @@ class _Pass:
         folder = self.folder
         if folder.chunking != "local":
             return None
+        from .segsync import LocalChunking  # (a pass that sends nothing never loads what sends)
+
         return LocalChunking(frozenset(folder.local_chunk_types), folder.chunk_max_tokens)
 
     def _with_segment_notes(self, plan: Plan) -> Plan:
         """A dry run says what each edit of a locally chunked file would send ("update 1
         segment"), judged from the records alone."""
+        from .segsync import edit_note
+
         chunking = self.chunking
         assert chunking is not None
         actions = []
@@ -381,6 +392,9 @@ class _Pass:
     # --- acting and recording ---------------------------------------------------------
 
     def _apply(self, inputs: _Inputs, plan: Plan) -> None:
+        # Loaded here: a quiet pass, which ends before this step, starts without it.
+        from .apply import FolderContext, apply_actions, record_adoptions
+
         dataset_id = self.report.dataset_id or ""
         self._note_statuses(inputs)
         self.store.update_stats(self.key, inputs.restat)
@@ -428,7 +442,7 @@ class _Pass:
         if inputs.digest is not None and inputs.mark_key is not None and inputs.fingerprint is not None \
                 and not inputs.journal and not inputs.unreadable and self.report.ok and _changes_nothing(plan):
             mark = marks.Mark(inputs.mark_key, inputs.digest, inputs.fingerprint, plan.unchanged,
-                              tuple(a for a in plan.actions if a.kind is Kind.SKIP), time.time())
+                              tuple(marks.SkipRow.of(a) for a in plan.actions if a.kind is Kind.SKIP), time.time())
             self.store.save_mark(self.key, self.report.dataset_id or "", mark.to_json())
 
 

@@ -14,7 +14,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from .config import FolderSettings
+from typing import TYPE_CHECKING
+
 from .dify import PAGE_LIMIT, DifyClient
 from . import tags
 from .errors import DatasetMissing, NotFoundError, RefusedError
@@ -23,9 +24,11 @@ from .logs import log_fields
 from .marks import FLAGGED_STATUSES, ListingRecorder, RemoteFingerprint, fingerprint
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument
 from .naming import document_name
-from .adoptions import AdoptionStream
 from .plan import Adoptions, Policy, is_settled
 from .state import InFlight, StateBackend
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .config import FolderSettings
 
 log = logging.getLogger("difysync")
 
@@ -167,6 +170,8 @@ class RemoteView:
         journaled = {e.rel_path for e in journal}
         out = Unsettled([], [], rows)
         recorder = ListingRecorder()
+        from .adoptions import AdoptionStream  # (a quiet pass never lists: it starts without it)
+
         stream = AdoptionStream(rows, journaled | {e.document_name for e in journal}, policy)
 
         def keep(doc: RemoteDocument) -> bool:  # runs on the listing's threads: pops are atomic

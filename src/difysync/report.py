@@ -13,13 +13,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .outcomes import Outcome, Result
 from .errors import DifySyncError
 from .models import ScanProblem
 from .plan import Kind, Plan
 from .state import FolderSummary, ProblemFile
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .marks import SkipRow
 
 COUNT_KEYS = ("created", "updated", "renamed", "deleted", "unchanged", "skipped", "failed", "waiting", "tagged",
               "stopped")
@@ -47,11 +50,16 @@ class FolderReport:
     problems: list[ScanProblem] = field(default_factory=list)
     hashed: int = 0
     adopted: int = 0  # adoptions decided while listing, recorded (plan.Adoptions): no outcome each
+    # A quiet pass (marks.py): the skips of the last clean pass, reported again as they were.
+    repeated: tuple[SkipRow, ...] = ()
     fatal: DifySyncError | None = None
     remote_check: RemoteCheck = RemoteCheck.NONE
     dataset_name: str | None = None  # as configured; None for a folder given by dataset_id
     seconds: float = 0.0  # the pass
     waited: float = 0.0   # --wait, until this folder's documents settled (or the wait gave up)
+    # counts, with what they were counted from: a report is read many times once the pass
+    # is over (ok, the summary, --json, the run record), and a quiet pass may repeat thousands of skips
+    _counted: tuple[tuple[Any, ...], dict[str, int]] | None = field(default=None, repr=False, compare=False)
 
     @property
     def held_back(self) -> int:
@@ -64,10 +72,18 @@ class FolderReport:
 
     @property
     def counts(self) -> dict[str, int]:
-        unchanged = self.plan.unchanged if self.plan else 0
-        if self.outcomes or self.adopted or not self.plan:
-            return count_outcomes(self.outcomes, unchanged + self.adopted)
-        return planned_counts(self.plan)
+        basis = (self.outcomes, len(self.outcomes), self.adopted, self.plan, self.repeated)
+        counted = self._counted
+        if counted is None or not (counted[0][0] is basis[0] and counted[0][1:3] == basis[1:3]
+                                   and counted[0][3] is basis[3] and counted[0][4] is basis[4]):
+            unchanged = self.plan.unchanged if self.plan else 0
+            if self.outcomes or self.adopted or not self.plan:
+                counts = count_outcomes(self.outcomes, unchanged + self.adopted)
+            else:
+                counts = planned_counts(self.plan)
+            counts["skipped"] += len(self.repeated)
+            self._counted = (basis, counts)
+        return dict(self._counted[1])
 
     @property
     def ok(self) -> bool:
@@ -173,6 +189,9 @@ def actions_json(report: RunReport) -> list[dict[str, Any]]:
     its output a gigabyte in memory."""
     out = []
     for f in report.folders:
+        out.extend({"folder": f.folder, "action": "skip", "path": r.rel_path, "old_path": None,
+                    "document_id": r.document_id, "result": "skipped", "message": r.reason,
+                    "reason_code": r.code} for r in f.repeated)
         if f.outcomes:
             out.extend({"folder": f.folder, **o.as_dict()} for o in f.outcomes if o.action.kind not in _BOOKKEEPING)
         elif f.plan:
