@@ -81,14 +81,26 @@ def test_quiet_pass_probes_with_seven_small_requests_instead_of_listing(box):
     assert all(q.get("page") == ["1"] for q in queries)
 
 
-def test_a_quiet_pass_loads_neither_sqlite_utils_nor_rich(box):
-    """It reads the state with plain SQL and nobody watches it: start-up is a large share
-    of a quiet pass (issue 13), and these two are 40 ms and 60 ms of it."""
+def test_a_quiet_pass_loads_only_what_it_uses(box):
+    """Start-up is a large share of a quiet pass (issue 13). It reads the state with plain
+    SQL (no sqlite-utils), nobody watches it (no rich), its settings are the ones the last
+    validation kept (no pydantic: settingsfile.py), and it sends nothing (no apply step,
+    no segments, no adoptions)."""
     code, modules, out = modules_of_a_pass(box)
     assert code == 0
     assert json.loads(out)["remote_checks"][str(box.root)] == "probe"
-    heavy = ("sqlite_utils", "rich", "pygments", "dateutil")
+    heavy = ("sqlite_utils", "rich", "pygments", "dateutil", "pydantic", "pydantic_core", "pydantic_settings")
     assert [m for m in modules if m.split(".")[0] in heavy] == []
+    unused = ("difysync.config", "difysync.apply", "difysync.segsync", "difysync.segments", "difysync.chunking",
+              "difysync.adoptions", "difysync.tagging")
+    assert [m for m in modules if m in unused] == []
+
+
+def test_a_config_made_invalid_after_a_quiet_pass_is_refused_at_once(box):
+    """The kept settings stand only for the file they were validated from."""
+    box.config.write_text(box.config.read_text(encoding="utf-8") + "\nbogus = 1\n", encoding="utf-8")
+    result = box.reconcile()
+    assert result.code == 78 and "bogus: unknown key" in result.stderr
 
 
 def test_quiet_passes_go_on_until_something_changes(box):

@@ -515,3 +515,155 @@ def test_read_for_upload_refuses_a_special_file(tmp_path):
     with pytest.raises(OSError):
         read_for_upload(tmp_path / "pipe.md", max_bytes=100)
     assert stat.S_ISFIFO(os.lstat(tmp_path / "pipe.md").st_mode)
+
+
+# --- one walk, shared with helper processes ------------------------------------------------
+
+
+def varied_tree(root: Path) -> None:
+    """Enough directories to share, and every kind of entry the rules decide on."""
+    for top in range(12):
+        for mid in range(3):
+            d = root / f"top{top:02d}" / f"mid{mid}"
+            d.mkdir(parents=True)
+            for i in range(top % 4 + 1):
+                (d / f"f{i}.md").write_text(f"{top} {mid} {i}")
+    (root / "at-the-root.md").write_text("root")
+    deep = root / "top03" / "a" / "b" / "c" / "d"
+    deep.mkdir(parents=True)
+    (deep / "deep.txt").write_text("deep")
+    (root / "top05" / ".git").mkdir()
+    (root / "top05" / ".git" / "HEAD").write_text("ref")
+    (root / "top06" / "drafts").mkdir()
+    (root / "top06" / "drafts" / "wip.md").write_text("wip")
+    (root / "top07" / "link.md").symlink_to(root / "top00" / "mid0" / "f0.md")
+    (root / "top07" / "out.md").symlink_to("/etc/hostname")
+    (root / "top08" / "dirlink").symlink_to(root / "top01")
+    os.mkfifo(root / "top09" / "pipe")
+    (root / "top10" / "broken.md").symlink_to(root / "nowhere")
+    for i in range(30):  # one flat, wide directory
+        (root / "top11" / "mid2" / f"wide{i:02d}.txt").write_text(str(i))
+
+
+def same_walk(one: ScanResult, shared: dict) -> None:
+    assert shared["paths"] == one.found.paths  # the same files, in the same order
+    assert shared["sizes"] == list(one.found.sizes)
+    assert shared["mtimes"] == list(one.found.mtimes)
+    assert shared["inodes"] == list(one.found.inodes)
+    assert shared["problems"] == [[p.rel_path, p.reason, p.code.value] for p in one.problems]
+    assert shared["root_error"] == one.root_error
+
+
+SHARED_WALK = """
+import json, os, sys
+from pathlib import Path
+import difysync.scanner as scanner
+from difysync.marks import scan_digest
+root, helpers, exclude, fail = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4] == "fail"
+if fail:
+    scanner._helper_main = lambda *args: os._exit(3)  # a helper that ends at once, sending nothing
+with scanner.begin_scan(Path(root), exclude=exclude, helpers=helpers) as walk:
+    forked = len(walk._helpers)
+    r = walk.result()
+print(json.dumps({"forked": forked, "paths": r.found.paths, "sizes": list(r.found.sizes),
+                  "mtimes": list(r.found.mtimes), "inodes": list(r.found.inodes), "root_error": r.root_error,
+                  "problems": [[p.rel_path, p.reason, p.code.value] for p in r.problems],
+                  "digest": scan_digest(r.found, r.problems)}))
+"""
+
+
+def shared_walk(root: Path, helpers: int, exclude: tuple[str, ...] = (), fail: bool = False) -> dict:
+    """begin_scan in a fresh process, as a one-shot command runs it (one thread)."""
+    import json
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", SHARED_WALK, str(root), str(helpers), json.dumps(list(exclude)),
+                           "fail" if fail else "ok"], capture_output=True, text=True, timeout=60, check=True)
+    return json.loads(proc.stdout)
+
+
+@pytest.mark.parametrize("helpers", [1, 3])
+def test_a_shared_walk_finds_what_one_walk_finds_in_the_same_order(tmp_path: Path, helpers: int) -> None:
+    from difysync.marks import scan_digest
+
+    varied_tree(tmp_path)
+    one = scan_tree(tmp_path, exclude=["**/drafts/**"])
+    shared = shared_walk(tmp_path, helpers, ("**/drafts/**",))
+    assert shared["forked"] >= 1, "a tree this wide is shared"
+    same_walk(one, shared)
+    assert shared["digest"] == scan_digest(one.found, one.problems)
+    assert len(one.found) > 70 and any(p.code is SkipCode.NOT_A_FILE for p in one.problems)
+
+
+def test_a_narrow_tree_is_cut_deeper_and_a_flat_one_not_at_all(tmp_path: Path) -> None:
+    narrow = tmp_path / "narrow"
+    for a in range(3):
+        for b in range(4):
+            (narrow / f"a{a}" / f"b{b}").mkdir(parents=True)
+            (narrow / f"a{a}" / f"b{b}" / "x.md").write_text("x")
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i in range(50):
+        (flat / f"{i}.md").write_text("x")
+    for root, shared in ((narrow, True), (flat, False)):
+        walked = shared_walk(root, 1)
+        assert bool(walked["forked"]) is shared
+        same_walk(scan_tree(root), walked)
+
+
+def test_a_helper_that_fails_costs_time_not_files(tmp_path: Path) -> None:
+    varied_tree(tmp_path)
+    walked = shared_walk(tmp_path, 1, fail=True)
+    assert walked["forked"] >= 1
+    same_walk(scan_tree(tmp_path), walked)
+
+
+def test_no_helper_is_forked_while_another_thread_runs(tmp_path: Path) -> None:
+    """A fork copies only the calling thread; a lock another one held would stay held in
+    the copy. The service has threads: its walks are never shared."""
+    from difysync.scanner import begin_scan
+
+    varied_tree(tmp_path)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        with begin_scan(tmp_path, helpers=1) as walk:
+            assert walk._helpers == []
+            assert walk.result().found.paths == scan_tree(tmp_path).found.paths
+    finally:
+        stop.set()
+        other.join()
+
+
+GIVEN_UP = """
+import os, sys
+from pathlib import Path
+from difysync.scanner import begin_scan
+with begin_scan(Path(sys.argv[1]), helpers=1) as walk:
+    pids = [h.pid for h in walk._helpers]
+assert pids
+for pid in pids:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        continue  # reaped already: no zombie, no orphan
+    raise SystemExit(f"helper {pid} left behind")
+"""
+
+
+def test_a_walk_given_up_leaves_no_process_behind(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    varied_tree(tmp_path)
+    subprocess.run([sys.executable, "-c", GIVEN_UP, str(tmp_path)], check=True, timeout=60)
+
+
+def test_a_missing_root_is_reported_with_helpers_too(tmp_path: Path) -> None:
+    from difysync.scanner import begin_scan
+
+    with begin_scan(tmp_path / "gone", helpers=1) as walk:
+        result = walk.result()
+    assert result.root_error and len(result.found) == 0

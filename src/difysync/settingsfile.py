@@ -33,6 +33,7 @@ import os
 import re
 import socket
 from collections.abc import Iterable, Mapping
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -287,7 +288,8 @@ def write_snapshot(path: Path, text: bytes, values: Mapping[str, Any], resolved:
         os.replace(temp, where)
     except OSError as exc:
         log.debug("settings not kept for the next start (%s): %s", where, exc)
-        temp.unlink(missing_ok=True)
+        with suppress(OSError):
+            temp.unlink()
 
 
 def _snapshot_file(path: Path, environ: Mapping[str, str]) -> Path | None:
