@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .progress import ProgressDisplay
 
 EX_OK, EX_USAGE, EX_INTERRUPTED = 0, 2, 130  # 130: 128 + SIGINT, as shells report Ctrl-C
-SCAN_HELPERS = 3  # a pass's walk may be shared with this many forked processes, one per spare CPU
+WALK_HELPERS = 3  # a pass's walk may be shared with this many processes, one per spare CPU (walkshare.py)
 
 log = logging.getLogger("difysync")
 
@@ -190,7 +190,7 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
     from .reconcile import reconcile as run_pass
 
     options = PassOptions(dry_run=dry_run, max_delete=_max_delete(max_delete), full_listing=full_listing,
-                          lock_timeout=lock_timeout, recreate_dataset=recreate_dataset, scan_helpers=SCAN_HELPERS)
+                          lock_timeout=lock_timeout, recreate_dataset=recreate_dataset)
     settings = load_config(config)
     level = click.get_current_context().find_root().meta.get(_LOGGING, {}).get("level", "info")
     display = _progress_display(settings, as_json, level)  # None: nobody watches
@@ -198,7 +198,7 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
     with make_client(settings) as client, open_store(settings) as store, _interruptible() as stop, \
             display or nullcontext():
         client.observer = observer
-        report = run_pass(Env(settings, client, store), options,
+        report = run_pass(Env(settings, client, store, walk_helpers=WALK_HELPERS), options,
                           Hooks(on_lease_wait=_say_waiting, should_stop=stop.is_set, observer=observer))
         report.interrupted = stop.is_set()
         waited = _wait(client, store, report, wait_timeout, observer) \
@@ -689,14 +689,22 @@ def run_service(config: str | None) -> None:
     schedule. Stops cleanly on SIGTERM/SIGINT; SIGHUP reloads the configuration. Exits 75
     at once when another service already holds one of the folders."""
     from .daemon import Daemon
+    from .walkshare import StandingHelpers
 
     settings = load_config(config)
+    # Forked now, while this process runs one thread: the service's walks are shared with them.
+    helpers = StandingHelpers.start(WALK_HELPERS)
     try:
-        daemon = Daemon(settings.config_path or Path(config or "sync.toml"), settings)
+        daemon = Daemon(settings.config_path or Path(config or "sync.toml"), settings, walk_helpers=helpers)
     except ConfigError as exc:
         click.echo(render_problems(exc), err=True)
         sys.exit(EX_CONFIG)
-    sys.exit(daemon.run_forever())
+    try:
+        code = daemon.run_forever()
+    finally:
+        if helpers is not None:
+            helpers.close()
+    sys.exit(code)
 
 
 _EMULATOR_KEY = "emulator-key"  # a test value, so the banner prints it (a key the operator chose is not printed)

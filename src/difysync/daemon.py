@@ -40,6 +40,7 @@ from .reconcile import Env, Hooks, PassOptions, reconcile_folder
 from .remote import SETTLED, IndexingPoller, poll_folder
 from .report import FolderReport
 from .state import StateBackend, StateStore
+from .walkshare import StandingHelpers
 from .watch import DirtyTracker, Watcher
 from .web import StatusServer
 
@@ -80,8 +81,10 @@ class FolderWorker(threading.Thread):
                  on_update: Callable[[], None] = lambda: None,
                  on_fatal: Callable[[BaseException], None] = lambda e: None,
                  observer: Observer = NOBODY,
-                 on_problem: Callable[[str, str], None] = lambda key, why: None) -> None:
+                 on_problem: Callable[[str, str], None] = lambda key, why: None,
+                 walk_helpers: StandingHelpers | None = None) -> None:
         super().__init__(name=f"difysync-folder-{Path(folder.path).name}", daemon=True)
+        self.walk_helpers = walk_helpers  # lent to its whole passes' walks, when free
         self.folder, self.settings, self.client, self.poller = folder, settings, client, poller
         self.key = folder.key
         self._open_store, self._clock = open_store, clock
@@ -210,7 +213,7 @@ class FolderWorker(threading.Thread):
     def _pass(self, paths: list[str] | None) -> None:
         log.debug("%s: %s pass", self.folder.label, "full" if paths is None else f"{len(paths)} paths",
                   extra=log_fields(folder=self.folder.label))
-        env = Env(self.settings, self.client, self.store, who=WHO)
+        env = Env(self.settings, self.client, self.store, who=WHO, standing_helpers=self.walk_helpers)
         options = PassOptions(paths=tuple(paths) if paths is not None else None, lock_timeout=None)
         hooks = Hooks(on_plan=(lambda _plan: self.first_pass_done.set()) if paths is None else None,
                       should_stop=lambda: self._halt, on_lease_wait=self._waiting_for_lease,
@@ -312,8 +315,10 @@ class FolderWorker(threading.Thread):
 class Daemon:
     """Watcher + one worker per folder; the main thread handles signals and deadlines."""
 
-    def __init__(self, config_path: Path, settings: Settings, notifier: Notifier | None = None) -> None:
+    def __init__(self, config_path: Path, settings: Settings, notifier: Notifier | None = None,
+                 walk_helpers: StandingHelpers | None = None) -> None:
         self.config_path = config_path
+        self.walk_helpers = walk_helpers
         self.settings = settings
         self.notifier = notifier or Notifier()
         self.metrics = Metrics()
@@ -355,7 +360,8 @@ class Daemon:
                                                      s.watch.max_delay_seconds)
             worker = FolderWorker(folder, s, self.client, open_store=lambda: StateStore(s.state_db),
                                   poller=self.poller, on_update=self.refresh_status, on_fatal=self.fatal,
-                                  observer=self.observer, on_problem=self.metrics.folder_error)
+                                  observer=self.observer, on_problem=self.metrics.folder_error,
+                                  walk_helpers=self.walk_helpers)
             self.workers[folder.key] = worker
             worker.request_full()
             worker.start()

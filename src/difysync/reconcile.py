@@ -33,7 +33,8 @@ from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProb
 from .plan import UPLOADS, Action, Adoptions, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
-from .scanner import ScanResult, begin_scan, scan_tree, sha256_file, stat_paths
+from .scanner import ScanResult, scan_tree, sha256_file, stat_paths
+from .walkshare import StandingHelpers, begin_scan
 from .state import Skip, StateBackend
 
 if TYPE_CHECKING:  # pragma: no cover - (a one-shot pass may run on settingsfile's plain values)
@@ -52,6 +53,10 @@ class Env:
     client: DifyClient
     store: StateBackend
     who: str = "difysync reconcile"
+    # Processes that may share a whole pass's walk (walkshare.py): a one-shot command forks
+    # up to ``walk_helpers`` per walk; the service lends its standing ones.
+    walk_helpers: int = 0
+    standing_helpers: StandingHelpers | None = None
 
 
 @dataclass(frozen=True)
@@ -62,9 +67,6 @@ class PassOptions:
     paths: tuple[str, ...] | None = None  # a targeted pass over these relative paths
     lock_timeout: float | None = 60.0    # seconds to wait for the write lease; None: until stopped
     recreate_dataset: bool = False       # a dataset found by name that was deleted in Dify is made again
-    # Processes that may share a whole pass's walk (scanner.begin_scan): a one-shot pass
-    # asks for some; the service, whose threads make forking unsafe, for none.
-    scan_helpers: int = 0
 
 
 @dataclass(frozen=True)
@@ -286,9 +288,9 @@ class _Pass:
             if dataset_id else None
         candidate = self._usable_mark(mark_key)
         self.hooks.observer.phase(self.key, Phase.SCANNING)
-        # The walk's helpers are forked before the probe's thread starts (see scanner).
-        with begin_scan(self.root, self.folder.include, self.folder.exclude,
-                        helpers=self.options.scan_helpers) as walk, \
+        # The walk's helpers are forked before the probe's thread starts (see walkshare).
+        with begin_scan(self.root, self.folder.include, self.folder.exclude, helpers=self.env.walk_helpers,
+                        standing=self.env.standing_helpers) as walk, \
                 ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
             probing = pool.submit(self.view.probe) if candidate is not None and self.view is not None else None
             scan = walk.result()

@@ -25,21 +25,16 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
-import marshal
 import os
 import re
-import signal
 import stat
-import sys
-import threading
 from array import array
 from collections.abc import Iterable, Sequence
-from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import cached_property
 from itertools import repeat
 from pathlib import Path
-from typing import NamedTuple, NoReturn
+from typing import NamedTuple
 
 from difysync.models import LocalFile, ScanProblem, SkipCode
 
@@ -49,13 +44,18 @@ __all__ = [
     "FileTooLarge",
     "PatternMatcher",
     "ScanResult",
-    "Walk",
-    "begin_scan",
+    "ScanRules",
+    "Split",
+    "Subtree",
     "compile_patterns",
     "read_for_upload",
     "scan_tree",
     "sha256_file",
+    "scan_rules",
+    "sorted_problems",
     "stat_paths",
+    "unreadable_root",
+    "walk_below",
 ]
 
 # Hidden entries (.git, .~lock.*#, .#emacs-lock), office owner files, editor swap and backup files.
@@ -276,7 +276,7 @@ class ScanResult:
 
 
 @dataclass(frozen=True)
-class _Rules:
+class ScanRules:
     root: str
     real_root: str
     include: PatternMatcher
@@ -288,10 +288,10 @@ class _Rules:
         return self.ignores.match_exact(name) or self.exclude.match_exact(rel_path)
 
 
-def _rules(root: Path | str, include: Sequence[str], exclude: Sequence[str],
-           ignores: Sequence[str]) -> _Rules:
+def scan_rules(root: Path | str, include: Sequence[str], exclude: Sequence[str],
+               ignores: Sequence[str] = DEFAULT_IGNORES) -> ScanRules:
     root_s = os.fspath(root)
-    return _Rules(root_s, os.path.realpath(root_s), compile_patterns(include),
+    return ScanRules(root_s, os.path.realpath(root_s), compile_patterns(include),
                   compile_patterns(exclude), compile_patterns(ignores))
 
 
@@ -323,7 +323,7 @@ def _inside(real_root: str, target: str) -> bool:
         return False
 
 
-def _classify_file(rules: _Rules, path: str, rel_path: str,
+def _classify_file(rules: ScanRules, path: str, rel_path: str,
                    lst: os.stat_result) -> LocalFile | ScanProblem | None:
     """A non-directory entry -> LocalFile, ScanProblem, or None when it vanished.
 
@@ -368,7 +368,7 @@ def _list_dir(dir_path: str, dir_rel: str, problems: set[ScanProblem]) -> list[o
     return []
 
 
-class _Subtree(NamedTuple):
+class Subtree(NamedTuple):
     """A directory left out of a walk cut at its depth, to be walked on its own."""
 
     at: int  # where its files go: the number of files the cut walk had found when it met it
@@ -378,22 +378,23 @@ class _Subtree(NamedTuple):
 
 
 @dataclass
-class _Split:
-    """Where a walk stops going down (see "One walk, shared")."""
+class Split:
+    """Where a walk stops going down (walkshare.py)."""
 
     depth: int
-    subtrees: list[_Subtree] = field(default_factory=list)
+    subtrees: list[Subtree] = field(default_factory=list)
 
 
-def _walk(rules: _Rules, start: str, start_rel: str, start_included: bool,
-          found: FileColumns, problems: set[ScanProblem], split: _Split | None = None) -> None:
+def walk_below(rules: ScanRules, start: str, start_rel: str, start_included: bool,
+          found: FileColumns, problems: set[ScanProblem], split: Split | None = None) -> None:
     """Depth-first walk below directory ``start`` with an explicit stack (deep trees are fine).
 
     Each directory is listed and closed before its children are visited, so open file
     descriptors never grow with the depth. A plain readable file, nearly every entry of a
     big tree, is decided inline from its lstat; everything else goes to _classify_file.
     With ``split``, a directory at ``split.depth`` is not walked: it is left in
-    ``split.subtrees`` with the place its files take in ``found``, for a walk of its own.
+    ``split.subtrees`` with the place its files take in ``found``, for a walk of its own
+    (walkshare.py).
     """
     ignored = rules.ignores.match_exact
     # The default ignores are affixes: tested inline, without a call per entry.
@@ -410,7 +411,7 @@ def _walk(rules: _Rules, start: str, start_rel: str, start_included: bool,
     while stack:
         dir_path, dir_rel, dir_included, depth = stack.pop()
         if depth == split_depth:
-            split.subtrees.append(_Subtree(len(found.paths), dir_path, dir_rel, dir_included))  # type: ignore[union-attr]
+            split.subtrees.append(Subtree(len(found.paths), dir_path, dir_rel, dir_included))  # type: ignore[union-attr]
             continue
         entries = _list_dir(dir_path, dir_rel, problems)
         prefix = dir_rel + "/" if dir_rel else ""
@@ -459,23 +460,23 @@ def scan_tree(root: Path, include: Sequence[str] = ("**/*",), exclude: Sequence[
 
     Never raises for what is on disk: a missing, non-directory or unreadable root sets
     ``root_error`` and returns no files. ValueError only for an empty pattern.
+    (walkshare.begin_scan gives the same result, sooner when helper processes can share it.)
     """
-    return begin_scan(root, include, exclude, ignores=ignores).result()
+    rules = scan_rules(root, include, exclude, ignores)
+    error = unreadable_root(rules.root)
+    found = FileColumns()
+    if error is not None:
+        return ScanResult(found, [], error)
+    problems: set[ScanProblem] = set()
+    walk_below(rules, rules.root, "", False, found, problems)
+    return ScanResult(found, sorted_problems(problems), None)
 
 
-def begin_scan(root: Path, include: Sequence[str] = ("**/*",), exclude: Sequence[str] = (),
-               *, ignores: Sequence[str] = DEFAULT_IGNORES, helpers: int = 0) -> Walk:
-    """scan_tree in two steps: begun here, with up to ``helpers`` forked processes sharing
-    the walk when that is safe and worth it (see "One walk, shared" below), and finished
-    by ``Walk.result()``. The result is the same either way."""
-    rules = _rules(root, include, exclude, ignores)
-    walk = Walk(rules, _unreadable_root(rules.root))
-    if walk.root_error is None:
-        walk.share(_helpers_allowed(helpers))
-    return walk
+def sorted_problems(problems: Iterable[ScanProblem]) -> list[ScanProblem]:
+    return sorted(problems, key=lambda p: (p.rel_path, p.reason))
 
 
-def _unreadable_root(root: str) -> str | None:
+def unreadable_root(root: str) -> str | None:
     """Why the root cannot be walked, or None."""
     error = _root_error(root)
     if error is None:
@@ -486,201 +487,6 @@ def _unreadable_root(root: str) -> str | None:
             error = (f"folder root is not readable: {root}" if isinstance(exc, PermissionError)
                      else f"folder root cannot be read: {root}: {exc.strerror or exc}")
     return error
-
-
-# --- one walk, shared ------------------------------------------------------------------
-#
-# A walk costs a system call and some Python for every entry; on a big tree the Python is
-# most of it, and it holds one core. A one-shot pass, in a process of one thread, may fork
-# helpers that walk parts of the tree at the same time. The tree is cut at a depth with
-# enough directories to deal out: the levels above it are walked here, and each directory
-# at that depth is left in place as a subtree (at the very point of the order where one
-# walk would meet it). The subtrees are dealt out in turn to this process and the helpers,
-# and the columns each walk finds are put back in their places: the result is the one a
-# single walk gives, file for file and in the same order, which the scan digest of marks.py
-# depends on. A helper that fails costs time, not files: its subtrees are walked here.
-
-SPLIT_MIN_SUBTREES = 8  # fewer directories than this at every depth tried: no helper
-SPLIT_MAX_DEPTH = 3
-SPLIT_MAX_HEAD = 5_000  # files above the cut: cutting deeper would walk them again
-
-
-def _helpers_allowed(wanted: int) -> int:
-    """How many helpers may be forked now: none but on Linux, in a process that runs one
-    thread (a fork copies the calling thread alone; a lock another thread held would stay
-    held in the copy), with a second CPU to run on."""
-    if wanted <= 0 or not sys.platform.startswith("linux") or threading.active_count() != 1:
-        return 0
-    return max(0, min(wanted, len(os.sched_getaffinity(0)) - 1))
-
-
-class _Helper(NamedTuple):
-    pid: int
-    fd: int           # the read end of the pipe its columns arrive on
-    share: list[int]  # the subtrees it walks
-
-
-class Walk:
-    """A scan begun by begin_scan: its helpers, if any, are at work. ``result()`` walks the
-    rest and collects theirs; ``close()`` (or ``with``) stops helpers never collected."""
-
-    def __init__(self, rules: _Rules, root_error: str | None) -> None:
-        self.rules, self.root_error = rules, root_error
-        self._problems: set[ScanProblem] = set()
-        self._head: FileColumns | None = None  # the levels above the cut, when cut
-        self._subtrees: list[_Subtree] = []
-        self._own: list[int] = []
-        self._helpers: list[_Helper] = []
-
-    def __enter__(self) -> Walk:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def share(self, helpers: int) -> None:
-        """Cut the tree and fork up to ``helpers`` helpers for part of its subtrees."""
-        if helpers <= 0:
-            return
-        self._head, self._subtrees = _cut(self.rules, self._problems)
-        workers = min(helpers + 1, len(self._subtrees)) if len(self._subtrees) >= SPLIT_MIN_SUBTREES else 1
-        shares = [list(range(w, len(self._subtrees), workers)) for w in range(workers)]
-        self._own = shares[0]
-        for share in shares[1:]:
-            helper = _fork_helper(self.rules, [self._subtrees[i] for i in share], share)
-            if helper is None:
-                self._own.extend(share)
-            else:
-                self._helpers.append(helper)
-
-    def result(self) -> ScanResult:
-        if self.root_error is not None:
-            return ScanResult(FileColumns(), [], self.root_error)
-        try:
-            found = self._found()
-        finally:
-            self.close()
-        return ScanResult(found, sorted(self._problems, key=lambda p: (p.rel_path, p.reason)), None)
-
-    def close(self) -> None:
-        for helper in self._helpers:
-            with suppress(OSError):
-                os.kill(helper.pid, signal.SIGKILL)
-            _reap(helper)
-        self._helpers = []
-
-    def _found(self) -> FileColumns:
-        rules, problems = self.rules, self._problems
-        if self._head is None:
-            found = FileColumns()
-            _walk(rules, rules.root, "", False, found, problems)
-            return found
-        walked = {i: self._walk_subtree(i) for i in self._own}
-        while self._helpers:
-            helper = self._helpers.pop(0)
-            columns = _collect(helper, problems)
-            for n, i in enumerate(helper.share):
-                walked[i] = columns[n] if columns is not None else self._walk_subtree(i)
-        return _assemble(self._head, self._subtrees, walked)
-
-    def _walk_subtree(self, i: int) -> FileColumns:
-        tree, found = self._subtrees[i], FileColumns()
-        _walk(self.rules, tree.path, tree.rel, tree.included, found, self._problems)
-        return found
-
-
-def _cut(rules: _Rules, problems: set[ScanProblem]) -> tuple[FileColumns, list[_Subtree]]:
-    """The files above the cut, and the subtrees below it in the order one walk meets them;
-    the cut goes down level by level until there are enough subtrees to share."""
-    for depth in range(1, SPLIT_MAX_DEPTH + 1):
-        head, split, seen = FileColumns(), _Split(depth), set()
-        _walk(rules, rules.root, "", False, head, seen, split)
-        if (len(split.subtrees) >= SPLIT_MIN_SUBTREES or len(head) > SPLIT_MAX_HEAD or not split.subtrees
-                or depth == SPLIT_MAX_DEPTH):
-            problems |= seen
-            return head, split.subtrees
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _assemble(head: FileColumns, subtrees: Sequence[_Subtree], walked: dict[int, FileColumns]) -> FileColumns:
-    """The columns one walk would have made: each subtree's files put back at its place."""
-    out, at = FileColumns(), 0
-    for i, tree in enumerate(subtrees):
-        out.extend(head, at, tree.at)
-        out.extend(walked[i])
-        at = tree.at
-    out.extend(head, at)
-    return out
-
-
-def _fork_helper(rules: _Rules, subtrees: list[_Subtree], share: list[int]) -> _Helper | None:
-    """A helper process walking ``subtrees``; None if one cannot be made."""
-    try:
-        read_fd, write_fd = os.pipe()
-    except OSError:
-        return None
-    try:
-        pid = os.fork()
-    except OSError:
-        os.close(read_fd)
-        os.close(write_fd)
-        return None
-    if pid == 0:  # pragma: no cover - runs in the helper (its coverage is not collected)
-        os.close(read_fd)
-        _helper_main(rules, subtrees, write_fd)
-    os.close(write_fd)
-    return _Helper(pid, read_fd, share)
-
-
-def _helper_main(rules: _Rules, subtrees: list[_Subtree], fd: int) -> NoReturn:  # pragma: no cover
-    """The helper's whole life: walk, hand the columns over, end. It never returns into
-    the code it was forked from, and ends without flushing or finalizing anything of the
-    parent's (os._exit)."""
-    code = 1
-    try:
-        signal.signal(signal.SIGINT, signal.SIG_DFL)  # Ctrl-C ends it with the pass
-        problems: set[ScanProblem] = set()
-        columns = []
-        for tree in subtrees:
-            found = FileColumns()
-            _walk(rules, tree.path, tree.rel, tree.included, found, problems)
-            columns.append((found.paths, found.sizes.tobytes(), found.mtimes.tobytes(), found.inodes.tobytes()))
-        payload = marshal.dumps(([(p.rel_path, p.reason, p.code.value) for p in problems], columns))
-        with open(fd, "wb") as out:
-            out.write(payload)
-        code = 0
-    finally:
-        os._exit(code)
-
-
-def _collect(helper: _Helper, problems: set[ScanProblem]) -> list[FileColumns] | None:
-    """A helper's columns (one per subtree of its share), its problems added to
-    ``problems``; None if it failed (then nothing is added)."""
-    try:
-        with open(helper.fd, "rb") as pipe:
-            payload = pipe.read()
-    except OSError:
-        payload = b""
-    if _reap(helper) != 0 or not payload:
-        return None
-    try:
-        found_problems, columns = marshal.loads(payload)
-        out = [FileColumns.from_bytes(*c) for c in columns]
-        problems.update(ScanProblem(rel, reason, SkipCode(code)) for rel, reason, code in found_problems)
-    except (ValueError, TypeError, EOFError):
-        return None
-    return out if len(out) == len(helper.share) else None
-
-
-def _reap(helper: _Helper) -> int:
-    """Wait for a helper to end; its exit status (-1: it could not be waited for)."""
-    with suppress(OSError):
-        os.close(helper.fd)
-    try:
-        _, status = os.waitpid(helper.pid, 0)
-    except ChildProcessError:
-        return -1
-    return os.waitstatus_to_exitcode(status)
 
 
 def _clean_rel_path(rel_path: str) -> str | None:
@@ -701,7 +507,7 @@ def stat_paths(root: Path, rel_paths: Iterable[str], include: Sequence[str] = ("
     caller compares them with what it knew below that directory). When the root
     itself is unusable every path gets a problem and none is reported gone.
     """
-    rules = _rules(root, include, exclude, ignores)
+    rules = scan_rules(root, include, exclude, ignores)
     wanted = sorted(set(rel_paths))
     files: dict[str, LocalFile] = {}
     problems: set[ScanProblem] = set()
@@ -740,7 +546,7 @@ def stat_paths(root: Path, rel_paths: Iterable[str], include: Sequence[str] = ("
         if stat.S_ISDIR(lst.st_mode):
             gone.add(given)
             below = FileColumns()
-            _walk(rules, path, rel, included, below, problems)
+            walk_below(rules, path, rel, included, below, problems)
             files.update((f.rel_path, f) for f in below.to_files())
             continue
         if not included:
