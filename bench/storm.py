@@ -190,13 +190,34 @@ def _status_kb(pid: int, key: str) -> int:
     return 0
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _private_kb(pid: int) -> int:
+    """Memory of ``pid`` no other process shares (its helpers are forks of the service)."""
+    total = 0
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith(("Private_Clean:", "Private_Dirty:")):
+                total += int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return total
+
+
 class RssSampler(threading.Thread):
-    """VmRSS of ``pid`` every ``every`` seconds until stopped; keeps the peak."""
+    """VmRSS of ``pid`` every ``every`` seconds until stopped; keeps the peak. Also the
+    peak of its child processes' private memory (the walk's standing helpers), apart."""
 
     def __init__(self, pid: int, every: float = SAMPLE_S) -> None:
         super().__init__(name="storm-rss", daemon=True)
         self.pid, self.every = pid, every
         self.peak_kb, self.samples, self.peak_at = 0, 0, 0.0
+        self.helpers_peak_kb, self.helpers = 0, 0
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -204,6 +225,9 @@ class RssSampler(threading.Thread):
             rss = _status_kb(self.pid, "VmRSS")
             if rss > self.peak_kb:
                 self.peak_kb, self.peak_at = rss, time.time()
+            children = _children(self.pid)
+            self.helpers = max(self.helpers, len(children))
+            self.helpers_peak_kb = max(self.helpers_peak_kb, sum(_private_kb(c) for c in children))
             self.samples += 1
             self._halt.wait(self.every)
 
@@ -427,7 +451,8 @@ def measure_storm(ctx: Context, config: Path, emu: Any, dataset_id: str, root: P
             shutil.copy(log, Path(os.environ["DIFYSYNC_BENCH_LOGS"]) / log.name)
     return Storm(checkout, converged, matched, resting, sampler.peak_kb / 1024, hwm, sampler.samples,
                  emu.mutating_requests(), _log_entries(log, t0), full_after, t0, problem,
-                 {"peak_at_s": sampler.peak_at - t0})
+                 {"peak_at_s": sampler.peak_at - t0, "helpers": sampler.helpers,
+                  "helpers_peak_mb": sampler.helpers_peak_kb / 1024})
 
 
 def _kind(r: Any) -> str:
@@ -542,6 +567,9 @@ def storm_rows(storm: Storm, changes: Branches, n_files: int) -> list[Row]:
                      f"resting = median of 5 samples {SETTLE_S:.0f} s after ready; the peak came "
                      f"{storm.extra.get('peak_at_s', 0):.1f} s after the checkout began; VmHWM at the end "
                      f"{storm.hwm_mb:.0f} MB (includes the start-up pass)")
+    rss.notes.append(f"the service's walk helpers (walkshare.py: {storm.extra.get('helpers', 0)} process(es), "
+                     f"not in the figure): peak private memory {storm.extra.get('helpers_peak_mb', 0):.1f} MB "
+                     f"(smaps_rollup Private_Clean + Private_Dirty; the rest of theirs is shared with the service)")
     return [req, conv, rss]
 
 

@@ -691,7 +691,7 @@ def run_service(config: str | None) -> None:
     from .daemon import Daemon
     from .walkshare import StandingHelpers
 
-    settings = load_config(config)
+    settings = load_config(config, validate=True)
     # Forked now, while this process runs one thread: the service's walks are shared with them.
     helpers = StandingHelpers.start(WALK_HELPERS)
     try:

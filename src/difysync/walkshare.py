@@ -51,7 +51,11 @@ def spare_cpus(wanted: int) -> int:
     thread, with CPUs beside this one to run on; at most ``wanted``."""
     if wanted <= 0 or not sys.platform.startswith("linux") or threading.active_count() != 1:
         return 0
-    return max(0, min(wanted, len(os.sched_getaffinity(0)) - 1))
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except OSError:  # a system call filter that refuses it: no helper
+        return 0
+    return max(0, min(wanted, cpus - 1))
 
 
 def begin_scan(root: Path, include: Sequence[str] = ("**/*",), exclude: Sequence[str] = (),
