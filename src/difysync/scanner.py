@@ -634,12 +634,17 @@ def read_for_upload(path: Path | str, *, max_bytes: int) -> tuple[bytes, str]:
             raise FileTooLarge(os.fsdecode(path), size, max_bytes)
         chunks = []
         total = 0
+        # Asked for by the size the file had (and one byte more, to notice growth), not by
+        # the limit: each read allocates what it asks for, and a 15 MB buffer for every
+        # small file sent, by each of the upload threads, was most of a storm's peak memory.
+        want = size + 1
         while total <= max_bytes:  # read one byte past the limit to notice growth
-            chunk = f.read(max_bytes + 1 - total)
+            chunk = f.read(min(want, max_bytes + 1 - total))
             if not chunk:
                 break
             chunks.append(chunk)
             total += len(chunk)
+            want = 1 << 20  # it grew while read: the rest by the megabyte
     if total > max_bytes:
         raise FileTooLarge(os.fsdecode(path), total, max_bytes)
     data = b"".join(chunks)
