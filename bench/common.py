@@ -254,6 +254,10 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     if env.pop("PYTHONDONTWRITEBYTECODE", None) is not None:
         env.setdefault("PYTHONPYCACHEPREFIX", os.path.join(tempfile.gettempdir(), "difysync-bench-pycache"))
+    # The settings each config's first run validates and keeps (settingsfile.py) go to a
+    # cache of the bench's own, not to the user's.
+    env["XDG_CACHE_HOME"] = os.path.join(tempfile.gettempdir(), "difysync-bench-cache")
+    env.pop("CACHE_DIRECTORY", None)
     return env
 
 
