@@ -224,6 +224,7 @@ class Proc:
     max_rss_kb: int
     stdout: str
     stderr: str
+    cpu_seconds: float = 0.0  # user + system, the processes it waited for included (its walk helpers)
 
     @property
     def json(self) -> dict[str, Any]:
@@ -300,6 +301,7 @@ def run_proc(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | 
             p.kill()
             raise
         elapsed = time.perf_counter() - started
+        cpu = _usage.ru_utime + _usage.ru_stime
         p.returncode = os.waitstatus_to_exitcode(status)
         if use_time:
             lines = [ln for ln in Path(rss_file.name).read_text().splitlines() if ln.strip().isdigit()]
@@ -307,7 +309,7 @@ def run_proc(argv: list[str], *, env: dict[str, str] | None = None, cwd: Path | 
         out.seek(0)
         err.seek(0)
         return Proc(p.returncode, elapsed, hwm, out.read().decode("utf-8", "replace"),
-                    err.read().decode("utf-8", "replace"))
+                    err.read().decode("utf-8", "replace"), cpu)
 
 
 def difysync(config: Path, *args: str, timeout: float | None = None) -> Proc:

@@ -8,6 +8,7 @@ pass over the same tree minus start-up."""
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -21,7 +22,7 @@ from common import (
     check_ok,
     difysync,
     median_of,
-    startup_seconds,
+    run_proc,
     synced_tree,
 )
 
@@ -122,13 +123,21 @@ def poll_row(ctx: Context, tree: SyncedTree) -> Row:
                       encoding="utf-8")
     window = 40 if ctx.quick else POLL_WINDOW_S
 
+    quiet_cpu: list[float] = []
+
     def quiet() -> float:
         proc = difysync(config)
         check_ok(proc, "quiet pass (poll row)")
+        quiet_cpu.append(proc.cpu_seconds)
         return proc.seconds
 
+    # The floor is the quiet pass's CPU, not its wall time: a one-shot pass shares its walk
+    # with a helper process on a spare CPU (walkshare.py), so its wall time is less than
+    # what it costs, while a poll walks on one thread and its cost is all CPU.
     quiet_s, _ = median_of(quiet, runs=3, warmup=1)
-    _bare, version_s = startup_seconds()
+    quiet_cpu_s = statistics.median(quiet_cpu[1:])
+    version_cpu_s = statistics.median(run_proc([sys.executable, "-m", "difysync", "--version"]).cpu_seconds
+                                      for _ in range(5))
     log = ctx.sub("rest") / "service-poll.log"
     proc = _start(config, log)
     try:
@@ -141,11 +150,12 @@ def poll_row(ctx: Context, tree: SyncedTree) -> Row:
         proc.terminate()
         proc.wait(timeout=60)
     per_poll = cpu_s / (elapsed / POLL_INTERVAL_S)
-    floor = max(quiet_s - version_s, 1e-3)
+    floor = max(quiet_cpu_s - version_cpu_s, 1e-3)
     row = Row(name=f"service at rest, watch mode poll, CPU per poll, {tree.n_files:,} files",
-              figure=per_poll, unit="s", floor=floor, floor_desc="one-shot quiet pass minus start-up",
+              figure=per_poll, unit="s", floor=floor, floor_desc="one-shot quiet pass minus start-up, CPU",
               ratio=per_poll / floor, goal="<= 1.0x", met=per_poll <= floor)
     row.notes.append(f"{cpu_s:.1f} CPU s over {elapsed:.0f} s with a poll every {POLL_INTERVAL_S} s; quiet pass "
-                     f"{quiet_s:.2f} s (median of 3), start-up {version_s:.2f} s; the service's CPU is all of "
+                     f"{quiet_cpu_s:.2f} CPU s (wall {quiet_s:.2f} s; median of 3, its walk helper included), "
+                     f"start-up {version_cpu_s:.2f} CPU s; the service's CPU is all of "
                      f"its threads (the observer's snapshots and anything else it does)")
     return row
