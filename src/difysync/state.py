@@ -434,18 +434,19 @@ class StateStore:
             "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, NULL, NULL, "
             "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, error_kind, "
             "chunking FROM files WHERE folder = ?", [folder])
+        if not seen:
+            return {state.rel_path: state for state in map(_file_state, cursor)}
         out = {}
-        for r in cursor:
-            state = _file_state(r)
-            f = seen.get(state.rel_path) if seen else None
-            if f is not None:
-                state = FileState(f.rel_path, f.size if f.size == state.size else state.size,
-                                  f.mtime_ns if f.mtime_ns == state.mtime_ns else state.mtime_ns,
-                                  f.inode if f.inode == state.inode else state.inode, state.sha256,
-                                  state.document_id, None, None, state.indexing_status,
-                                  state.last_error, state.skip_reason, state.refused_sha256,
-                                  state.attempts, state.skip_code, state.error_kind, state.chunking)
-            out[state.rel_path] = state
+        for r in cursor:  # one FileState per row (a frozen dataclass: a tenth of a big folder's load each)
+            rel = decode_path(r[0])
+            f = seen.get(rel)
+            if f is None:
+                out[rel] = _file_state(r, rel)
+                continue
+            size, mtime_ns, inode = r[1], r[2], r[3]
+            out[f.rel_path] = _file_state(r, f.rel_path, f.size if f.size == size else size,
+                                          f.mtime_ns if f.mtime_ns == mtime_ns else mtime_ns,
+                                          f.inode if f.inode == inode else inode)
         return out
 
     def load_paths(self, folder: str, rel_paths: Iterable[str]) -> dict[str, FileState]:
@@ -945,17 +946,17 @@ _STATUSES = {s: s for s in ("waiting", "parsing", "cleaning", "splitting", "inde
                             "error", "paused")}
 
 
-def _file_state(r: tuple[Any, ...]) -> FileState:
+def _file_state(r: tuple[Any, ...], rel: str | None = None, size: int | None = None,
+                mtime_ns: int | None = None, inode: int | None = None) -> FileState:
+    """A row as a FileState; ``rel``, ``size``, ``mtime_ns`` and ``inode``, when given, are
+    equal objects to share (load_folder's ``seen``) instead of the row's."""
     # Statuses are shared strings: one copy per status, not one per row of a 100k folder.
     status = _STATUSES.get(r[8], r[8])
-    rel = r[0]
-    return FileState(rel_path=decode_path(rel) if rel.startswith("//") else rel, size=r[1],
-                     mtime_ns=r[2], inode=r[3], sha256=r[4], document_id=r[5], document_name=r[6],
-                     batch=r[7], indexing_status=status, last_error=r[9], skip_reason=r[10],
-                     refused_sha256=r[11], attempts=r[12] or 0,
-                     skip_code=_SKIP_CODES.get(r[13]) if r[13] else None,
-                     error_kind=_ERROR_KINDS.get(r[14]) if r[14] else None,
-                     chunking=_CHUNKINGS.get(r[15], r[15]))
+    return FileState(decode_path(r[0]) if rel is None else rel, r[1] if size is None else size,
+                     r[2] if mtime_ns is None else mtime_ns, r[3] if inode is None else inode, r[4], r[5],
+                     r[6], r[7], status, r[9], r[10], r[11], r[12] or 0,
+                     _SKIP_CODES.get(r[13]) if r[13] else None, _ERROR_KINDS.get(r[14]) if r[14] else None,
+                     _CHUNKINGS.get(r[15], r[15]))
 
 
 def _attempt_fields(row: tuple[Any, ...] | None) -> dict[str, Any]:
