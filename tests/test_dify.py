@@ -286,6 +286,24 @@ def test_listed_document_carries_the_uploaded_size(target, client):
     assert created.document.size == 1234
 
 
+def test_a_finished_response_does_not_wait_for_the_cycle_collector(target, client):
+    """httpx's response and its stream refer to each other; a big listing's pages must not
+    pile up until a collection (each is freed when the client is done with it)."""
+    import gc
+
+    client.list_documents(target.dataset_id)  # connections made, modules loaded
+    gc.collect()
+    gc.disable()
+    try:
+        before = sum(isinstance(o, httpx.Response) for o in gc.get_objects())
+        client.list_documents(target.dataset_id)
+        client.document_page(target.dataset_id, 1)
+        after = sum(isinstance(o, httpx.Response) for o in gc.get_objects())
+    finally:
+        gc.enable()
+    assert after == before
+
+
 # ------------------------------------------------ what the indexing poller relies on (remote.py)
 def _until_settled(target: Target, client: DifyClient, batch: str) -> list[dict[str, Any]]:
     deadline = time.monotonic() + (REAL_WAIT if target.real else 10.0)

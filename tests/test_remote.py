@@ -14,6 +14,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
+from difysync.candidates import Candidates
 from difysync.config import Settings, load_settings
 from difysync.dify import DifyClient
 from difysync.emulator import EmulatorServer
@@ -513,8 +514,25 @@ def test_past_the_lookup_limit_the_dataset_is_listed_instead(emulator, client, d
         emulator.store.add_document(dataset, name, b"x")
     emulator.reset_requests()
     found = RemoteView(client, dataset).for_paths({}, [local(n) for n in names])
-    assert sorted(d.name for d in found) == names + ["unrelated.md"]
+    assert sorted(d.name for d in found) == names  # the paths' documents, not the whole dataset
     assert asked(emulator) == ["listing"]  # one page: the whole dataset
+
+
+def test_a_listed_targeted_pass_keeps_only_its_documents_by_name_id_or_path_tag(emulator, client, dataset):
+    # given a dataset of many pages, and a targeted pass over more paths than lookups pay for
+    names = [f"f{i:03d}.md" for i in range(200)]
+    for i in range(250):
+        emulator.store.add_document(dataset, f"other-{i}.md", b"x", match_by_name=False)
+    for name in names:
+        emulator.store.add_document(dataset, name, b"x", match_by_name=False)
+    renamed, _batch = emulator.store.add_document(dataset, "was-renamed-elsewhere.md", b"x", match_by_name=False)
+    rows = {"moved.md": FileState("moved.md", document_id=renamed.id, document_name="moved.md")}
+    emulator.reset_requests()
+    # when
+    found = RemoteView(client, dataset).for_paths(rows, [local(n) for n in names])
+    # then the listing was paged through, and only the pass's documents were kept
+    assert sorted(d.name for d in found) == sorted(names + ["was-renamed-elsewhere.md"])
+    assert set(asked(emulator)) == {"listing"}
 
 
 def test_past_the_lookup_limit_a_big_dataset_is_still_asked_by_name(emulator, client, dataset):
@@ -601,6 +619,79 @@ def test_the_listing_consumes_the_files_and_rows_it_is_given(client, store, sync
     files, rows, journal, policy = pass_inputs(settings, folder, store)
     out = RemoteView(client, ds).unsettled(files, rows, journal, policy)
     assert files == [] and rows == {} and out.rows is rows
+
+
+# --- a full pass: unchanged files held as columns (candidates.py) ------------------------------
+
+
+def candidate_inputs(settings, folder, store):
+    """What a listing pass hands to ``unsettled`` (reconcile._load): the plain rows of
+    unchanged files held as candidates; only the other files and rows as objects."""
+    policy = policy_for(settings, folder, None)
+    unchanged = Candidates(scan_tree(folder.path, folder.include, folder.exclude).found, policy)
+    rows = store.load_folder(folder.key, unchanged=unchanged)
+    files, _, _, _ = with_hashes(unchanged.others(), rows, folder.path, policy)
+    return files, rows, store.pending_journal(folder.key), policy, unchanged
+
+
+def test_unchanged_synced_files_are_held_as_candidates_not_as_files_and_rows(client, store, synced):
+    # given c.md edited since the last pass
+    settings, folder, ds = synced
+    (folder.path / "c.md").write_text("edited", encoding="utf-8")
+    # when the state is loaded beside the walk
+    files, rows, _, _, unchanged = candidate_inputs(settings, folder, store)
+    # then a.md and b.md are candidates; c.md is a file and a row as before
+    assert len(unchanged) == 2
+    assert [f.rel_path for f in files] == ["c.md"] and sorted(rows) == ["c.md"]
+
+
+def test_a_row_whose_hash_is_not_a_lower_case_sha256_stays_a_row(client, store, synced):
+    # given b.md's row holds its hash in upper case (an adopted tag, say)
+    settings, folder, ds = synced
+    row = store.load_folder(folder.key)["b.md"]
+    store.conn.execute("UPDATE files SET sha256 = ? WHERE rel_path = 'b.md'", [row.sha256.upper()])
+    store.conn.commit()
+    # when
+    files, rows, _, _, unchanged = candidate_inputs(settings, folder, store)
+    # then it is compared as a FileState, exactly as stored
+    assert len(unchanged) == 2 and rows["b.md"].sha256 == row.sha256.upper()
+
+
+def test_a_candidate_the_listing_does_not_settle_comes_back_as_the_file_and_row_it_was(
+        emulator, client, store, synced):
+    # given b.md's document deleted in Dify (so the listing cannot settle b.md)
+    settings, folder, ds = synced
+    before = store.load_folder(folder.key)["b.md"]
+    emulator.store.delete_document(ds, before.document_id)
+    files, rows, journal, policy, unchanged = candidate_inputs(settings, folder, store)
+    # when
+    out = RemoteView(client, ds).unsettled(files, rows, journal, policy, unchanged)
+    # then a.md and c.md were settled without ever becoming objects; b.md came back whole
+    assert out.settled == 2
+    assert [f.rel_path for f in out.files] == ["b.md"] and out.files[0].sha256 == before.sha256
+    assert out.rows == {"b.md": before}
+
+
+def test_candidates_change_nothing_the_listing_hands_the_planner(emulator, client, store, synced):
+    """The same folder, listed with and without candidates, gives the same documents,
+    files, rows, counts and status changes: holding unchanged files as columns is only
+    about memory."""
+    # given an edit, a local delete, a document lost in Dify, a new file and a foreign document
+    settings, folder, ds = synced
+    (folder.path / "a.md").write_text("edited", encoding="utf-8")
+    (folder.path / "b.md").unlink()
+    (folder.path / "new.md").write_text("new", encoding="utf-8")
+    emulator.store.delete_document(ds, store.load_folder(folder.key)["c.md"].document_id)
+    emulator.store.add_document(ds, "foreign.md", b"theirs")
+    view = RemoteView(client, ds)
+    # when
+    plain = view.unsettled(*pass_inputs(settings, folder, store))
+    held = view.unsettled(*candidate_inputs(settings, folder, store))
+    # then
+    assert sorted(d.id for d in held.remote) == sorted(d.id for d in plain.remote)
+    assert held.files == sorted(plain.files) and held.rows == plain.rows
+    assert (held.settled, held.status_changes, held.settled_journaled) == \
+        (plain.settled, plain.status_changes, plain.settled_journaled)
 
 
 # --- a pass whose remembered dataset is gone ---------------------------------------------------

@@ -14,7 +14,9 @@ NOT_FOR_A_PASS = ("difysync.emulator", "starlette", "uvicorn", "prometheus_clien
                   "difysync.compare", "difysync.listing", "difysync.configdoc", "difysync.demo", "apscheduler",
                   # nobody watches a pass whose output is a pipe: no progress display, and httpx's
                   # own command-line client (which would load both) is never imported
-                  "difysync.progress", "rich", "pygments")
+                  "difysync.progress", "rich", "pygments",
+                  # the service's allocator setting
+                  "difysync.allocator")
 
 def test_a_plain_reconcile_imports_nothing_it_does_not_use(tmp_path, emulator):
     box = Sandbox(tmp_path, emulator)

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 import threading
 from array import array
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Container
 
-from .models import FileState, LocalFile, RemoteDocument, Tags
+from .models import LocalFile, RemoteDocument, Tags
 from .plan import Adoptions, Policy, refusal
 
 __all__ = ["SETTLED_STATUS", "AdoptionStream"]
@@ -71,7 +71,7 @@ class AdoptionStream:
     back to it, where the planner decides it as it would have anyway.
     """
 
-    def __init__(self, state: Mapping[str, FileState], journaled: Collection[str], policy: Policy) -> None:
+    def __init__(self, state: Container[str], journaled: Collection[str], policy: Policy) -> None:
         self._state, self._journaled, self._policy = state, journaled, policy
         self._taken = Adoptions(policy.name_of)  # in the order taken; given-back ones included
         self._give_back = _GiveBack()

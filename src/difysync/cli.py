@@ -688,10 +688,12 @@ def run_service(config: str | None) -> None:
     """Run as a service: watch the folders, sync changes within seconds, full pass on a
     schedule. Stops cleanly on SIGTERM/SIGINT; SIGHUP reloads the configuration. Exits 75
     at once when another service already holds one of the folders."""
+    from .allocator import cap_malloc_arenas
     from .daemon import Daemon
     from .walkshare import StandingHelpers
 
     settings = load_config(config, validate=True)
+    cap_malloc_arenas()  # before any thread starts (allocator.py)
     # Forked now, while this process runs one thread: the service's walks are shared with them.
     helpers = StandingHelpers.start(WALK_HELPERS)
     try:

@@ -38,6 +38,7 @@ from .walkshare import StandingHelpers, begin_scan
 from .state import Skip, StateBackend
 
 if TYPE_CHECKING:  # pragma: no cover - (a one-shot pass may run on settingsfile's plain values)
+    from .candidates import Candidates
     from .config import FolderSettings, Settings
     from .segsync import LocalChunking
 
@@ -192,6 +193,7 @@ class _Inputs:
     fingerprint: marks.RemoteFingerprint | None = None
     digest: str | None = None
     mark_key: str | None = None
+    scan: ScanResult | None = None  # the walk, until _load has made files and rows of it
 
 
 class _Pass:
@@ -249,13 +251,15 @@ class _Pass:
         inputs = self._scan_or_quiet()
         if inputs is None:
             return None
-        inputs.rows = self.store.load_folder(self.key, seen={f.rel_path: f for f in inputs.files})
+        listed = self.view is not None and not inputs.root_error
+        unchanged = self._load(inputs, listed)
         self._hash(inputs)
         inputs.journal = self.store.pending_journal(self.key)
         inputs.plan_journal = inputs.journal
-        if self.view is not None and not inputs.root_error:
+        if listed:
+            assert self.view is not None
             self.hooks.observer.phase(self.key, Phase.LISTING)
-            listing = self.view.unsettled(inputs.files, inputs.rows, inputs.journal, self.policy)
+            listing = self.view.unsettled(inputs.files, inputs.rows, inputs.journal, self.policy, unchanged)
             inputs.remote, inputs.files, inputs.rows = listing.remote, listing.files, listing.rows
             inputs.adopted = listing.adopted
             inputs.status_changes, inputs.fingerprint = listing.status_changes, listing.fingerprint
@@ -263,6 +267,23 @@ class _Pass:
             self.policy = replace(self.policy, settled_elsewhere=listing.settled)
             self.report.remote_check = RemoteCheck.LISTING
         return inputs
+
+    def _load(self, inputs: _Inputs, listed: bool) -> Candidates | None:
+        """The state rows beside the walk. Before a listing, the plain rows of unchanged
+        files stay columns (candidates.py) and only the other files become LocalFiles;
+        without one, every file and row is an object for the planner."""
+        scan, inputs.scan = inputs.scan, None
+        assert scan is not None
+        if not listed:
+            inputs.files = scan.files
+            inputs.rows = self.store.load_folder(self.key, seen={f.rel_path: f for f in inputs.files})
+            return None
+        from .candidates import Candidates  # (a quiet pass never loads the state: it starts without it)
+
+        unchanged = Candidates(scan.found, self.policy)
+        inputs.rows = self.store.load_folder(self.key, unchanged=unchanged)
+        inputs.files = unchanged.others()
+        return unchanged
 
     def _targeted(self) -> _Inputs:
         """Only the given paths (and what lies below them), looked up by name remotely."""
@@ -310,10 +331,10 @@ class _Pass:
 
     @staticmethod
     def _inputs(scan: ScanResult, mark_key: str | None, digest: str | None) -> _Inputs:
-        """What a pass that plans starts from; the walk's files become LocalFiles only here,
-        so a quiet pass never makes them."""
-        return _Inputs(scan.files, {}, list(scan.problems), root_error=scan.root_error, mark_key=mark_key,
-                       digest=digest)
+        """What a pass that plans starts from; the walk's files become LocalFiles only in
+        ``_load``, so a quiet pass never makes them."""
+        return _Inputs([], {}, list(scan.problems), root_error=scan.root_error, mark_key=mark_key,
+                       digest=digest, scan=scan)
 
     def _usable_mark(self, mark_key: str | None) -> marks.Mark | None:
         """The folder's mark, if it is recent, made under this configuration, and for a

@@ -28,6 +28,7 @@ from .plan import Adoptions, Policy, is_settled
 from .state import InFlight, StateBackend
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .candidates import Candidates
     from .config import FolderSettings
 
 log = logging.getLogger("difysync")
@@ -158,26 +159,46 @@ class RemoteView:
         return self.client.list_documents(self.dataset_id)
 
     def unsettled(self, files: list[LocalFile], rows: dict[str, FileState],
-                  journal: Sequence[JournalEntry], policy: Policy) -> Unsettled:
+                  journal: Sequence[JournalEntry], policy: Policy,
+                  unchanged: Candidates | None = None) -> Unsettled:
         """The listing minus the documents of settled files, and the files and rows minus
         the settled ones: on a folder where nothing changed that is everything, and it is
         let go page by page as the listing arrives, so a no-op pass never holds the
-        dataset twice. ``files`` and ``rows`` are consumed. Settled files cannot change
-        any decision (tests/test_plan.py proves it)."""
+        dataset twice. ``files`` and ``rows`` are consumed; ``unchanged`` holds the
+        unchanged files' rows as columns, and only those it does not settle come back as
+        a file and a row. Settled files cannot change any decision (tests/test_plan.py
+        proves it)."""
         local = {f.rel_path: f for f in files}
         files.clear()  # from here on each record lives in ``local`` alone, and goes when settled
         by_doc = {row.document_id: row for row in rows.values() if row.document_id}
         journaled = {e.rel_path for e in journal}
         out = Unsettled([], [], rows)
         recorder = ListingRecorder()
-        from .adoptions import AdoptionStream  # (a quiet pass never lists: it starts without it)
+        from .adoptions import AdoptionStream  # (a quiet pass never lists: it starts without either)
+        from .candidates import Tracked
 
-        stream = AdoptionStream(rows, journaled | {e.document_name for e in journal}, policy)
+        stream = AdoptionStream(Tracked(rows, unchanged), journaled | {e.document_name for e in journal}, policy)
+
+        def settled(row: FileState, doc: RemoteDocument) -> None:
+            if row.indexing_status != doc.indexing_status:
+                out.status_changes[doc.id] = (doc.indexing_status, doc.error)
+            out.settled += 1
+            if row.rel_path in journaled:
+                out.settled_journaled.add(row.rel_path)
 
         def keep(doc: RemoteDocument) -> bool:  # runs on the listing's threads: pops are atomic
+            i = unchanged.index_of_document(doc.id) if unchanged is not None else None
+            if i is not None:
+                row = unchanged.row(i)  # type: ignore[union-attr]
+                if not is_settled(unchanged.file(i), row, doc, policy):  # type: ignore[union-attr]
+                    stream.offer(doc, None)  # its name is taken in the listing
+                    return True
+                unchanged.settle(i)  # type: ignore[union-attr]
+                settled(row, doc)
+                return False
             row = by_doc.get(doc.id)
             if row is None:
-                f = local.get(doc.tags.path) if doc.tags is not None and doc.tags.path else None
+                f = _tagged_file(doc, local, unchanged)
                 if stream.offer(doc, f):
                     local.pop(f.rel_path, None)  # type: ignore[union-attr]
                     return False
@@ -185,14 +206,10 @@ class RemoteView:
             if not is_settled(local.get(row.rel_path), row, doc, policy):
                 stream.offer(doc, None)  # its name is taken in the listing
                 return True
-            if row.indexing_status != doc.indexing_status:
-                out.status_changes[doc.id] = (doc.indexing_status, doc.error)
             by_doc.pop(doc.id, None)
             rows.pop(row.rel_path, None)
             local.pop(row.rel_path, None)
-            out.settled += 1
-            if row.rel_path in journaled:
-                out.settled_journaled.add(row.rel_path)
+            settled(row, doc)
             return False
 
         out.remote = self.client.list_documents(self.dataset_id, keep=keep, on_page=recorder.on_page)
@@ -201,21 +218,30 @@ class RemoteView:
             local[f.rel_path] = f
         out.adopted = stream.adopted()
         out.files = list(local.values())
+        if unchanged is not None:
+            for i in unchanged.unsettled():
+                out.files.append(unchanged.file(i))
+                rows[unchanged.found.paths[i]] = unchanged.row(i)
+            out.files.sort()
         out.fingerprint = recorder.fingerprint()
         return out
 
     def for_paths(self, rows: Mapping[str, FileState], files: Sequence[LocalFile]) -> list[RemoteDocument]:
         """The documents a targeted pass can touch: listing the whole dataset for a
         handful of paths would defeat the point on big datasets, so look them up by name
-        (one request each, side by side), unless the listing takes fewer requests."""
+        (one request each, side by side), unless the listing takes fewer requests. A
+        listing keeps only those documents (by name, id or our path tag) as it arrives: a
+        targeted pass over a few thousand paths of a 100k dataset holds those, not all."""
         names = sorted({row.document_name for row in rows.values() if row.document_name}
                        | {self.name_of(f.rel_path) for f in files})
         if len(names) > MAX_NAME_LOOKUPS:
+            wanted = _Wanted(set(names), {row.document_id for row in rows.values() if row.document_id},
+                             set(rows) | {f.rel_path for f in files})
             first, total = self.client.document_page(self.dataset_id, 1)
             if total is not None and total <= len(first):
-                return first  # the whole dataset was one page
+                return [d for d in first if wanted(d)]  # the whole dataset was one page
             if total is None or -(-total // PAGE_LIMIT) <= len(names):
-                return self.everything()
+                return self.client.list_documents(self.dataset_id, keep=wanted)
         out: dict[str, RemoteDocument] = {}
         with ThreadPoolExecutor(max_workers=max(1, self.client.list_workers),
                                 thread_name_prefix="difysync-lookup") as pool:
@@ -240,6 +266,33 @@ class RemoteView:
         if total is None or any(docs is None for docs in lists):
             return None
         return fingerprint(total, head, {s: [d.id for d in docs or ()] for s, docs in zip(FLAGGED_STATUSES, lists)})
+
+
+def _tagged_file(doc: RemoteDocument, local: Mapping[str, LocalFile],
+                 unchanged: Candidates | None) -> LocalFile | None:
+    """The walked file a document's path tag names, unless its row was settled already."""
+    path = doc.tags.path if doc.tags is not None else None
+    if not path:
+        return None
+    f = local.get(path)
+    if f is None and unchanged is not None:
+        i = unchanged.index_of_path(path)
+        f = unchanged.file(i) if i is not None else None
+    return f
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    """A targeted pass's documents in a listing: those of its names, of its rows' ids, or
+    tagged with one of its paths (what a lookup by name would have found, and no less)."""
+
+    names: set[str]
+    ids: set[str]
+    paths: set[str]
+
+    def __call__(self, doc: RemoteDocument) -> bool:
+        return doc.name in self.names or doc.id in self.ids or \
+            (doc.tags is not None and doc.tags.path in self.paths)
 
 
 def filtered_listing(client: DifyClient, dataset_id: str, status: str) -> list[RemoteDocument] | None:

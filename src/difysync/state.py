@@ -35,6 +35,8 @@ from .models import ErrorKind, FileState, JournalEntry, LocalFile, SegmentRecord
 if TYPE_CHECKING:  # pragma: no cover
     import sqlite_utils
 
+    from .candidates import Candidates
+
 SCHEMA_VERSION = 6
 
 _FILE_COLUMNS = {
@@ -172,8 +174,9 @@ class StateBackend(Protocol):
     journal drops that folder's clean-pass mark in the same transaction (marks.py)."""
 
     # reads
-    def load_folder(self, folder: str, seen: Mapping[str, LocalFile] | None = None) -> dict[str, FileState]:
-        """Every row of a folder, by relative path."""
+    def load_folder(self, folder: str, seen: Mapping[str, LocalFile] | None = None,
+                    unchanged: Candidates | None = None) -> dict[str, FileState]:
+        """Every row of a folder, by relative path (but those ``unchanged`` takes)."""
     def load_paths(self, folder: str, rel_paths: Iterable[str]) -> dict[str, FileState]:
         """The rows of these paths and of everything below them."""
     def count_tracked(self, folder: str) -> int:
@@ -422,18 +425,23 @@ class StateStore:
 
     # --- reads ------------------------------------------------------------------------
 
-    def load_folder(self, folder: str, seen: Mapping[str, LocalFile] | None = None) -> dict[str, FileState]:
+    def load_folder(self, folder: str, seen: Mapping[str, LocalFile] | None = None,
+                    unchanged: Candidates | None = None) -> dict[str, FileState]:
         """Every row of a folder, loaded in one query (a pass compares against it in memory).
 
         ``seen`` (the scan, by path) lets a row share the path, size, mtime and inode
         objects of its file where they are equal: on a 100k folder that is one copy of
-        each instead of two."""
+        each instead of two. ``unchanged`` (a listing pass's candidates.Candidates) takes
+        the plain rows of unchanged files as columns instead: those never become FileStates
+        unless the listing leaves them unsettled."""
         # The name and batch are left out: a pass derives names from paths and never needs
         # the batch, and on a 100k folder the two would cost ~20 MB of strings.
         cursor = self.conn.execute(
             "SELECT rel_path, size, mtime_ns, inode, sha256, document_id, NULL, NULL, "
             "indexing_status, last_error, skip_reason, refused_sha256, attempts, skip_code, error_kind, "
             "chunking FROM files WHERE folder = ?", [folder])
+        if unchanged is not None:
+            return _rows_beside(cursor, unchanged)
         if not seen:
             return {state.rel_path: state for state in map(_file_state, cursor)}
         out = {}
@@ -944,6 +952,21 @@ _REFRESH_SQL = (
 
 _STATUSES = {s: s for s in ("waiting", "parsing", "cleaning", "splitting", "indexing", "completed",
                             "error", "paused")}
+
+
+def _rows_beside(cursor: Iterable[tuple[Any, ...]], unchanged: Candidates) -> dict[str, FileState]:
+    """load_folder's rows, but the plain ones of unchanged files, which ``unchanged`` takes
+    (the columns are those of load_folder's query: name and batch left out)."""
+    out = {}
+    take = unchanged.take
+    for r in cursor:
+        rel = decode_path(r[0])
+        if r[4] and r[5] and r[9] is None and r[10] is None and r[11] is None and not r[12] \
+                and r[13] is None and r[14] is None \
+                and take(rel, r[1], r[2], r[3], r[4], r[5], _STATUSES.get(r[8], r[8]), _CHUNKINGS.get(r[15], r[15])):
+            continue
+        out[rel] = _file_state(r, rel)
+    return out
 
 
 def _file_state(r: tuple[Any, ...], rel: str | None = None, size: int | None = None,
