@@ -645,6 +645,15 @@ def test_unchanged_synced_files_are_held_as_candidates_not_as_files_and_rows(cli
     assert [f.rel_path for f in files] == ["c.md"] and sorted(rows) == ["c.md"]
 
 
+def test_a_first_pass_with_no_rows_makes_no_columns(tmp_path, emulator, store):
+    settings = settings_for(tmp_path, emulator, 'dataset_id = "any"')
+    folder = settings.folders[0]
+    (folder.path / "a.md").write_text("a", encoding="utf-8")
+    files, rows, _, _, unchanged = candidate_inputs(settings, folder, store)
+    assert [f.rel_path for f in files] == ["a.md"] and rows == {}
+    assert len(unchanged) == 0 and unchanged.by_path == {} and not unchanged.shas
+
+
 def test_a_row_whose_hash_is_not_a_lower_case_sha256_stays_a_row(client, store, synced):
     # given b.md's row holds its hash in upper case (an adopted tag, say)
     settings, folder, ds = synced

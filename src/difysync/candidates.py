@@ -42,21 +42,27 @@ class Candidates:
                  "chunkings", "state")
 
     def __init__(self, found: FileColumns, policy: Policy) -> None:
-        n = len(found)
+        # The columns are made at the first row offered: a first pass (no rows) pays nothing.
         self.found, self.policy = found, policy
-        self.by_path: dict[str, int] = {rel: i for i, rel in enumerate(found.paths)}
+        self.by_path: dict[str, int] = {}
         self.by_document: dict[str, int] = {}
-        self.document_ids: list[str | None] = [None] * n
+        self.document_ids: list[str | None] = []
+        self.shas, self.statuses, self.chunkings, self.state = bytearray(), bytearray(), bytearray(), bytearray()
+
+    def _make_columns(self) -> None:
+        n = len(self.found)
+        self.by_path = {rel: i for i, rel in enumerate(self.found.paths)}
+        self.document_ids = [None] * n
         self.shas = bytearray(_SHA * n)
-        self.statuses = bytearray(n)
-        self.chunkings = bytearray(n)
-        self.state = bytearray(n)
+        self.statuses, self.chunkings, self.state = bytearray(n), bytearray(n), bytearray(n)
 
     def take(self, rel: str, size: int | None, mtime_ns: int | None, inode: int | None, sha256: str,
              document_id: str, indexing_status: str | None, chunking: str | None) -> bool:
         """Hold a plain row (a document, a hash, no error, skip or attempt noted) as a
         candidate when its file was walked with the same size, mtime and inode and may be
         sent; False: the row stays a FileState, its file a LocalFile."""
+        if not self.state and self.found.paths:
+            self._make_columns()
         i = self.by_path.get(rel)
         found = self.found
         if i is None or self.state[i] or found.sizes[i] != size or found.mtimes[i] != mtime_ns \
@@ -75,6 +81,8 @@ class Candidates:
     def others(self) -> list[LocalFile]:
         """A LocalFile (unhashed) per walked file that is not a candidate, sorted by path."""
         found, state = self.found, self.state
+        if not state:
+            return found.to_files()
         return sorted(LocalFile(found.paths[i], found.sizes[i], found.mtimes[i], found.inodes[i])
                       for i in range(len(state)) if not state[i])
 
