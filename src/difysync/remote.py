@@ -217,12 +217,7 @@ class RemoteView:
             out.remote.append(doc)
             local[f.rel_path] = f
         out.adopted = stream.adopted()
-        out.files = list(local.values())
-        if unchanged is not None:
-            for i in unchanged.unsettled():
-                out.files.append(unchanged.file(i))
-                rows[unchanged.found.paths[i]] = unchanged.row(i)
-            out.files.sort()
+        out.files = _left_unsettled(local, rows, unchanged)
         out.fingerprint = recorder.fingerprint()
         return out
 
@@ -266,6 +261,19 @@ class RemoteView:
         if total is None or any(docs is None for docs in lists):
             return None
         return fingerprint(total, head, {s: [d.id for d in docs or ()] for s, docs in zip(FLAGGED_STATUSES, lists)})
+
+
+def _left_unsettled(local: Mapping[str, LocalFile], rows: dict[str, FileState],
+                    unchanged: Candidates | None) -> list[LocalFile]:
+    """The files the listing did not settle: ``local``'s, and the candidates it left, each
+    made a file again (sorted by path), with its row put back in ``rows``."""
+    files = list(local.values())
+    if unchanged is not None:
+        for i in unchanged.unsettled():
+            files.append(unchanged.file(i))
+            rows[unchanged.found.paths[i]] = unchanged.row(i)
+        files.sort()
+    return files
 
 
 def _tagged_file(doc: RemoteDocument, local: Mapping[str, LocalFile],
