@@ -170,54 +170,11 @@ class RemoteView:
         proves it)."""
         local = {f.rel_path: f for f in files}
         files.clear()  # from here on each record lives in ``local`` alone, and goes when settled
-        by_doc = {row.document_id: row for row in rows.values() if row.document_id}
-        journaled = {e.rel_path for e in journal}
         out = Unsettled([], [], rows)
+        settling = _Settling(local, rows, unchanged, journal, policy, out)
         recorder = ListingRecorder()
-        from .adoptions import AdoptionStream  # (a quiet pass never lists: it starts without either)
-        from .candidates import Tracked
-
-        stream = AdoptionStream(Tracked(rows, unchanged), journaled | {e.document_name for e in journal}, policy)
-
-        def settled(row: FileState, doc: RemoteDocument) -> None:
-            if row.indexing_status != doc.indexing_status:
-                out.status_changes[doc.id] = (doc.indexing_status, doc.error)
-            out.settled += 1
-            if row.rel_path in journaled:
-                out.settled_journaled.add(row.rel_path)
-
-        def keep(doc: RemoteDocument) -> bool:  # runs on the listing's threads: pops are atomic
-            i = unchanged.index_of_document(doc.id) if unchanged is not None else None
-            if i is not None:
-                row = unchanged.row(i)  # type: ignore[union-attr]
-                if not is_settled(unchanged.file(i), row, doc, policy):  # type: ignore[union-attr]
-                    stream.offer(doc, None)  # its name is taken in the listing
-                    return True
-                unchanged.settle(i)  # type: ignore[union-attr]
-                settled(row, doc)
-                return False
-            row = by_doc.get(doc.id)
-            if row is None:
-                f = _tagged_file(doc, local, unchanged)
-                if stream.offer(doc, f):
-                    local.pop(f.rel_path, None)  # type: ignore[union-attr]
-                    return False
-                return True
-            if not is_settled(local.get(row.rel_path), row, doc, policy):
-                stream.offer(doc, None)  # its name is taken in the listing
-                return True
-            by_doc.pop(doc.id, None)
-            rows.pop(row.rel_path, None)
-            local.pop(row.rel_path, None)
-            settled(row, doc)
-            return False
-
-        out.remote = self.client.list_documents(self.dataset_id, keep=keep, on_page=recorder.on_page)
-        for doc, f in stream.given_back():
-            out.remote.append(doc)
-            local[f.rel_path] = f
-        out.adopted = stream.adopted()
-        out.files = _left_unsettled(local, rows, unchanged)
+        out.remote = self.client.list_documents(self.dataset_id, keep=settling.keep, on_page=recorder.on_page)
+        settling.finish()
         out.fingerprint = recorder.fingerprint()
         return out
 
@@ -263,30 +220,88 @@ class RemoteView:
         return fingerprint(total, head, {s: [d.id for d in docs or ()] for s, docs in zip(FLAGGED_STATUSES, lists)})
 
 
-def _left_unsettled(local: Mapping[str, LocalFile], rows: dict[str, FileState],
-                    unchanged: Candidates | None) -> list[LocalFile]:
-    """The files the listing did not settle: ``local``'s, and the candidates it left, each
-    made a file again (sorted by path), with its row put back in ``rows``."""
-    files = list(local.values())
-    if unchanged is not None:
-        for i in unchanged.unsettled():
-            files.append(unchanged.file(i))
-            rows[unchanged.found.paths[i]] = unchanged.row(i)
-        files.sort()
-    return files
+class _Settling:
+    """One listing's ``keep``: each document is settled (it and its file and row leave the
+    pass), taken as an adoption, or kept for the planner. Runs on the listing's threads:
+    the pops are atomic, and the adoption stream has its lock."""
 
+    def __init__(self, local: dict[str, LocalFile], rows: dict[str, FileState], unchanged: Candidates | None,
+                 journal: Sequence[JournalEntry], policy: Policy, out: Unsettled) -> None:
+        from .adoptions import AdoptionStream  # (a quiet pass never lists: it starts without either)
+        from .candidates import Tracked
 
-def _tagged_file(doc: RemoteDocument, local: Mapping[str, LocalFile],
-                 unchanged: Candidates | None) -> LocalFile | None:
-    """The walked file a document's path tag names, unless its row was settled already."""
-    path = doc.tags.path if doc.tags is not None else None
-    if not path:
-        return None
-    f = local.get(path)
-    if f is None and unchanged is not None:
-        i = unchanged.index_of_path(path)
-        f = unchanged.file(i) if i is not None else None
-    return f
+        self.local, self.rows, self.unchanged, self.policy, self.out = local, rows, unchanged, policy, out
+        self.by_doc = {row.document_id: row for row in rows.values() if row.document_id}
+        self.journaled = {e.rel_path for e in journal}
+        self.stream = AdoptionStream(Tracked(rows, unchanged), self.journaled | {e.document_name for e in journal},
+                                     policy)
+
+    def keep(self, doc: RemoteDocument) -> bool:
+        """False when the document leaves the listing."""
+        i = self.unchanged.index_of_document(doc.id) if self.unchanged is not None else None
+        if i is not None:
+            return self._keep_candidate(i, doc)
+        row = self.by_doc.get(doc.id)
+        if row is None:
+            f = self._tagged_file(doc)
+            if self.stream.offer(doc, f):
+                self.local.pop(f.rel_path, None)  # type: ignore[union-attr]
+                return False
+            return True
+        if not is_settled(self.local.get(row.rel_path), row, doc, self.policy):
+            self.stream.offer(doc, None)  # its name is taken in the listing
+            return True
+        self.by_doc.pop(doc.id, None)
+        self.rows.pop(row.rel_path, None)
+        self.local.pop(row.rel_path, None)
+        self._settled(row, doc)
+        return False
+
+    def _keep_candidate(self, i: int, doc: RemoteDocument) -> bool:
+        unchanged = self.unchanged
+        assert unchanged is not None
+        row = unchanged.row(i)
+        if not is_settled(unchanged.file(i), row, doc, self.policy):
+            self.stream.offer(doc, None)  # its name is taken in the listing
+            return True
+        unchanged.settle(i)
+        self._settled(row, doc)
+        return False
+
+    def _settled(self, row: FileState, doc: RemoteDocument) -> None:
+        out = self.out
+        if row.indexing_status != doc.indexing_status:
+            out.status_changes[doc.id] = (doc.indexing_status, doc.error)
+        out.settled += 1
+        if row.rel_path in self.journaled:
+            out.settled_journaled.add(row.rel_path)
+
+    def _tagged_file(self, doc: RemoteDocument) -> LocalFile | None:
+        """The walked file a document's path tag names, unless its row was settled already."""
+        path = doc.tags.path if doc.tags is not None else None
+        if not path:
+            return None
+        f = self.local.get(path)
+        if f is None and self.unchanged is not None:
+            i = self.unchanged.index_of_path(path)
+            f = self.unchanged.file(i) if i is not None else None
+        return f
+
+    def finish(self) -> None:
+        """After the listing: the adoptions that stood, the documents given back to the
+        planner, and the files left unsettled (the candidates' made a file and a row
+        again), sorted by path."""
+        out, local = self.out, self.local
+        for doc, f in self.stream.given_back():
+            out.remote.append(doc)
+            local[f.rel_path] = f
+        out.adopted = self.stream.adopted()
+        out.files = list(local.values())
+        if self.unchanged is not None:
+            for i in self.unchanged.unsettled():
+                out.files.append(self.unchanged.file(i))
+                self.rows[self.unchanged.found.paths[i]] = self.unchanged.row(i)
+            out.files.sort()
 
 
 @dataclass(frozen=True)
