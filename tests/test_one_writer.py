@@ -435,3 +435,29 @@ def test_a_service_queued_behind_a_waiting_cron_reconcile_names_it(tmp_path, emu
     # And the service's log said whom it waited for: the cron reconcile, by its pid
     (line,) = [line for line in daemon.log.splitlines() if "waiting for the write lease" in line]
     assert held_by("difysync reconcile", cron.pid) in line, line
+
+
+def test_a_reconcile_that_waited_for_the_lease_syncs_the_folder_as_it_is_when_it_gets_in(tmp_path, emulator, procs):
+    """A one-shot begins its walk before it asks for the lease (cli.walks_ahead); a walk
+    begun before a wait is dropped, so what changed during the wait is not missed."""
+    # Given a folder of ten directories (enough for the walk to be shared), reconciled once
+    box = Sandbox(tmp_path, emulator)
+    for i in range(10):
+        box.write(f"d{i}/f.md", f"f {i}")
+    assert box.subprocess("reconcile", "-c", str(box.config)).code == 0
+    with folder_locks(box, "test holder").pass_lease(timeout=5):
+        # When a reconcile starts and has to wait for the lease another process holds
+        cron = procs.start(box, "reconcile", "-c", str(box.config))
+        wait_until(lambda: WAITING in cron.err_path.read_text(errors="replace") or cron.proc.poll() is not None,
+                   30, what="the reconcile to wait for the lease")
+        # And the folder changes while it waits
+        box.write("d3/new.md", "new")
+        box.write("d4/f.md", "edited")
+        box.remove("d5/f.md")
+    result = cron.result(timeout=60)
+
+    # Then its pass saw the folder as it was when it got the lease
+    assert result.code == 0, result.stderr
+    expected = {f"d{i}∕f.md": f"f {i}".encode() for i in range(10) if i not in (4, 5)}  # (names use ∕)
+    expected.update({"d3∕new.md": b"new", "d4∕f.md": b"edited"})
+    assert box.contents() == expected

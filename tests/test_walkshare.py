@@ -161,7 +161,7 @@ import os, sys
 from pathlib import Path
 from difysync.walkshare import begin_scan
 with begin_scan(Path(sys.argv[1]), helpers=1) as walk:
-    pids = [job.answer.pid for job in walk._jobs]
+    pids = [answer.pid for answer in walk._answers]
 assert pids
 for pid in pids:
     try:
@@ -181,3 +181,28 @@ def test_a_missing_root_is_reported_with_helpers_too(tmp_path: Path) -> None:
     with begin_scan(tmp_path / "gone", helpers=1) as walk:
         result = walk.result()
     assert result.root_error and len(result.found) == 0
+
+
+BUSY_ELSEWHERE = """
+import json, sys, time
+from pathlib import Path
+from difysync.walkshare import begin_scan
+with begin_scan(Path(sys.argv[1]), helpers=1) as walk:
+    shared = walk.shared
+    time.sleep(1.5)  # the command loads its modules, opens its state DB, takes its lease
+    r = walk.result()
+print(json.dumps({"shared": shared, "walked_here": walk.walked_here, "paths": r.found.paths}))
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="a helper needs a second CPU")
+def test_a_command_busy_elsewhere_leaves_the_walk_to_its_helpers(tmp_path: Path) -> None:
+    """Forked helpers take the subtrees as they go: a command that joins its walk late
+    finds it done, and the result is still the one walk's."""
+    varied_tree(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", BUSY_ELSEWHERE, str(tmp_path)], capture_output=True, text=True,
+                          timeout=60, check=True)
+    walked = json.loads(proc.stdout)
+    assert walked["shared"] == 1
+    assert walked["walked_here"] == 0
+    assert walked["paths"] == scan_tree(tmp_path).found.paths

@@ -27,20 +27,22 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import click
 
 from . import __version__
-from .dify import DifyClient
 from .errors import (EX_CONFIG, EX_FAILED, EX_TEMPFAIL, ConfigError, DifyError, FatalError, LeaseBusy,
                      StateError, exit_code)
 from .events import NOBODY, Observer
 from .logs import add_secret, setup_logging
-from .plan import Action, MaxDelete, Plan
-from .report import print_status, printable, run_errors, run_json, summary_line, summary_tables
 from .settingsfile import find_config_path, read_api_key, read_snapshot, render_problems
-from .state import StateStore
 from .terminal import folder_labels, watched
 
+# The planner, the report and the state DB are loaded where a command uses them: a
+# reconcile begins its walk before it loads them (see walks_ahead).
 if TYPE_CHECKING:  # pragma: no cover
     from .config import FolderSettings, Settings
+    from .dify import DifyClient
+    from .plan import Action, MaxDelete, Plan
     from .progress import ProgressDisplay
+    from .state import StateStore
+    from .walkshare import Walk
 
 EX_OK, EX_USAGE, EX_INTERRUPTED = 0, 2, 130  # 130: 128 + SIGINT, as shells report Ctrl-C
 WALK_HELPERS = 3  # a pass's walk may be shared with this many processes, one per spare CPU (walkshare.py)
@@ -56,6 +58,8 @@ def echo_json(value: Any) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
+        from .report import printable
+
         text = json.dumps(printable(value), ensure_ascii=False)
     click.echo(text)
 
@@ -89,11 +93,33 @@ def make_client(settings: Settings) -> DifyClient:
         click.echo(render_problems(exc), err=True)
         sys.exit(EX_CONFIG)
     add_secret(key)
+    from .dify import DifyClient  # (httpx: loaded while the walk begun ahead goes on, see walks_ahead)
+
     return DifyClient.from_settings(settings.dify, key)
 
 
 @contextmanager
+def walks_ahead(settings: Settings) -> Iterator[dict[str, Walk]]:
+    """The first folder's walk, begun as soon as the settings are known: while this
+    process still runs one thread, so its helpers can be forked (walkshare), and before it
+    loads what a pass needs (httpx, the planner, the state DB) and takes the lease; the
+    helpers walk meanwhile. Its pass takes it (reconcile.Env.walks_ahead); a walk no pass
+    took is given up here."""
+    from .walkshare import begin_scan
+
+    begun = {f.key: begin_scan(Path(f.path), f.include, f.exclude, helpers=WALK_HELPERS)
+             for f in settings.folders[:1]}
+    try:
+        yield begun
+    finally:
+        for walk in begun.values():
+            walk.close()
+
+
+@contextmanager
 def open_store(settings: Settings, *, readonly: bool = False) -> Iterator[StateStore]:
+    from .state import StateStore
+
     try:
         store = StateStore(settings.state_db, readonly=readonly)
     except StateError as exc:
@@ -107,6 +133,8 @@ def open_store(settings: Settings, *, readonly: bool = False) -> Iterator[StateS
 def _max_delete(value: str | None) -> MaxDelete | None:
     if value is None:
         return None
+    from .plan import MaxDelete
+
     try:
         return MaxDelete.parse(value)
     except ValueError:
@@ -186,28 +214,33 @@ lock_timeout_option = click.option(
 def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: float, as_json: bool,
               max_delete: str | None, full_listing: bool, recreate_dataset: bool, lock_timeout: float) -> None:
     """Make the datasets mirror the folders, once (cron, CI, first import)."""
-    from .reconcile import Env, Hooks, PassOptions
-    from .reconcile import reconcile as run_pass
-
-    options = PassOptions(dry_run=dry_run, max_delete=_max_delete(max_delete), full_listing=full_listing,
-                          lock_timeout=lock_timeout, recreate_dataset=recreate_dataset)
+    limit = _max_delete(max_delete)
     settings = load_config(config)
-    level = click.get_current_context().find_root().meta.get(_LOGGING, {}).get("level", "info")
-    display = _progress_display(settings, as_json, level)  # None: nobody watches
-    observer = display or NOBODY
-    with make_client(settings) as client, open_store(settings) as store, _interruptible() as stop, \
-            display or nullcontext():
-        client.observer = observer
-        report = run_pass(Env(settings, client, store, walk_helpers=WALK_HELPERS), options,
-                          Hooks(on_lease_wait=_say_waiting, should_stop=stop.is_set, observer=observer))
-        report.interrupted = stop.is_set()
-        waited = _wait(client, store, report, wait_timeout, observer) \
-            if wait_ and not dry_run and report.fatal is None and not stop.is_set() else None
+    with walks_ahead(settings) as ahead:
+        from .reconcile import Env, Hooks, PassOptions
+        from .reconcile import reconcile as run_pass
+
+        options = PassOptions(dry_run=dry_run, max_delete=limit, full_listing=full_listing,
+                              lock_timeout=lock_timeout, recreate_dataset=recreate_dataset)
+        level = click.get_current_context().find_root().meta.get(_LOGGING, {}).get("level", "info")
+        display = _progress_display(settings, as_json, level)  # None: nobody watches
+        observer = display or NOBODY
+        with make_client(settings) as client, open_store(settings) as store, _interruptible() as stop, \
+                display or nullcontext():
+            client.observer = observer
+            env = Env(settings, client, store, walk_helpers=WALK_HELPERS, walks_ahead=ahead)
+            report = run_pass(env, options, Hooks(on_lease_wait=_say_waiting, should_stop=stop.is_set,
+                                                  observer=observer))
+            report.interrupted = stop.is_set()
+            waited = _wait(client, store, report, wait_timeout, observer) \
+                if wait_ and not dry_run and report.fatal is None and not stop.is_set() else None
     code = exit_code(report.fatal)
     unfinished = waited is not None and not waited["finished"]
     if code == EX_OK and (not report.ok or unfinished):
         code = EX_FAILED
     if as_json:
+        from .report import run_json
+
         echo_json(run_json(report, waited))
     else:
         _print_summary(report, code, unfinished,
@@ -227,6 +260,8 @@ def _progress_display(settings: Settings, as_json: bool, level: str) -> Progress
 def _print_summary(report: Any, code: int, unfinished: bool, labels: dict[str, str] | None) -> None:
     """A dry run's plan, the errors, the table of each folder (``labels`` given: on a
     terminal), and the summary line with the reason for a failing exit code."""
+    from .report import printable, run_errors, summary_line, summary_tables
+
     if report.dry_run:
         for f in report.folders:
             for a in _planned_actions(f.plan):
@@ -253,6 +288,8 @@ def _why_not_ok(code: int, report: Any, errors: list[str], unfinished: bool) -> 
     never stand alone next to exit 1."""
     if code == EX_OK or report.interrupted:
         return ""
+    from .report import printable
+
     if errors:
         more = f" (and {len(errors) - 1} more, above)" if len(errors) > 1 else ""
         return f"; exit {code}: {printable(errors[0])}{more}"
@@ -388,6 +425,8 @@ def _status_folders(settings: Settings, as_json: bool, refreshed: Any, only: lis
         return
     from rich.markup import escape
 
+    from .report import print_status
+
     notes = [] if refreshed is None or refreshed.error is not None else [escape(refreshed.describe())]
     print_status(summaries, problems, {k: v[0] for k, v in holders.items()},
                  owner=settings.owner if settings.metadata.enabled else None, names=names, notes=notes)
@@ -396,6 +435,7 @@ def _status_folders(settings: Settings, as_json: bool, refreshed: Any, only: lis
 def _status_files(settings: Settings, targets: list[tuple[FolderSettings, str | None]], as_json: bool,
                   refreshed: Any) -> None:
     """``status PATH``: the file (or a directory's files) in each folder that has it."""
+    from .report import printable
     from .statusview import (dataset_names, describe_path, files_json, folder_rows, print_files,
                              unknown_path_message)
 

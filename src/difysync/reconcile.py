@@ -30,11 +30,11 @@ from .events import NOBODY, Observer, Phase
 from .lease import FolderLocks, Holder
 from .logs import log_fields
 from .models import FileState, JournalEntry, LocalFile, RemoteDocument, ScanProblem
-from .plan import UPLOADS, Action, Adoptions, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
+from .plan import UPLOADS, Adoptions, Kind, MaxDelete, Plan, Policy, plan_folder, refusal
 from .remote import RemoteView, metadata_fields, resolve_dataset, stale_dataset
 from .report import FolderReport, RemoteCheck, RunReport
 from .scanner import ScanResult, scan_tree, sha256_file, stat_paths
-from .walkshare import StandingHelpers, begin_scan
+from .walkshare import StandingHelpers, Walk, begin_scan
 from .state import Skip, StateBackend
 
 if TYPE_CHECKING:  # pragma: no cover - (a one-shot pass may run on settingsfile's plain values)
@@ -58,6 +58,9 @@ class Env:
     # up to ``walk_helpers`` per walk; the service lends its standing ones.
     walk_helpers: int = 0
     standing_helpers: StandingHelpers | None = None
+    # Walks the command began before it had loaded what a pass needs, by folder key (see
+    # cli.walks_ahead): a whole pass of that folder takes its own instead of beginning one.
+    walks_ahead: Mapping[str, Walk] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,10 @@ def reconcile_folder(env: Env, folder: FolderSettings, options: PassOptions = Pa
     unchanged, ends right after the walk (see marks.py), unless ``full_listing``."""
     started, clock = time.time(), time.monotonic()
     report = FolderReport(folder=folder.key, dataset_id=folder.dataset_id or None)
+    ahead = env.walks_ahead.get(folder.key) if options.paths is None else None
     try:
-        with _lease(env, folder, options, hooks):
-            report = _attempt(env, folder, options, hooks)
+        with _lease(env, folder, options, _ahead_stale_on_wait(hooks, ahead)):
+            report = _attempt(env, folder, options, hooks, walk=ahead)
             if report.fatal is not None and stale_dataset(env.store, folder, report.fatal):
                 log.info("%s: dataset %r is not where it was; looking it up by name again", folder.label,
                          folder.dataset_name, extra=log_fields(folder=folder.label))
@@ -134,6 +138,21 @@ def reconcile_folder(env: Env, folder: FolderSettings, options: PassOptions = Pa
     return report
 
 
+def _ahead_stale_on_wait(hooks: Hooks, ahead: Walk | None) -> Hooks:
+    """Hooks under which a wait for the lease also drops the walk begun ahead: the folder
+    may change while another writer holds it, so the pass walks it afresh once it may write."""
+    if ahead is None:
+        return hooks
+    told = hooks.on_lease_wait
+
+    def on_lease_wait(holder: Holder | None) -> None:
+        ahead.close()
+        if told is not None:
+            told(holder)
+
+    return replace(hooks, on_lease_wait=on_lease_wait)
+
+
 def _lease(env: Env, folder: FolderSettings, options: PassOptions, hooks: Hooks) -> ContextManager[Any]:
     """The write lease for a pass that may mutate; a dry run needs none."""
     if options.dry_run:
@@ -143,10 +162,12 @@ def _lease(env: Env, folder: FolderSettings, options: PassOptions, hooks: Hooks)
 
 
 def _attempt(env: Env, folder: FolderSettings, options: PassOptions, hooks: Hooks, *,
-             recall: bool = True) -> FolderReport:
-    """One try at the pass (``recall=False``: without the remembered dataset id); Dify's
-    and the state DB's errors end up in the report."""
+             recall: bool = True, walk: Walk | None = None) -> FolderReport:
+    """One try at the pass (``recall=False``: without the remembered dataset id), with the
+    ``walk`` begun ahead if there is one; Dify's and the state DB's errors end up in the
+    report."""
     run = _Pass(env, folder, options, hooks, recall=recall)
+    run.walk_ahead = walk if walk is not None and not walk.closed else None
     try:
         run.run()
     except Stopped as stop:
@@ -209,6 +230,7 @@ class _Pass:
         self.policy = policy_for(env.settings, folder, options.max_delete)
         self.report = FolderReport(folder=self.key, dataset_id=folder.dataset_id or None)
         self.view: RemoteView | None = None
+        self.walk_ahead: Walk | None = None  # a whole pass's walk, begun before the pass
 
     def run(self) -> None:
         dataset_id = self._dataset()
@@ -310,9 +332,10 @@ class _Pass:
         candidate = self._usable_mark(mark_key)
         self.hooks.observer.phase(self.key, Phase.SCANNING)
         # The walk's helpers are forked before the probe's thread starts (see walkshare).
-        with begin_scan(self.root, self.folder.include, self.folder.exclude, helpers=self.env.walk_helpers,
-                        standing=self.env.standing_helpers) as walk, \
-                ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
+        walk, self.walk_ahead = self.walk_ahead or begin_scan(
+            self.root, self.folder.include, self.folder.exclude, helpers=self.env.walk_helpers,
+            standing=self.env.standing_helpers), None
+        with walk, ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
             probing = pool.submit(self.view.probe) if candidate is not None and self.view is not None else None
             scan = walk.result()
             self.hooks.observer.scanned(self.key, len(scan.found))

@@ -5,10 +5,12 @@ A walk costs a system call and some Python for every entry; on a big tree the Py
 most of it, and it holds one core. The tree is cut at a depth with enough directories to
 deal out: the levels above the cut are walked here, and each directory at the cut is
 left in place as a subtree, at the very point of the order where one walk would meet it.
-The subtrees are dealt out in turn to this process and its helpers, and the columns each
-walk finds are put back in their places: the result is the one a single walk gives, file
-for file and in the same order, which the scan digest of marks.py depends on. A helper
-that fails costs time, not files: its subtrees are walked here.
+Forked helpers take the subtrees as they go (``_Tickets``), so a command that has other
+work to do before it joins the walk (its imports, its state DB, its lease) leaves more of
+the tree to them; standing helpers are each lent an equal share. The columns each walk
+finds are put back in their places: the result is the one a single walk gives, file for
+file and in the same order, which the scan digest of marks.py depends on. A helper that
+fails costs time, not files: what it did not send back is walked here.
 
 Helpers are forked, and a fork copies only the thread that calls it: a lock another
 thread held stays held in the copy. So helpers are forked only by a process that runs one
@@ -28,9 +30,9 @@ import signal
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
@@ -41,9 +43,12 @@ from .scanner import (DEFAULT_IGNORES, FileColumns, ScanResult, ScanRules, Split
 __all__ = ["StandingHelpers", "Walk", "begin_scan", "spare_cpus"]
 
 SPLIT_MIN_SUBTREES = 8  # fewer directories than this at every depth tried: no helper
+SPLIT_WANTED = 64  # enough subtrees that whoever takes the last one does not keep the rest waiting
 SPLIT_MAX_DEPTH = 3
 SPLIT_MAX_HEAD = 5_000  # files above the cut: cutting deeper would walk them again
 _FRAME = struct.Struct("!Q")  # a standing helper's messages: their length, then marshal data
+_TICKET = struct.Struct("!I")  # one batch of subtrees, by the index of its first
+MAX_TICKETS = 1024  # 4 KiB of tickets: within PIPE_BUF, so the pipe takes them in one atomic write
 
 
 def spare_cpus(wanted: int) -> int:
@@ -74,11 +79,51 @@ def begin_scan(root: Path, include: Sequence[str] = ("**/*",), exclude: Sequence
 # --- the walk ----------------------------------------------------------------------------
 
 
-class _Job:
-    """Subtrees a helper walks for one walk, and how its answer comes back."""
+class _Tickets:
+    """The subtrees of one walk, dealt to whoever asks next: a pipe holding one ticket per
+    batch of consecutive subtrees, written whole before the helpers are forked. A read of
+    one ticket is atomic between the processes sharing the pipe, and once all are taken a
+    read finds the end: every subtree is taken by exactly one walker."""
 
-    def __init__(self, share: list[int], answer: _Answer) -> None:
-        self.share, self.answer = share, answer
+    def __init__(self, fd: int, count: int, batch: int) -> None:
+        self.fd, self.count, self.batch = fd, count, batch
+
+    @classmethod
+    def deal(cls, count: int) -> _Tickets | None:
+        """Tickets for ``count`` subtrees; None if no pipe can be had."""
+        batch = -(-count // MAX_TICKETS)
+        try:
+            read_fd, write_fd = os.pipe()
+        except OSError:
+            return None
+        try:
+            os.write(write_fd, b"".join(_TICKET.pack(i) for i in range(0, count, batch)))
+        except OSError:
+            os.close(read_fd)
+            return None
+        finally:
+            os.close(write_fd)
+        return cls(read_fd, count, batch)
+
+    def take(self) -> range:
+        """The next batch of subtree indices; empty when none is left."""
+        try:
+            ticket = os.read(self.fd, _TICKET.size)
+        except OSError:
+            return range(0)
+        if len(ticket) != _TICKET.size:
+            return range(0)
+        start = _TICKET.unpack(ticket)[0]
+        return range(start, min(start + self.batch, self.count))
+
+    def taken(self) -> Iterator[int]:
+        """Subtree indices, batch after batch, until none is left."""
+        while batch := self.take():
+            yield from batch
+
+    def close(self) -> None:
+        with suppress(OSError):
+            os.close(self.fd)
 
 
 class Walk:
@@ -89,9 +134,12 @@ class Walk:
         self._problems: set[ScanProblem] = set()
         self._head: FileColumns | None = None  # the levels above the cut, when cut
         self._subtrees: list[Subtree] = []
-        self._own: list[int] = []
-        self._jobs: list[_Job] = []
+        self._own: Iterable[int] = ()  # the subtrees walked here: a share, or tickets as they come
+        self._tickets: _Tickets | None = None
+        self._answers: list[_Answer] = []
         self._standing: StandingHelpers | None = None
+        self.walked_here = 0  # subtrees this process walked (the rest came from helpers)
+        self._closed = False
 
     def __enter__(self) -> Walk:
         return self
@@ -100,28 +148,51 @@ class Walk:
         self.close()
 
     @property
+    def closed(self) -> bool:
+        """Closed: given up, or its result taken."""
+        return self._closed
+
+    @property
     def shared(self) -> int:
         """How many helpers work on this walk."""
-        return len(self._jobs)
+        return len(self._answers)
 
     def share(self, forked: int, standing: StandingHelpers | None) -> None:
-        """Cut the tree and deal part of its subtrees out to helpers."""
+        """Cut the tree and have helpers walk part of its subtrees."""
         lent = standing.lend() if standing is not None else []
         if not forked and not lent:
             return
         self._head, self._subtrees = _cut(self.rules, self._problems)
-        workers = 1 + (len(lent) or forked) if len(self._subtrees) >= SPLIT_MIN_SUBTREES else 1
-        shares = [list(range(w, len(self._subtrees), workers)) for w in range(workers)]
-        self._own = shares[0]
-        for n, share in enumerate(shares[1:]):
-            trees = [self._subtrees[i] for i in share]
-            answer = lent[n].ask(self.rules, trees) if lent else _fork_helper(self.rules, trees)
-            if answer is None:
-                self._own.extend(share)
+        self._own = range(len(self._subtrees))
+        if len(self._subtrees) >= SPLIT_MIN_SUBTREES:
+            if lent:
+                self._lend(lent)
             else:
-                self._jobs.append(_Job(share, answer))
+                self._fork(forked)
         if lent:
             self._standing = standing
+
+    def _lend(self, lent: list[_Standing]) -> None:
+        """Standing helpers each get an equal share, dealt in turn; this process the first."""
+        workers = 1 + len(lent)
+        self._own = range(0, len(self._subtrees), workers)
+        for n, helper in enumerate(lent, start=1):
+            share = range(n, len(self._subtrees), workers)
+            answer = helper.ask(self.rules, [(i, self._subtrees[i]) for i in share])
+            if answer is not None:
+                self._answers.append(answer)
+
+    def _fork(self, forked: int) -> None:
+        """Forked helpers take tickets from the start; this process joins them when it
+        asks for the result."""
+        tickets = _Tickets.deal(len(self._subtrees))
+        if tickets is None:
+            return
+        for _ in range(forked):
+            answer = _fork_helper(self.rules, self._subtrees, tickets)
+            if answer is not None:
+                self._answers.append(answer)
+        self._tickets, self._own = tickets, tickets.taken()
 
     def result(self) -> ScanResult:
         if self.root_error is not None:
@@ -134,9 +205,13 @@ class Walk:
 
     def close(self) -> None:
         """Stop what helpers are still doing for this walk; give standing ones back."""
-        for job in self._jobs:
-            job.answer.cancel()
-        self._jobs = []
+        self._closed = True
+        for answer in self._answers:
+            answer.cancel()
+        self._answers = []
+        if self._tickets is not None:
+            self._tickets.close()
+            self._tickets = None
         if self._standing is not None:
             self._standing.give_back()
             self._standing = None
@@ -148,11 +223,14 @@ class Walk:
             walk_below(rules, rules.root, "", False, found, problems)
             return found
         walked = {i: self._walk_subtree(i) for i in self._own}
-        while self._jobs:
-            job = self._jobs.pop(0)
-            columns = _columns(job.answer.wait(), len(job.share), problems)
-            for n, i in enumerate(job.share):
-                walked[i] = columns[n] if columns is not None else self._walk_subtree(i)
+        self.walked_here = len(walked)
+        for answer in self._answers:
+            for i, columns in _columns(answer.wait(), len(self._subtrees), problems).items():
+                walked.setdefault(i, columns)
+        self._answers = []
+        for i in range(len(self._subtrees)):  # what a failed helper did not send back
+            if i not in walked:
+                walked[i] = self._walk_subtree(i)
         return _assemble(self._head, self._subtrees, walked)
 
     def _walk_subtree(self, i: int) -> FileColumns:
@@ -162,16 +240,21 @@ class Walk:
 
 
 def _cut(rules: ScanRules, problems: set[ScanProblem]) -> tuple[FileColumns, list[Subtree]]:
-    """The files above the cut, and the subtrees below it in the order one walk meets them;
-    the cut goes down level by level until there are enough subtrees to share."""
+    """The files above the cut, and the subtrees below it in the order one walk meets them.
+    The cut goes down level by level until there are SPLIT_WANTED subtrees, the files above
+    it grow too many, or the levels run out; of the levels tried, the one with the most
+    subtrees is kept (the shallower of two with as many)."""
+    kept: tuple[FileColumns, list[Subtree], set[ScanProblem]] | None = None
     for depth in range(1, SPLIT_MAX_DEPTH + 1):
         head, split, seen = FileColumns(), Split(depth), set()
         walk_below(rules, rules.root, "", False, head, seen, split)
-        if (len(split.subtrees) >= SPLIT_MIN_SUBTREES or len(head) > SPLIT_MAX_HEAD or not split.subtrees
-                or depth == SPLIT_MAX_DEPTH):
-            problems |= seen
-            return head, split.subtrees
-    raise AssertionError("unreachable")  # pragma: no cover
+        if kept is None or len(split.subtrees) > len(kept[1]):
+            kept = head, split.subtrees, seen
+        if len(split.subtrees) >= SPLIT_WANTED or len(head) > SPLIT_MAX_HEAD or not split.subtrees:
+            break
+    assert kept is not None
+    problems |= kept[2]
+    return kept[0], kept[1]
 
 
 def _assemble(head: FileColumns, subtrees: Sequence[Subtree], walked: dict[int, FileColumns]) -> FileColumns:
@@ -188,30 +271,30 @@ def _assemble(head: FileColumns, subtrees: Sequence[Subtree], walked: dict[int, 
 # --- what helpers send ---------------------------------------------------------------------
 
 
-def _walked(rules: ScanRules, subtrees: Sequence[Subtree]) -> bytes:
-    """Walk ``subtrees``: their columns and problems, as a helper sends them."""
+def _walked(rules: ScanRules, subtrees: Iterable[tuple[int, Subtree]]) -> bytes:
+    """Walk the numbered ``subtrees``: their columns and problems, as a helper sends them."""
     problems: set[ScanProblem] = set()
     columns = []
-    for tree in subtrees:
+    for i, tree in subtrees:
         found = FileColumns()
         walk_below(rules, tree.path, tree.rel, tree.included, found, problems)
-        columns.append((found.paths, found.sizes.tobytes(), found.mtimes.tobytes(), found.inodes.tobytes()))
+        columns.append((i, found.paths, found.sizes.tobytes(), found.mtimes.tobytes(), found.inodes.tobytes()))
     return marshal.dumps(([(p.rel_path, p.reason, p.code.value) for p in problems], columns))
 
 
-def _columns(payload: bytes | None, expected: int, problems: set[ScanProblem]) -> list[FileColumns] | None:
-    """A helper's columns (one per subtree it was given), its problems added to
-    ``problems``; None for a missing or damaged answer (then nothing is added)."""
+def _columns(payload: bytes | None, count: int, problems: set[ScanProblem]) -> dict[int, FileColumns]:
+    """A helper's columns by subtree index (of ``count``), its problems added to
+    ``problems``; nothing for a missing or damaged answer (then nothing is added)."""
     if not payload:
-        return None
+        return {}
     try:
         found_problems, columns = marshal.loads(payload)
-        out = [FileColumns.from_bytes(*c) for c in columns]
+        out = {i: FileColumns.from_bytes(*c) for i, *c in columns}
         found = {ScanProblem(rel, reason, SkipCode(code)) for rel, reason, code in found_problems}
     except (ValueError, TypeError, EOFError):
-        return None
-    if len(out) != expected:
-        return None
+        return {}
+    if len(out) != len(columns) or not all(isinstance(i, int) and 0 <= i < count for i in out):
+        return {}
     problems |= found
     return out
 
@@ -261,8 +344,9 @@ class _Forked(_Answer):
             self.done = True
 
 
-def _fork_helper(rules: ScanRules, subtrees: list[Subtree]) -> _Forked | None:
-    """A helper process walking ``subtrees`` and ending; None if one cannot be made."""
+def _fork_helper(rules: ScanRules, subtrees: list[Subtree], tickets: _Tickets) -> _Forked | None:
+    """A helper process walking the subtrees it takes tickets for, then ending; None if
+    one cannot be made."""
     try:
         read_fd, write_fd = os.pipe()
     except OSError:
@@ -275,18 +359,20 @@ def _fork_helper(rules: ScanRules, subtrees: list[Subtree]) -> _Forked | None:
         return None
     if pid == 0:  # pragma: no cover - runs in the helper (its coverage is not collected)
         os.close(read_fd)
-        _forked_main(rules, subtrees, write_fd)
+        _forked_main(rules, subtrees, tickets, write_fd)
     os.close(write_fd)
     return _Forked(pid, read_fd)
 
 
-def _forked_main(rules: ScanRules, subtrees: list[Subtree], fd: int) -> NoReturn:  # pragma: no cover
-    """A forked helper's whole life: walk, send, end. It never returns into the code it was
-    forked from, and ends without flushing or finalizing anything of the parent's."""
+def _forked_main(rules: ScanRules, subtrees: list[Subtree], tickets: _Tickets,
+                 fd: int) -> NoReturn:  # pragma: no cover - runs in the helper
+    """A forked helper's whole life: walk what it takes, send, end. It never returns into
+    the code it was forked from, and ends without flushing or finalizing anything of the
+    parent's."""
     code = 1
     try:
         _quiet_signals()
-        payload = _walked(rules, subtrees)
+        payload = _walked(rules, ((i, subtrees[i]) for i in tickets.taken()))
         with open(fd, "wb") as out:
             out.write(payload)
         code = 0
@@ -315,9 +401,9 @@ class _Standing:
     from_it: int
     alive: bool = True
 
-    def ask(self, rules: ScanRules, subtrees: list[Subtree]) -> _Answer | None:
+    def ask(self, rules: ScanRules, subtrees: list[tuple[int, Subtree]]) -> _Answer | None:
         request = marshal.dumps(((rules.root, rules.real_root, rules.include.patterns, rules.exclude.patterns,
-                                  rules.ignores.patterns), [tuple(t) for t in subtrees]))
+                                  rules.ignores.patterns), [(i, tuple(t)) for i, t in subtrees]))
         if not self.alive or not _send_frame(self.to_it, request):
             self.alive = False
             return None
@@ -421,7 +507,7 @@ def _standing_main(requests: int, answers: int) -> NoReturn:  # pragma: no cover
             (root, real_root, include, exclude, ignores), subtrees = marshal.loads(request)
             rules = ScanRules(root, real_root, compile_patterns(include), compile_patterns(exclude),
                               compile_patterns(ignores))
-            if not _send_frame(answers, _walked(rules, [Subtree(*t) for t in subtrees])):
+            if not _send_frame(answers, _walked(rules, [(i, Subtree(*t)) for i, t in subtrees])):
                 break
     finally:
         os._exit(code)
