@@ -242,6 +242,31 @@ def test_deep_tree_is_walked_without_recursion_limits(tmp_path):
     assert rel_paths(result) == ["d/" * 200 + "bottom.md"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors in /proc")
+def test_a_walk_holds_one_directory_open_at_a_time_and_leaves_none_open(tmp_path, monkeypatch):
+    """Each directory is listed and its entries stat'ed through a descriptor of its own,
+    closed before its children are visited: descriptors never grow with the depth."""
+    import difysync.scanner as scanner
+
+    deep = tmp_path.joinpath(*(["d"] * 100))
+    deep.mkdir(parents=True)
+    (deep / "bottom.md").write_bytes(b"deep")
+    before = len(os.listdir("/proc/self/fd"))
+    most = []
+    list_dir = scanner._list_dir
+
+    def counting(*args):  # looks at the descriptors while a directory's entries are stat'ed
+        listed = list_dir(*args)
+        most.append(len(os.listdir("/proc/self/fd")) - before)
+        return listed
+
+    monkeypatch.setattr(scanner, "_list_dir", counting)
+    result = scan_tree(tmp_path)
+    assert rel_paths(result) == ["d/" * 100 + "bottom.md"]
+    assert max(most) <= 1
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
 def test_file_name_that_is_not_utf8_is_kept_as_surrogate_escape(tmp_path):
     # given
     with open(os.path.join(os.fsencode(tmp_path), b"caf\xe9.md"), "wb") as f:

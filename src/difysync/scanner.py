@@ -353,19 +353,32 @@ def _classify_file(rules: ScanRules, path: str, rel_path: str,
     return LocalFile(rel_path, st.st_size, st.st_mtime_ns, st.st_ino)
 
 
-def _list_dir(dir_path: str, dir_rel: str, problems: set[ScanProblem]) -> list[os.DirEntry[str]]:
-    """A directory's entries, listed and closed at once; [] (and a problem, unless it
-    vanished since it was listed) when it cannot be read."""
+# A directory listed through a descriptor of its own: each entry's lstat is then an
+# fstatat relative to it (as find does), not a lookup of the whole path again, about a
+# tenth of a walk's time on a deep tree. Where scandir takes no descriptor, paths do.
+_BY_DESCRIPTOR = os.scandir in os.supports_fd
+_DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
+
+
+def _list_dir(dir_path: str, dir_rel: str, problems: set[ScanProblem]) -> tuple[list[os.DirEntry[str]], int | None]:
+    """A directory's entries, and the descriptor their ``stat`` works through (None: their
+    paths), which the caller closes once it has stat'ed them; no entries (and a problem,
+    unless it vanished since it was listed) when it cannot be read."""
+    fd = None
     try:
-        with os.scandir(dir_path) as it:
-            return list(it)
+        if _BY_DESCRIPTOR:
+            fd = os.open(dir_path, _DIR_FLAGS)
+        with os.scandir(dir_path if fd is None else fd) as it:
+            return list(it), fd
     except FileNotFoundError:
-        return []  # vanished since it was listed: nothing there any more
+        pass  # vanished since it was listed: nothing there any more
     except PermissionError:
         problems.add(ScanProblem(dir_rel, PERMISSION_DENIED))
     except OSError as exc:
         problems.add(ScanProblem(dir_rel, f"cannot read directory: {exc.strerror or exc}"))
-    return []
+    if fd is not None:
+        os.close(fd)
+    return [], None
 
 
 class Subtree(NamedTuple):
@@ -386,26 +399,15 @@ class Split:
 
 
 def walk_below(rules: ScanRules, start: str, start_rel: str, start_included: bool,
-          found: FileColumns, problems: set[ScanProblem], split: Split | None = None) -> None:
+               found: FileColumns, problems: set[ScanProblem], split: Split | None = None) -> None:
     """Depth-first walk below directory ``start`` with an explicit stack (deep trees are fine).
 
-    Each directory is listed and closed before its children are visited, so open file
-    descriptors never grow with the depth. A plain readable file, nearly every entry of a
-    big tree, is decided inline from its lstat; everything else goes to _classify_file.
-    With ``split``, a directory at ``split.depth`` is not walked: it is left in
-    ``split.subtrees`` with the place its files take in ``found``, for a walk of its own
-    (walkshare.py).
+    Each directory is listed, its entries stat'ed, and it is closed before its children are
+    visited, so open file descriptors never grow with the depth. With ``split``, a
+    directory at ``split.depth`` is not walked: it is left in ``split.subtrees`` with the
+    place its files take in ``found``, for a walk of its own (walkshare.py).
     """
-    ignored = rules.ignores.match_exact
-    # The default ignores are affixes: tested inline, without a call per entry.
-    prefixes, suffixes, names = rules.ignores._affixes or ((), (), frozenset())
-    affixes_only = rules.ignores._affixes is not None
-    excluded = rules.exclude.match_exact if rules.exclude.patterns else None
-    included_exact = rules.include.match_exact
-    access, readable, is_dir, is_reg = os.access, os.R_OK, stat.S_ISDIR, stat.S_ISREG
-    add_path, add_size, add_mtime, add_inode = (found.paths.append, found.sizes.append, found.mtimes.append,
-                                                found.inodes.append)
-    me = os.geteuid() if hasattr(os, "geteuid") else -1
+    visit = _DirVisit(rules, found, problems)
     split_depth = split.depth if split is not None else -1
     stack = [(start, start_rel, start_included, 0)]
     while stack:
@@ -413,8 +415,38 @@ def walk_below(rules: ScanRules, start: str, start_rel: str, start_included: boo
         if depth == split_depth:
             split.subtrees.append(Subtree(len(found.paths), dir_path, dir_rel, dir_included))  # type: ignore[union-attr]
             continue
-        entries = _list_dir(dir_path, dir_rel, problems)
+        entries, fd = _list_dir(dir_path, dir_rel, problems)
+        try:
+            below = visit(entries, dir_path, dir_rel, dir_included)
+        finally:
+            if fd is not None:
+                os.close(fd)
+        stack.extend((path, rel, included, depth + 1) for path, rel, included in below)
+
+
+class _DirVisit:
+    """One walk's rule for the entries of a directory: a plain readable file, nearly every
+    entry of a big tree, is decided inline from its lstat; everything else goes to
+    _classify_file. Returns the subdirectories to walk, in the order met."""
+
+    def __init__(self, rules: ScanRules, found: FileColumns, problems: set[ScanProblem]) -> None:
+        self.rules, self.found, self.problems = rules, found, problems
+        self.me = os.geteuid() if hasattr(os, "geteuid") else -1
+
+    def __call__(self, entries: list[os.DirEntry[str]], dir_path: str, dir_rel: str,
+                 dir_included: bool) -> list[tuple[str, str, bool]]:
+        rules, found, problems, me = self.rules, self.found, self.problems, self.me
+        ignored = rules.ignores.match_exact
+        # The default ignores are affixes: tested inline, without a call per entry.
+        prefixes, suffixes, names = rules.ignores._affixes or ((), (), frozenset())
+        affixes_only = rules.ignores._affixes is not None
+        excluded = rules.exclude.match_exact if rules.exclude.patterns else None
+        included_exact = rules.include.match_exact
+        access, readable, is_dir, is_reg, join = os.access, os.R_OK, stat.S_ISDIR, stat.S_ISREG, os.path.join
+        add_path, add_size, add_mtime, add_inode = (found.paths.append, found.sizes.append, found.mtimes.append,
+                                                    found.inodes.append)
         prefix = dir_rel + "/" if dir_rel else ""
+        below = []
         for entry in entries:
             name = entry.name
             rel = prefix + name
@@ -436,22 +468,23 @@ def walk_below(rules: ScanRules, start: str, start_rel: str, start_included: boo
             included = dir_included or included_exact(rel)
             mode = lst.st_mode
             if is_dir(mode):
-                stack.append((entry.path, rel, included, depth + 1))
+                below.append((join(dir_path, name), rel, included))
             elif not included:
                 continue
             # The owner's read bit is the whole answer for the owner (ACLs only add
             # entries for others), which spares a syscall on most files.
-            elif is_reg(mode) and ((lst.st_uid == me and mode & 0o400) or access(entry.path, readable)):
+            elif is_reg(mode) and ((lst.st_uid == me and mode & 0o400) or access(join(dir_path, name), readable)):
                 add_path(rel)
                 add_size(lst.st_size)
                 add_mtime(lst.st_mtime_ns)
                 add_inode(lst.st_ino)
             else:
-                other = _classify_file(rules, entry.path, rel, lst)
+                other = _classify_file(rules, join(dir_path, name), rel, lst)
                 if isinstance(other, LocalFile):
                     found.add(other)
                 elif other is not None:
                     problems.add(other)
+        return below
 
 
 def scan_tree(root: Path, include: Sequence[str] = ("**/*",), exclude: Sequence[str] = (),
