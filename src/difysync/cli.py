@@ -86,13 +86,21 @@ def load_config(config: str | None, *, validate: bool = False) -> Settings:
         sys.exit(EX_CONFIG)
 
 
-def make_client(settings: Settings) -> DifyClient:
+def api_key(settings: Settings) -> str:
+    """The configured API key, masked in every log line from here on; a config error
+    (exit 78) when there is none."""
     try:
         key = read_api_key(settings)
     except ConfigError as exc:
         click.echo(render_problems(exc), err=True)
         sys.exit(EX_CONFIG)
     add_secret(key)
+    return key
+
+
+def make_client(settings: Settings, key: str | None = None) -> DifyClient:
+    """The client of the ``[dify]`` section, with ``key`` or the configured one."""
+    key = api_key(settings) if key is None else key
     from .dify import DifyClient  # (httpx: loaded while the walk begun ahead goes on, see walks_ahead)
 
     return DifyClient.from_settings(settings.dify, key)
@@ -216,6 +224,7 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
     """Make the datasets mirror the folders, once (cron, CI, first import)."""
     limit = _max_delete(max_delete)
     settings = load_config(config)
+    key = api_key(settings)  # (before the walk: a command that cannot run forks nothing)
     with walks_ahead(settings) as ahead:
         from .reconcile import Env, Hooks, PassOptions
         from .reconcile import reconcile as run_pass
@@ -225,7 +234,7 @@ def reconcile(config: str | None, dry_run: bool, wait_: bool, wait_timeout: floa
         level = click.get_current_context().find_root().meta.get(_LOGGING, {}).get("level", "info")
         display = _progress_display(settings, as_json, level)  # None: nobody watches
         observer = display or NOBODY
-        with make_client(settings) as client, open_store(settings) as store, _interruptible() as stop, \
+        with make_client(settings, key) as client, open_store(settings) as store, _interruptible() as stop, \
                 display or nullcontext():
             client.observer = observer
             env = Env(settings, client, store, walk_helpers=WALK_HELPERS, walks_ahead=ahead)
