@@ -23,13 +23,14 @@ from collections.abc import Iterator, Mapping
 from .models import FileState, LocalFile
 from .plan import Policy, refusal
 from .scanner import FileColumns
+from .state import CHUNKINGS, INDEXING_STATUSES
 
 __all__ = ["Candidates", "Tracked"]
 
 _NONE, _CANDIDATE, _SETTLED = 0, 1, 2
 # A row's indexing status and chunking, one byte each; a row with another value stays a FileState.
-_STATUSES = (None, "waiting", "parsing", "cleaning", "splitting", "indexing", "completed", "error", "paused")
-_CHUNKINGS = (None, "local", "file")
+_STATUSES = (None, *INDEXING_STATUSES)
+_CHUNKINGS = (None, *CHUNKINGS)
 _STATUS_CODE = {s: i for i, s in enumerate(_STATUSES)}
 _CHUNKING_CODE = {c: i for i, c in enumerate(_CHUNKINGS)}
 _SHA = 32  # bytes of a sha256, kept raw: a third of its hex string's memory

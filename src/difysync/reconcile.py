@@ -332,9 +332,9 @@ class _Pass:
         candidate = self._usable_mark(mark_key)
         self.hooks.observer.phase(self.key, Phase.SCANNING)
         # The walk's helpers are forked before the probe's thread starts (see walkshare).
-        walk, self.walk_ahead = self.walk_ahead or begin_scan(
-            self.root, self.folder.include, self.folder.exclude, helpers=self.env.walk_helpers,
-            standing=self.env.standing_helpers), None
+        walk = self.walk_ahead or begin_scan(self.root, self.folder.include, self.folder.exclude,
+                                             helpers=self.env.walk_helpers, standing=self.env.standing_helpers)
+        self.walk_ahead = None  # (taken: a second attempt walks afresh)
         with walk, ThreadPoolExecutor(max_workers=1, thread_name_prefix="difysync-probe") as pool:
             probing = pool.submit(self.view.probe) if candidate is not None and self.view is not None else None
             scan = walk.result()

@@ -354,8 +354,8 @@ def _classify_file(rules: ScanRules, path: str, rel_path: str,
 
 
 # A directory listed through a descriptor of its own: each entry's lstat is then an
-# fstatat relative to it (as find does), not a lookup of the whole path again, about a
-# tenth of a walk's time on a deep tree. Where scandir takes no descriptor, paths do.
+# fstatat relative to it (as find does), not a lookup of the whole path again (a walk of
+# the 100k bench tree took 0.95-0.98x the time). Where scandir takes no descriptor, paths do.
 _BY_DESCRIPTOR = os.scandir in os.supports_fd
 _DIR_FLAGS = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | getattr(os, "O_CLOEXEC", 0)
 
@@ -541,60 +541,65 @@ def stat_paths(root: Path, rel_paths: Iterable[str], include: Sequence[str] = ("
     itself is unusable every path gets a problem and none is reported gone.
     """
     rules = scan_rules(root, include, exclude, ignores)
-    wanted = sorted(set(rel_paths))
     files: dict[str, LocalFile] = {}
     problems: set[ScanProblem] = set()
     gone: set[str] = set()
     root_error = _root_error(rules.root)
-    for given in wanted:
+    for given in sorted(set(rel_paths)):
         if root_error is not None:
             problems.add(ScanProblem(given, root_error))
-            continue
-        rel = _clean_rel_path(given)
-        if rel is None:
-            problems.add(ScanProblem(given, "not a path inside the folder"))
-            continue
-        parts = rel.split("/")
-        if any(rules.left_out(parts[i], "/".join(parts[: i + 1])) for i in range(len(parts))):
-            gone.add(given)
-            continue
-        path = os.path.join(rules.root, *parts)
-        parent = os.path.dirname(path)
-        # The walk never descends through a symlinked directory; neither do we.
-        if os.path.realpath(parent) != os.path.join(rules.real_root, *parts[:-1]):
-            gone.add(given)
-            continue
-        try:
-            lst = os.lstat(path)
-        except (FileNotFoundError, NotADirectoryError):
-            gone.add(given)
-            continue
-        except PermissionError:
-            problems.add(ScanProblem(rel, PERMISSION_DENIED))
-            continue
-        except OSError as exc:
-            problems.add(ScanProblem(rel, f"cannot stat: {exc.strerror or exc}"))
-            continue
-        included = rules.include(rel)
-        if stat.S_ISDIR(lst.st_mode):
-            gone.add(given)
-            below = FileColumns()
-            walk_below(rules, path, rel, included, below, problems)
-            files.update((f.rel_path, f) for f in below.to_files())
-            continue
-        if not included:
-            gone.add(given)
-            continue
-        found = _classify_file(rules, path, rel, lst)
-        if isinstance(found, LocalFile):
-            files[rel] = found
-        elif found is None:
-            gone.add(given)
         else:
-            problems.add(found)
+            _stat_given(rules, given, files, problems, gone)
     return (sorted(files.values()),
             sorted(problems, key=lambda p: (p.rel_path, p.reason)), sorted(gone))
 
+
+
+def _stat_given(rules: ScanRules, given: str, files: dict[str, LocalFile], problems: set[ScanProblem],
+                gone: set[str]) -> None:
+    """One of stat_paths' paths: its file (or, for a directory, the files below it) into
+    ``files``, or the path into ``problems`` or ``gone``."""
+    rel = _clean_rel_path(given)
+    if rel is None:
+        problems.add(ScanProblem(given, "not a path inside the folder"))
+        return
+    parts = rel.split("/")
+    if any(rules.left_out(parts[i], "/".join(parts[: i + 1])) for i in range(len(parts))):
+        gone.add(given)
+        return
+    path = os.path.join(rules.root, *parts)
+    # The walk never descends through a symlinked directory; neither do we.
+    if os.path.realpath(os.path.dirname(path)) != os.path.join(rules.real_root, *parts[:-1]):
+        gone.add(given)
+        return
+    try:
+        lst = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        gone.add(given)
+        return
+    except PermissionError:
+        problems.add(ScanProblem(rel, PERMISSION_DENIED))
+        return
+    except OSError as exc:
+        problems.add(ScanProblem(rel, f"cannot stat: {exc.strerror or exc}"))
+        return
+    included = rules.include(rel)
+    if stat.S_ISDIR(lst.st_mode):
+        gone.add(given)
+        below = FileColumns()
+        walk_below(rules, path, rel, included, below, problems)
+        files.update((f.rel_path, f) for f in below.to_files())
+        return
+    if not included:
+        gone.add(given)
+        return
+    found = _classify_file(rules, path, rel, lst)
+    if isinstance(found, LocalFile):
+        files[rel] = found
+    elif found is None:
+        gone.add(given)
+    else:
+        problems.add(found)
 
 # --- reading ----------------------------------------------------------------------------
 

@@ -950,8 +950,9 @@ _REFRESH_SQL = (
     "WHERE document_id = ?3 AND folder = ?4 AND "
     "(indexing_status IS NOT ?1 OR (?1 = 'error' AND last_error IS NULL))")
 
-_STATUSES = {s: s for s in ("waiting", "parsing", "cleaning", "splitting", "indexing", "completed",
-                            "error", "paused")}
+INDEXING_STATUSES = ("waiting", "parsing", "cleaning", "splitting", "indexing", "completed", "error", "paused")
+CHUNKINGS = ("local", "file")
+_STATUSES = {s: s for s in INDEXING_STATUSES}  # one shared string each, not one per row
 
 
 def _rows_beside(cursor: Iterable[tuple[Any, ...]], unchanged: Candidates) -> dict[str, FileState]:
@@ -1011,7 +1012,7 @@ def _insert_segments(conn: sqlite3.Connection, document_id: str, segments: Seque
 
 
 _SKIP_CODES = {c.value: c for c in SkipCode}
-_CHUNKINGS = {"local": "local", "file": "file"}  # one shared string each, not one per row
+_CHUNKINGS = {c: c for c in CHUNKINGS}  # one shared string each, not one per row
 _ERROR_KINDS = {k.value: k for k in ErrorKind}
 
 
